@@ -1,0 +1,289 @@
+//! The typed training configuration (TOML). Every field has a default (the paper's), every
+//! field can be overridden from the command line with `--set section.field=value`, and an
+//! unknown field anywhere is an error.
+
+use crate::loss::LossConfig;
+use crate::model::ModelConfig;
+use anyhow::{bail, Context, Result};
+use dmue_deploy::preprocess::Preprocess;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The full method: auxiliary branches, latent distributions, pairwise uncertainty.
+    Dmue,
+    /// Plain cross-entropy on the same backbone (trunk + target branch only).
+    Baseline,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// CUDA when libtorch sees a GPU, else CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    Fp32,
+    /// bf16 autocast of the forward pass (CUDA only; ignored with a warning on CPU).
+    Bf16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Dataset directory (dataset.json + manifest.jsonl).
+    pub dataset: PathBuf,
+    /// Resize, crop and normalisation of the network input.
+    pub preprocess: Preprocess,
+    /// Random horizontal flip (p = 0.5) during training.
+    pub hflip: bool,
+    /// Split evaluated after every epoch and at the end ("test" or "val"; "" for none).
+    pub eval_split: String,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            dataset: PathBuf::from("data/synth"),
+            preprocess: Preprocess::default(),
+            hflip: true,
+            eval_split: "test".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub mode: Mode,
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Each class appears at least this many times in every batch (paper: every class present).
+    pub min_per_class: usize,
+    pub lr: f64,
+    /// Epochs (1-based, completed) after which the learning rate is multiplied by `lr_gamma`.
+    pub lr_milestones: Vec<usize>,
+    pub lr_gamma: f64,
+    pub weight_decay: f64,
+    pub seed: u64,
+    pub device: DeviceChoice,
+    pub precision: Precision,
+    /// libtorch intra-op threads (0: libtorch's default).
+    pub threads: usize,
+    /// How many epoch checkpoints to keep (the latest ones).
+    pub keep_checkpoints: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Dmue,
+            epochs: 40,
+            batch_size: 72,
+            min_per_class: 1,
+            lr: 1e-3,
+            lr_milestones: vec![10, 20],
+            lr_gamma: 0.1,
+            weight_decay: 1e-4,
+            seed: 0,
+            device: DeviceChoice::Auto,
+            precision: Precision::Fp32,
+            threads: 0,
+            keep_checkpoints: 2,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Learning rate during 1-based `epoch`.
+    pub fn lr_at(&self, epoch: usize) -> f64 {
+        let passed = self.lr_milestones.iter().filter(|&&m| epoch > m).count();
+        self.lr * self.lr_gamma.powi(passed as i32)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub data: DataConfig,
+    pub model: ModelConfig,
+    pub loss: LossConfig,
+    pub train: TrainConfig,
+}
+
+impl Config {
+    /// Defaults, then the TOML file (if any), then each `section.field=value` override.
+    pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Self> {
+        let mut value = toml::Value::try_from(Config::default()).context("serialising defaults")?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config {}", path.display()))?;
+            let file_value: toml::Value = toml::from_str(&text)
+                .with_context(|| format!("{} is not valid TOML", path.display()))?;
+            merge(&mut value, file_value);
+        }
+        for o in overrides {
+            apply_override(&mut value, o)?;
+        }
+        let what = file
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "the defaults".into());
+        let config: Config = value
+            .try_into()
+            .with_context(|| format!("invalid configuration (from {what} and --set overrides)"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.data.preprocess.validate()?;
+        let t = &self.train;
+        if t.epochs == 0 {
+            bail!("train.epochs must be at least 1");
+        }
+        if t.batch_size < 2 {
+            bail!("train.batch_size must be at least 2 (pairwise similarities need pairs)");
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) {
+            bail!("train.lr must be positive, got {}", t.lr);
+        }
+        if self.model.width < 1 {
+            bail!("model.width must be positive");
+        }
+        if self.loss.temperature <= 0.0 {
+            bail!("loss.temperature must be positive");
+        }
+        Ok(())
+    }
+
+    pub fn to_toml(&self) -> Result<String> {
+        Ok(toml::to_string_pretty(self)?)
+    }
+}
+
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+/// Applies `a.b.c=value`; the value is parsed as TOML (numbers, booleans, arrays) and taken as
+/// a string when it is not valid TOML (`data.dataset=data/x`).
+fn apply_override(root: &mut toml::Value, spec: &str) -> Result<()> {
+    let (key, raw) = spec
+        .split_once('=')
+        .with_context(|| format!("--set {spec:?}: expected section.field=value"))?;
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    let mut node = root;
+    for (i, part) in parts.iter().enumerate() {
+        let table = node
+            .as_table_mut()
+            .with_context(|| format!("--set {key}: {} is not a section", parts[..i].join(".")))?;
+        if i + 1 == parts.len() {
+            table.insert(part.to_string(), parsed);
+            return Ok(());
+        }
+        node = table
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+    }
+    bail!("--set {spec:?}: empty key")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_papers() {
+        let c = Config::default();
+        assert_eq!(
+            (
+                c.train.epochs,
+                c.train.batch_size,
+                c.train.lr,
+                c.train.weight_decay
+            ),
+            (40, 72, 1e-3, 1e-4)
+        );
+        assert_eq!(
+            (c.loss.temperature, c.loss.omega, c.loss.beta, c.loss.gamma),
+            (1.2, 0.5, 6.0, 1e3)
+        );
+        assert_eq!(
+            (c.data.preprocess.resize, c.data.preprocess.crop),
+            (256, 224)
+        );
+        assert!((c.train.lr_at(10) - 1e-3).abs() < 1e-12);
+        assert!((c.train.lr_at(11) - 1e-4).abs() < 1e-12);
+        assert!((c.train.lr_at(21) - 1e-5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn overrides_reach_every_section_and_typos_are_errors() {
+        let c = Config::load(
+            None,
+            &[
+                "train.lr=0.01".into(),
+                "data.dataset=data/x".into(),
+                "train.lr_milestones=[3, 5]".into(),
+                "loss.latent=false".into(),
+                "train.mode=baseline".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.train.lr, 0.01);
+        assert_eq!(c.data.dataset, PathBuf::from("data/x"));
+        assert_eq!(c.train.lr_milestones, vec![3, 5]);
+        assert!(!c.loss.latent);
+        assert_eq!(c.train.mode, Mode::Baseline);
+        let err = format!(
+            "{:#}",
+            Config::load(None, &["train.lrr=0.1".into()]).unwrap_err()
+        );
+        assert!(err.contains("unknown field `lrr`"), "{err}");
+        let err = format!(
+            "{:#}",
+            Config::load(None, &["train.epochs=0".into()]).unwrap_err()
+        );
+        assert!(err.contains("epochs"), "{err}");
+    }
+
+    #[test]
+    fn file_values_merge_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[train]\nepochs = 3\n[data.preprocess]\nresize = 72\ncrop = 64\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&path), &[]).unwrap();
+        assert_eq!((c.train.epochs, c.train.batch_size), (3, 72));
+        assert_eq!((c.data.preprocess.resize, c.data.preprocess.crop), (72, 64));
+        std::fs::write(&path, "[trian]\nepochs = 3\n").unwrap();
+        assert!(format!("{:#}", Config::load(Some(&path), &[]).unwrap_err())
+            .contains("unknown field `trian`"));
+    }
+}

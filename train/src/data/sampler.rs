@@ -1,0 +1,94 @@
+//! Batches in which every class is present (paper: batch 72, every class in every batch).
+
+use rand::seq::SliceRandom;
+use rand::Rng;
+
+/// One epoch of batches over `labels`: a shuffled pass cut into `batch_size` chunks (the last,
+/// incomplete chunk is dropped), in which every class is then topped up to `min_per_class`
+/// samples by replacing samples of the most frequent classes with samples of the missing
+/// class (drawn cyclically from its own shuffled list). Classes with no sample at all cannot
+/// be present and are ignored.
+pub fn epoch_batches<R: Rng>(
+    labels: &[usize],
+    num_classes: usize,
+    batch_size: usize,
+    min_per_class: usize,
+    rng: &mut R,
+) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..labels.len()).collect();
+    order.shuffle(rng);
+    let mut pools: Vec<Vec<usize>> = vec![Vec::new(); num_classes];
+    for (i, &l) in labels.iter().enumerate() {
+        pools[l].push(i);
+    }
+    for pool in &mut pools {
+        pool.shuffle(rng);
+    }
+    let present: Vec<usize> = (0..num_classes).filter(|&c| !pools[c].is_empty()).collect();
+    let need = min_per_class.min(batch_size / present.len().max(1));
+    let mut cursor = vec![0usize; num_classes];
+    let mut batches = Vec::new();
+    for chunk in order.chunks_exact(batch_size) {
+        let mut batch = chunk.to_vec();
+        let mut counts = vec![0usize; num_classes];
+        for &i in &batch {
+            counts[labels[i]] += 1;
+        }
+        for &c in &present {
+            while counts[c] < need {
+                // Replace a sample of the currently most frequent class.
+                let donor = (0..num_classes)
+                    .max_by_key(|&k| counts[k])
+                    .expect("classes");
+                let pos = batch
+                    .iter()
+                    .position(|&i| labels[i] == donor)
+                    .expect("donor present");
+                let pool = &pools[c];
+                batch[pos] = pool[cursor[c] % pool.len()];
+                cursor[c] += 1;
+                counts[donor] -= 1;
+                counts[c] += 1;
+            }
+        }
+        batches.push(batch);
+    }
+    batches
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn every_class_in_every_batch_even_when_rare() {
+        // Class 6 has 10 of 1000 samples: a plain shuffle would miss it in most batches of 72.
+        let labels: Vec<usize> = (0..1000).map(|i| if i < 10 { 6 } else { i % 6 }).collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let batches = epoch_batches(&labels, 7, 72, 2, &mut rng);
+        assert_eq!(batches.len(), 1000 / 72);
+        let mut seen = std::collections::HashSet::new();
+        for b in &batches {
+            assert_eq!(b.len(), 72);
+            for c in 0..7 {
+                assert!(
+                    b.iter().filter(|&&i| labels[i] == c).count() >= 2,
+                    "class {c} missing"
+                );
+            }
+            seen.extend(b.iter().copied());
+        }
+        // Nearly every sample is still visited once per epoch.
+        assert!(seen.len() >= 900, "{}", seen.len());
+    }
+
+    #[test]
+    fn deterministic_by_seed() {
+        let labels: Vec<usize> = (0..300).map(|i| i % 7).collect();
+        let a = epoch_batches(&labels, 7, 32, 1, &mut ChaCha8Rng::seed_from_u64(5));
+        let b = epoch_batches(&labels, 7, 32, 1, &mut ChaCha8Rng::seed_from_u64(5));
+        assert_eq!(a, b);
+    }
+}

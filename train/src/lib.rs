@@ -1,0 +1,14 @@
+//! dmue-train: DMUE (latent Distribution Mining + pairwise Uncertainty Estimation, CVPR 2021)
+//! training on libtorch through tch.
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod eval;
+pub mod loss;
+pub mod model;
+pub mod optim;
+pub mod plot;
+pub mod synth;
+pub mod trainer;
+pub mod util;

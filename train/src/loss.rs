@@ -1,0 +1,548 @@
+//! DMUE's losses (../shared/design/dmue-method.md, section 2), each a pure function of tensors.
+//!
+//! Shapes: N samples, C classes, D feature size. Every division is guarded so that an empty
+//! class in a batch or a zero-norm feature yields a defined value (0 contribution), not NaN.
+//! Everything is computed with masks rather than data-dependent indexing, so no step needs a
+//! device synchronisation.
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Reduction, Tensor};
+
+/// Smallest norm / count a division may see.
+const EPS: f64 = 1e-8;
+
+/// Loss hyper-parameters and the Table 2 switches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LossConfig {
+    /// Sharpening temperature T of the latent distribution (Eq. 3).
+    pub temperature: f64,
+    /// Weight omega of L_soft.
+    pub omega: f64,
+    /// Epoch threshold beta of the ramps (Eq. 11-12).
+    pub beta: f64,
+    /// Weight gamma of L_sp.
+    pub gamma: f64,
+    /// Latent distribution mining (L_soft) on/off.
+    pub latent: bool,
+    /// Similarity preserving (L_sp) on/off.
+    pub similarity_preserving: bool,
+    /// Pairwise confidence (weighted CE) on/off; off uses plain CE on the target branch.
+    pub confidence: bool,
+    /// Count the sample itself in its own class's mean similarity (authors' code: true).
+    pub similarity_include_self: bool,
+    /// Min-max scale each row of the similarity matrix to [0, 1] (authors' code: true).
+    pub similarity_minmax: bool,
+}
+
+impl Default for LossConfig {
+    fn default() -> Self {
+        Self {
+            temperature: 1.2,
+            omega: 0.5,
+            beta: 6.0,
+            gamma: 1e3,
+            latent: true,
+            similarity_preserving: true,
+            confidence: true,
+            similarity_include_self: false,
+            similarity_minmax: false,
+        }
+    }
+}
+
+/// `w_u(e) = exp(-(1 - e/beta)^2)` for `e <= beta`, else 1 (Eq. 11). `e` is the 1-based epoch.
+pub fn ramp_up(epoch: f64, beta: f64) -> f64 {
+    if beta <= 0.0 || epoch > beta {
+        1.0
+    } else {
+        (-(1.0 - epoch / beta).powi(2)).exp()
+    }
+}
+
+/// `w_d(e) = 1` for `e <= beta`, else `exp(-(1 - beta/e)^2)` (Eq. 12).
+pub fn ramp_down(epoch: f64, beta: f64) -> f64 {
+    if epoch <= beta {
+        1.0
+    } else {
+        (-(1.0 - beta / epoch).powi(2)).exp()
+    }
+}
+
+/// Plain cross-entropy, mean over the batch. `logits [N, C]`, `labels [N]` (int64).
+pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Tensor {
+    logits.cross_entropy_loss::<Tensor>(labels, None, Reduction::Mean, -100, 0.0)
+}
+
+/// Per branch j: label of each sample in j's (C-1)-class space (k -> k if k < j else k-1), and
+/// whether the sample counts for j (label != j). Returns `([C, N] int64, [C, N] float)`.
+fn remapped_labels(labels: &Tensor, c: i64) -> (Tensor, Tensor) {
+    let j = Tensor::arange(c, (Kind::Int64, labels.device())).unsqueeze(1); // [C, 1]
+    let y = labels.unsqueeze(0); // [1, N]
+    let keep = y.ne_tensor(&j).to_kind(Kind::Float);
+    let remapped = (&y - y.gt_tensor(&j).to_kind(Kind::Int64)).clamp(0, (c - 2).max(0));
+    (remapped, keep)
+}
+
+/// L_aux (Eq. 1-2): branch j is trained with CE on the samples not labelled j, labels remapped
+/// into its (C-1)-class space; the mean over the branches that have samples in the batch.
+/// `aux_logits`: C tensors `[N, C-1]`.
+pub fn aux_ce(aux_logits: &[Tensor], labels: &Tensor) -> Tensor {
+    let c = aux_logits.len() as i64;
+    let stacked = Tensor::stack(aux_logits, 0).log_softmax(-1, Kind::Float); // [C, N, C-1]
+    let (remapped, keep) = remapped_labels(labels, c);
+    let nll = -stacked
+        .gather(2, &remapped.unsqueeze(2), false)
+        .squeeze_dim(2); // [C, N]
+    let count = keep.sum_dim_intlist(1, false, Kind::Float); // [C]
+    let per_branch = (nll * &keep).sum_dim_intlist(1, false, Kind::Float) / count.clamp_min(1.0);
+    let present = count.gt(0.0).to_kind(Kind::Float);
+    (per_branch * &present).sum(Kind::Float) / present.sum(Kind::Float).clamp_min(1.0)
+}
+
+/// Latent distribution (Sec. 3.2): for a sample labelled j, the softmax of auxiliary branch j,
+/// over the C-1 classes other than j. `[N, C-1]`, no gradient.
+pub fn latent_distribution(aux_logits: &[Tensor], labels: &Tensor) -> Tensor {
+    let stacked = Tensor::stack(aux_logits, 1).detach(); // [N, C, C-1]
+    let (n, _, k) = stacked.size3().expect("3-d");
+    let index = labels.view([n, 1, 1]).expand([n, 1, k], false);
+    stacked
+        .gather(1, &index, false)
+        .squeeze_dim(1)
+        .softmax(-1, Kind::Float)
+}
+
+/// Sharpening (Eq. 3): `p_i^(1/T) / sum_k p_k^(1/T)` along the last dimension.
+pub fn sharpen(p: &Tensor, temperature: f64) -> Tensor {
+    let powered = p.clamp_min(0.0).pow_tensor_scalar(1.0 / temperature);
+    let total = powered
+        .sum_dim_intlist(-1, true, Kind::Float)
+        .clamp_min(EPS);
+    powered / total
+}
+
+/// Indices of the non-annotated classes of each sample, in increasing order: `[N, C-1]`.
+fn other_classes(labels: &Tensor, c: i64) -> Tensor {
+    let k = Tensor::arange(c - 1, (Kind::Int64, labels.device())).unsqueeze(0); // [1, C-1]
+    &k + k.ge_tensor(&labels.unsqueeze(1)).to_kind(Kind::Int64)
+}
+
+/// L_soft (Eq. 4): `1/(N(C-1)) sum_p sum_{k != y_p} (latent_{p,k} - softmax(target)_{p,k})^2`.
+/// `target_logits [N, C]`, `latent [N, C-1]` (already sharpened, no gradient).
+pub fn soft_loss(target_logits: &Tensor, latent: &Tensor, labels: &Tensor) -> Tensor {
+    let (n, c) = target_logits.size2().expect("2-d");
+    let p = target_logits.softmax(-1, Kind::Float);
+    let rest = p.gather(1, &other_classes(labels, c), false);
+    (latent - rest).square().sum(Kind::Float) / ((n * (c - 1)).max(1) as f64)
+}
+
+/// Pairwise class similarity (Eq. 7): `S[a, j]` = mean cosine similarity between `f_a` and the
+/// features of the batch samples labelled j (0 where j has no such sample). `[N, C]`.
+pub fn class_similarity(
+    features: &Tensor,
+    labels: &Tensor,
+    c: i64,
+    include_self: bool,
+    minmax: bool,
+) -> Tensor {
+    let norm = features.norm_scalaropt_dim(2.0, [1], true).clamp_min(EPS);
+    let f = features / norm;
+    let cos = f.matmul(&f.tr()); // [N, N]
+    let onehot = labels.one_hot(c).to_kind(Kind::Float); // [N, C]
+    let mut sums = cos.matmul(&onehot);
+    let mut counts = onehot
+        .sum_dim_intlist(0, true, Kind::Float)
+        .expand_as(&sums)
+        .copy();
+    if !include_self {
+        sums -= cos.diagonal(0, 0, 1).unsqueeze(1) * &onehot;
+        counts -= &onehot;
+    }
+    let s = sums / counts.clamp_min(1.0);
+    if minmax {
+        let lo = s.amin([1], true);
+        let hi = s.amax([1], true);
+        (&s - &lo) / (hi - lo).clamp_min(EPS)
+    } else {
+        s
+    }
+}
+
+/// The uncertainty module's input (Eq. 8): `concat(S, onehot(y))`, `[N, 2C]`.
+pub fn similarity_vector(similarity: &Tensor, labels: &Tensor, c: i64) -> Tensor {
+    Tensor::cat(
+        &[
+            similarity.shallow_clone(),
+            labels.one_hot(c).to_kind(Kind::Float),
+        ],
+        1,
+    )
+}
+
+/// Weighted CE (Eq. 9): CE of the target logits scaled per sample by alpha (`alpha_i W^T f_i`),
+/// not CE multiplied by alpha. `alpha [N]`.
+pub fn weighted_ce(target_logits: &Tensor, alpha: &Tensor, labels: &Tensor) -> Tensor {
+    cross_entropy(&(target_logits * alpha.unsqueeze(1)), labels)
+}
+
+/// `F F^T` with every row L2-normalised: `[N, D] -> [N, N]` (or batched `[B, N, D]`).
+fn normalised_gram(features: &Tensor) -> Tensor {
+    let g = features.matmul(&features.transpose(-1, -2));
+    let norm = g.norm_scalaropt_dim(2.0, [-1], true).clamp_min(EPS);
+    g / norm
+}
+
+/// L_sp (Eq. 5, 13-17): `(1/C) sum_i (1/N_i^2) || M^i * (A_tar - A_aux^i) ||_F^2`, where `M^i`
+/// drops the rows and columns of samples labelled i and `N_i` counts the others. The auxiliary
+/// side is the teacher (no gradient). `aux_feat`: C tensors `[N, D]`.
+pub fn similarity_preserving(target_feat: &Tensor, aux_feat: &[Tensor], labels: &Tensor) -> Tensor {
+    let c = aux_feat.len() as i64;
+    let a_tar = normalised_gram(target_feat).unsqueeze(0); // [1, N, N]
+    let a_aux = normalised_gram(&Tensor::stack(aux_feat, 0).detach()); // [C, N, N]
+    let i = Tensor::arange(c, (Kind::Int64, labels.device())).unsqueeze(1);
+    let keep = labels.unsqueeze(0).ne_tensor(&i).to_kind(Kind::Float); // [C, N]
+    let mask = keep.unsqueeze(2) * keep.unsqueeze(1); // [C, N, N]
+    let n_i = keep.sum_dim_intlist(1, false, Kind::Float); // [C]
+    let sq =
+        ((a_tar - a_aux) * mask)
+            .square()
+            .sum_dim_intlist([1, 2].as_slice(), false, Kind::Float);
+    (sq / n_i.square().clamp_min(1.0)).mean(Kind::Float)
+}
+
+/// The loss terms of one DMUE step (scalars), and alpha for logging.
+#[derive(Debug)]
+pub struct LossTerms {
+    pub total: Tensor,
+    /// Weighted CE (confidence on) or plain CE of the target branch.
+    pub target: Tensor,
+    pub soft: Option<Tensor>,
+    pub sp: Option<Tensor>,
+    pub aux: Option<Tensor>,
+    pub alpha: Option<Tensor>,
+    pub w_u: f64,
+    pub w_d: f64,
+}
+
+impl LossTerms {
+    /// Name and value of every term present, for logging and NaN reports.
+    pub fn named(&self) -> Vec<(&'static str, &Tensor)> {
+        let mut v = vec![("total", &self.total), ("target", &self.target)];
+        for (name, t) in [("soft", &self.soft), ("sp", &self.sp), ("aux", &self.aux)] {
+            if let Some(t) = t {
+                v.push((name, t));
+            }
+        }
+        v
+    }
+}
+
+/// Eq. 10: `w_u(e) (L_wce + omega L_soft + gamma L_sp) + w_d(e) L_aux` at 1-based `epoch`,
+/// with the Table 2 switches. Needs the multi-branch outputs and the uncertainty module.
+pub fn dmue_loss(
+    out: &crate::model::TrainOutput,
+    uncertainty: Option<&crate::model::UncertaintyModule>,
+    labels: &Tensor,
+    cfg: &LossConfig,
+    epoch: usize,
+) -> LossTerms {
+    let c = out.target_logits.size()[1];
+    let (w_u, w_d) = (
+        ramp_up(epoch as f64, cfg.beta),
+        ramp_down(epoch as f64, cfg.beta),
+    );
+    let (target, alpha) = match (cfg.confidence, uncertainty) {
+        (true, Some(module)) => {
+            // The module learns from the similarity pattern; it must not reshape the features.
+            let s = class_similarity(
+                &out.target_feat.detach(),
+                labels,
+                c,
+                cfg.similarity_include_self,
+                cfg.similarity_minmax,
+            );
+            let alpha = module.forward(&similarity_vector(&s, labels, c));
+            (weighted_ce(&out.target_logits, &alpha, labels), Some(alpha))
+        }
+        _ => (cross_entropy(&out.target_logits, labels), None),
+    };
+    let has_aux = !out.aux_logits.is_empty();
+    let soft = (cfg.latent && has_aux).then(|| {
+        let latent = sharpen(
+            &latent_distribution(&out.aux_logits, labels),
+            cfg.temperature,
+        );
+        soft_loss(&out.target_logits, &latent, labels)
+    });
+    let sp = (cfg.similarity_preserving && has_aux)
+        .then(|| similarity_preserving(&out.target_feat, &out.aux_feat, labels));
+    let aux = (has_aux && (cfg.latent || cfg.similarity_preserving))
+        .then(|| aux_ce(&out.aux_logits, labels));
+
+    let mut upper = target.shallow_clone();
+    if let Some(s) = &soft {
+        upper = upper + s * cfg.omega;
+    }
+    if let Some(s) = &sp {
+        upper = upper + s * cfg.gamma;
+    }
+    let mut total = upper * w_u;
+    if let Some(a) = &aux {
+        total = total + a * w_d;
+    }
+    LossTerms {
+        total,
+        target,
+        soft,
+        sp,
+        aux,
+        alpha,
+        w_u,
+        w_d,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t2(rows: &[&[f32]]) -> Tensor {
+        let n = rows.len() as i64;
+        let flat: Vec<f32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
+        Tensor::from_slice(&flat).view([n, -1])
+    }
+    fn labels(v: &[i64]) -> Tensor {
+        Tensor::from_slice(v)
+    }
+    fn scalar(t: &Tensor) -> f64 {
+        t.double_value(&[])
+    }
+    fn close(a: f64, b: f64) {
+        assert!((a - b).abs() < 1e-5, "{a} != {b}");
+    }
+    fn ce(logits: &[f64], y: usize) -> f64 {
+        let lse = logits.iter().map(|v| v.exp()).sum::<f64>().ln();
+        lse - logits[y]
+    }
+
+    // Ramps, Eq. 11-12 with beta = 6:
+    //   w_u(3) = exp(-(1 - 3/6)^2) = exp(-0.25) = 0.778801; w_u(0) = exp(-1) = 0.367879;
+    //   w_u(e >= 6) = 1. w_d(e <= 6) = 1; w_d(12) = exp(-(1 - 6/12)^2) = 0.778801;
+    //   w_d(60) = exp(-0.81) = 0.444858.
+    #[test]
+    fn ramps_match_eq_11_12() {
+        close(ramp_up(3.0, 6.0), 0.778801);
+        close(ramp_up(0.0, 6.0), 0.367879);
+        close(ramp_up(6.0, 6.0), 1.0);
+        close(ramp_up(7.0, 6.0), 1.0);
+        close(ramp_down(6.0, 6.0), 1.0);
+        close(ramp_down(12.0, 6.0), 0.778801);
+        close(ramp_down(60.0, 6.0), 0.444858);
+    }
+
+    // C = 3, labels [0, 2]. Branch j sees the samples not labelled j:
+    //   branch 0: sample 1 (label 2 -> 1); branch 1: sample 0 (0 -> 0) and sample 1 (2 -> 1);
+    //   branch 2: sample 0 (0 -> 0).
+    // L_aux = (CE(b0[1], 1) + (CE(b1[0], 0) + CE(b1[1], 1)) / 2 + CE(b2[0], 0)) / 3.
+    // With b0[1] = [0, ln 3]: softmax = [1/4, 3/4], CE = -ln(3/4) = 0.287682.
+    #[test]
+    fn aux_ce_remaps_labels_and_averages_branches() {
+        let b0 = t2(&[&[5.0, -5.0], &[0.0, 3f32.ln()]]);
+        let b1 = t2(&[&[1.0, 0.0], &[0.5, 2.0]]);
+        let b2 = t2(&[&[0.2, 0.1], &[9.0, 9.0]]);
+        let got = scalar(&aux_ce(&[b0, b1, b2], &labels(&[0, 2])));
+        let expected =
+            (0.287682 + (ce(&[1.0, 0.0], 0) + ce(&[0.5, 2.0], 1)) / 2.0 + ce(&[0.2, 0.1], 0)) / 3.0;
+        close(got, expected);
+    }
+
+    // C = 2, every sample labelled 0: branch 0 has no samples and is left out of the mean
+    // (not counted as 0, no NaN). Branch 1 sees both, label 0 -> 0: mean of CE([a, b], 0).
+    #[test]
+    fn aux_ce_skips_branches_without_samples() {
+        let b0 = t2(&[&[3.0], &[1.0]]);
+        let b1 = t2(&[&[2.0], &[-1.0]]);
+        // One logit: the 1-class softmax is 1, so CE is 0 whatever the logit.
+        close(scalar(&aux_ce(&[b0, b1], &labels(&[0, 0]))), 0.0);
+        let b0 = t2(&[&[3.0, 0.0], &[1.0, 0.0]]);
+        let b1 = t2(&[&[1.0, 0.0], &[0.0, 1.0]]);
+        let b2 = t2(&[&[0.0, 0.0], &[0.0, 0.0]]);
+        let got = scalar(&aux_ce(&[b0, b1, b2], &labels(&[0, 0])));
+        // Branch 0: nobody. Branches 1 and 2: both samples with label 0 -> 0.
+        let expected = ((ce(&[1.0, 0.0], 0) + ce(&[0.0, 1.0], 0)) / 2.0 + ce(&[0.0, 0.0], 0)) / 2.0;
+        close(got, expected);
+    }
+
+    // Sharpen [0.5, 0.3, 0.2] with T = 1.2: p^(1/1.2) = [0.561231, 0.366418, 0.261532],
+    // sum 1.189181 -> [0.471949, 0.308126, 0.219925].
+    #[test]
+    fn sharpen_matches_eq_3() {
+        let s = sharpen(&t2(&[&[0.5, 0.3, 0.2]]), 1.2);
+        let v: Vec<f64> = (0..3).map(|i| s.double_value(&[0, i])).collect();
+        let raw = [0.5f64, 0.3, 0.2].map(|p| p.powf(1.0 / 1.2));
+        let sum: f64 = raw.iter().sum();
+        for i in 0..3 {
+            close(v[i], raw[i] / sum);
+        }
+        close(v[0], 0.471949);
+    }
+
+    // Sample 0 labelled 1 must take branch 1's softmax, sample 1 labelled 0 branch 0's.
+    // Branch 1, sample 0: [ln 1, ln 3] -> [0.25, 0.75]; branch 0, sample 1: [ln 4, 0] -> [0.8, 0.2].
+    #[test]
+    fn latent_distribution_uses_the_annotated_branch() {
+        let b0 = t2(&[&[9.0, -9.0], &[4f32.ln(), 0.0]]);
+        let b1 = t2(&[&[0.0, 3f32.ln()], &[-9.0, 9.0]]);
+        let b2 = t2(&[&[5.0, 5.0], &[5.0, 5.0]]);
+        let l = latent_distribution(&[b0, b1, b2], &labels(&[1, 0]));
+        close(l.double_value(&[0, 0]), 0.25);
+        close(l.double_value(&[0, 1]), 0.75);
+        close(l.double_value(&[1, 0]), 0.8);
+        close(l.double_value(&[1, 1]), 0.2);
+    }
+
+    // N = 1, C = 3, label 1, target logits 0 -> softmax [1/3, 1/3, 1/3]; classes != 1 are
+    // {0, 2}; latent [0.9, 0.1]:
+    //   L_soft = ((0.9 - 1/3)^2 + (0.1 - 1/3)^2) / (1 * 2) = (0.321111 + 0.054444) / 2 = 0.187778.
+    // N = 2 adds sample 2 (label 2, logits [ln 2, 0, 0] -> [0.5, 0.25, 0.25], classes {0, 1},
+    // latent [0.5, 0.5]): ((0.5-0.5)^2 + (0.5-0.25)^2) = 0.0625; L = (0.375556 + 0.0625) / 4.
+    #[test]
+    fn soft_loss_matches_eq_4() {
+        let got = soft_loss(&t2(&[&[0.0, 0.0, 0.0]]), &t2(&[&[0.9, 0.1]]), &labels(&[1]));
+        close(scalar(&got), 0.187778);
+        let got = soft_loss(
+            &t2(&[&[0.0, 0.0, 0.0], &[2f32.ln(), 0.0, 0.0]]),
+            &t2(&[&[0.9, 0.1], &[0.5, 0.5]]),
+            &labels(&[1, 2]),
+        );
+        close(scalar(&got), (0.375556 + 0.0625) / 4.0);
+    }
+
+    // f0 = (1, 0), f1 = (0, 2), f2 = (1, 1), labels [0, 1, 0], C = 2.
+    // cos(f0, f1) = 0, cos(f0, f2) = cos(f1, f2) = 1/sqrt(2) = 0.707107.
+    // Without self: S[0] = [cos(f0,f2), cos(f0,f1)] = [0.707107, 0];
+    //   S[1] = [(cos(f1,f0) + cos(f1,f2)) / 2, (nobody else in class 1) 0] = [0.353553, 0];
+    //   S[2] = [0.707107, 0.707107].
+    // With self: S[0][0] = (1 + 0.707107) / 2 = 0.853553, S[1][1] = 1.
+    #[test]
+    fn class_similarity_matches_eq_7() {
+        let f = t2(&[&[1.0, 0.0], &[0.0, 2.0], &[1.0, 1.0]]);
+        let y = labels(&[0, 1, 0]);
+        let s = class_similarity(&f, &y, 2, false, false);
+        let r = 0.707107;
+        for (i, j, v) in [
+            (0, 0, r),
+            (0, 1, 0.0),
+            (1, 0, r / 2.0),
+            (1, 1, 0.0),
+            (2, 0, r),
+            (2, 1, r),
+        ] {
+            close(s.double_value(&[i, j]), v);
+        }
+        let s = class_similarity(&f, &y, 2, true, false);
+        close(s.double_value(&[0, 0]), (1.0 + r) / 2.0);
+        close(s.double_value(&[1, 1]), 1.0);
+        // Min-max per row: S[2] = [r, r] has zero range -> 0, no NaN.
+        let s = class_similarity(&f, &y, 2, false, true);
+        close(s.double_value(&[0, 0]), 1.0);
+        close(s.double_value(&[2, 1]), 0.0);
+    }
+
+    #[test]
+    fn zero_features_and_missing_classes_give_no_nan() {
+        let f = t2(&[&[0.0, 0.0], &[0.0, 0.0]]);
+        let y = labels(&[0, 0]);
+        let s = class_similarity(&f, &y, 3, false, true);
+        assert!(bool::from(s.isfinite().all()));
+        let sp = similarity_preserving(&f, &[f.copy(), f.copy(), f.copy()], &y);
+        assert!(scalar(&sp).is_finite());
+    }
+
+    // Logits [2, 0], label 0, alpha 0.5 -> scaled logits [1, 0]:
+    //   L_wce = -ln(e / (e + 1)) = ln(1 + e^-1) = 0.313262.
+    // (CE times alpha would be 0.5 * ln(1 + e^-2) = 0.063464.)
+    #[test]
+    fn weighted_ce_scales_logits_not_the_loss() {
+        let got = weighted_ce(
+            &t2(&[&[2.0, 0.0]]),
+            &Tensor::from_slice(&[0.5f32]),
+            &labels(&[0]),
+        );
+        close(scalar(&got), 0.313262);
+    }
+
+    // N = 2, D = 2, C = 2, labels [0, 1].
+    // Target f0 = (1, 0), f1 = (1, 1): G = [[1, 1], [1, 2]], row norms sqrt2, sqrt5 ->
+    //   A_tar = [[0.707107, 0.707107], [0.447214, 0.894427]].
+    // Aux 0: g0 = (1, 0), g1 = (0, 1) -> A = I. M^0 keeps sample 1 only (N_0 = 1):
+    //   term_0 = (0.894427 - 1)^2 = 0.011146.
+    // Aux 1: h0 = (2, 0), h1 = (0, 1) -> A = I. M^1 keeps sample 0 (N_1 = 1):
+    //   term_1 = (0.707107 - 1)^2 = 0.085786.
+    // L_sp = (0.011146 + 0.085786) / 2 = 0.048466.
+    #[test]
+    fn similarity_preserving_matches_eq_5() {
+        let tar = t2(&[&[1.0, 0.0], &[1.0, 1.0]]);
+        let a0 = t2(&[&[1.0, 0.0], &[0.0, 1.0]]);
+        let a1 = t2(&[&[2.0, 0.0], &[0.0, 1.0]]);
+        let got = scalar(&similarity_preserving(&tar, &[a0, a1], &labels(&[0, 1])));
+        close(got, 0.048466);
+    }
+
+    // Same target features, labels [0, 0]: M^0 is empty (term 0, N_0 = 0 guarded);
+    // M^1 keeps everything, N_1 = 2, aux 1 = identity Gram:
+    //   ||A_tar - I||^2 = 0.292893^2 + 0.707107^2 + 0.447214^2 + 0.105573^2
+    //                   = 0.085786 + 0.5 + 0.2 + 0.011146 = 0.796932
+    //   term_1 = 0.796932 / 4 = 0.199233; L_sp = (0 + 0.199233) / 2 = 0.099617.
+    #[test]
+    fn similarity_preserving_handles_an_absent_class() {
+        let tar = t2(&[&[1.0, 0.0], &[1.0, 1.0]]);
+        let eye = t2(&[&[1.0, 0.0], &[0.0, 1.0]]);
+        let got = scalar(&similarity_preserving(
+            &tar,
+            &[eye.copy(), eye],
+            &labels(&[0, 0]),
+        ));
+        close(got, 0.099617);
+    }
+
+    /// The total follows Eq. 10 term by term, and the switches remove exactly their term.
+    #[test]
+    fn total_combines_terms_with_ramps_and_switches() {
+        tch::manual_seed(0);
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        let net = crate::model::MultiBranchNet::new(
+            &vs.root(),
+            &crate::model::ModelConfig {
+                width: 4,
+                ..Default::default()
+            },
+            3,
+            true,
+        );
+        let x = Tensor::randn([6, 3, 32, 32], (Kind::Float, tch::Device::Cpu));
+        let y = labels(&[0, 1, 2, 0, 1, 2]);
+        let out = net.forward_train(&x, false);
+        let cfg = LossConfig::default();
+        let t = dmue_loss(&out, net.uncertainty.as_ref(), &y, &cfg, 3);
+        let (wu, wd) = (ramp_up(3.0, 6.0), 1.0);
+        let expected = wu
+            * (scalar(&t.target)
+                + 0.5 * scalar(t.soft.as_ref().unwrap())
+                + 1e3 * scalar(t.sp.as_ref().unwrap()))
+            + wd * scalar(t.aux.as_ref().unwrap());
+        assert!((scalar(&t.total) - expected).abs() < 1e-4 * expected.abs().max(1.0));
+        let off = LossConfig {
+            latent: false,
+            similarity_preserving: false,
+            confidence: false,
+            ..cfg
+        };
+        let t = dmue_loss(&out, net.uncertainty.as_ref(), &y, &off, 10);
+        assert!(t.soft.is_none() && t.sp.is_none() && t.aux.is_none() && t.alpha.is_none());
+        close(
+            scalar(&t.total),
+            scalar(&cross_entropy(&out.target_logits, &y)),
+        );
+    }
+}

@@ -1,0 +1,191 @@
+//! PNG plots (plotters, bundled DejaVu font: no system fonts needed).
+
+use anyhow::{anyhow, Result};
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+use std::path::Path;
+use std::sync::Once;
+
+const FONT: &str = "sans-serif";
+
+fn ensure_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // Both registrations take a static, valid TTF; failure would be a packaging bug.
+        let _ = plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular());
+        let _ = plotters::style::register_font(FONT, FontStyle::Bold, dejavu::sans::bold());
+    });
+}
+
+fn err<E: std::fmt::Display>(e: E) -> anyhow::Error {
+    anyhow!("plotting failed: {e}")
+}
+
+/// Draws black text items `(x, y, text)` onto an RGB image in place.
+pub fn draw_texts(
+    img: &mut image::RgbImage,
+    items: &[(u32, u32, String)],
+    size: f64,
+) -> Result<()> {
+    ensure_font();
+    let (w, h) = img.dimensions();
+    {
+        let root = BitMapBackend::with_buffer(img.as_mut(), (w, h)).into_drawing_area();
+        let style = TextStyle::from((FONT, size).into_font()).color(&BLACK);
+        for (x, y, text) in items {
+            root.draw_text(text, &style, (*x as i32, *y as i32))
+                .map_err(err)?;
+        }
+        root.present().map_err(err)?;
+    }
+    Ok(())
+}
+
+/// One panel of a multi-panel line chart: a title and named series of (x, y) points.
+pub struct Panel {
+    pub title: String,
+    pub series: Vec<(String, Vec<(f64, f64)>)>,
+}
+
+/// Draws panels in a grid (`cols` per row), x = epoch, and writes a PNG.
+pub fn line_panels(path: &Path, panels: &[Panel], cols: usize) -> Result<()> {
+    ensure_font();
+    let rows = panels.len().div_ceil(cols.max(1));
+    let (pw, ph) = (420u32, 300u32);
+    let root = BitMapBackend::new(path, (pw * cols as u32, ph * rows as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let areas = root.split_evenly((rows, cols));
+    let palette = [&BLUE, &RED, &GREEN, &MAGENTA, &CYAN, &BLACK];
+    for (panel, area) in panels.iter().zip(areas.iter()) {
+        let points: Vec<(f64, f64)> = panel
+            .series
+            .iter()
+            .flat_map(|s| s.1.iter().copied())
+            .filter(|p| p.1.is_finite())
+            .collect();
+        if points.is_empty() {
+            continue;
+        }
+        let (x0, x1) = points
+            .iter()
+            .fold((f64::MAX, f64::MIN), |a, p| (a.0.min(p.0), a.1.max(p.0)));
+        let (y0, y1) = points
+            .iter()
+            .fold((f64::MAX, f64::MIN), |a, p| (a.0.min(p.1), a.1.max(p.1)));
+        let pad = ((y1 - y0) * 0.08).max(1e-6);
+        let x1 = if x1 > x0 { x1 } else { x0 + 1.0 };
+        let mut chart = ChartBuilder::on(area)
+            .caption(&panel.title, (FONT, 16))
+            .margin(8)
+            .x_label_area_size(28)
+            .y_label_area_size(52)
+            .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("epoch")
+            .label_style((FONT, 11))
+            .y_label_formatter(&|v| format!("{v:.3}"))
+            .draw()
+            .map_err(err)?;
+        for (i, (name, pts)) in panel.series.iter().enumerate() {
+            let colour = palette[i % palette.len()];
+            chart
+                .draw_series(LineSeries::new(
+                    pts.iter().copied().filter(|p| p.1.is_finite()),
+                    colour.stroke_width(2),
+                ))
+                .map_err(err)?
+                .label(name.as_str())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(2))
+                });
+        }
+        if panel.series.len() > 1 {
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .label_font((FONT, 11))
+                .draw()
+                .map_err(err)?;
+        }
+    }
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// Row-normalised confusion matrix as a heat map (rows: true class, columns: predicted),
+/// each cell annotated with its count.
+pub fn confusion_png(
+    path: &Path,
+    classes: &[String],
+    counts: &[Vec<u64>],
+    title: &str,
+) -> Result<()> {
+    ensure_font();
+    let c = classes.len();
+    let cell = 64i32;
+    let (left, top) = (110i32, 60i32);
+    let size = (
+        (left + cell * c as i32 + 20) as u32,
+        (top + cell * c as i32 + 90) as u32,
+    );
+    let root = BitMapBackend::new(path, size).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let text = |s: i32| TextStyle::from((FONT, s).into_font()).color(&BLACK);
+    root.draw_text(title, &text(16), (10, 10)).map_err(err)?;
+    root.draw_text("rows: true class, columns: predicted", &text(12), (10, 32))
+        .map_err(err)?;
+    for (i, row) in counts.iter().enumerate() {
+        let total: u64 = row.iter().sum();
+        for (j, &n) in row.iter().enumerate() {
+            let frac = if total > 0 {
+                n as f64 / total as f64
+            } else {
+                0.0
+            };
+            let shade = (255.0 * (1.0 - frac)) as u8;
+            let (x, y) = (left + cell * j as i32, top + cell * i as i32);
+            let colour = if i == j {
+                RGBColor(shade, 255, shade)
+            } else {
+                RGBColor(255, shade, shade)
+            };
+            root.draw(&Rectangle::new(
+                [(x, y), (x + cell, y + cell)],
+                colour.filled(),
+            ))
+            .map_err(err)?;
+            root.draw(&Rectangle::new(
+                [(x, y), (x + cell, y + cell)],
+                BLACK.mix(0.3),
+            ))
+            .map_err(err)?;
+            root.draw_text(&format!("{n}"), &text(13), (x + 6, y + 10))
+                .map_err(err)?;
+            root.draw_text(&format!("{:.0}%", frac * 100.0), &text(11), (x + 6, y + 34))
+                .map_err(err)?;
+        }
+        root.draw_text(
+            &classes[i],
+            &text(13),
+            (8, top + cell * i as i32 + cell / 2 - 7),
+        )
+        .map_err(err)?;
+    }
+    for (j, name) in classes.iter().enumerate() {
+        let style = text(12).transform(FontTransform::Rotate90);
+        root.draw_text(
+            name,
+            &style,
+            (
+                left + cell * j as i32 + cell / 2 + 6,
+                top + cell * c as i32 + 6,
+            ),
+        )
+        .map_err(err)?;
+    }
+    root.present().map_err(err)?;
+    Ok(())
+}
