@@ -85,7 +85,8 @@ pub fn line_panels(path: &Path, panels: &[Panel], cols: usize) -> Result<()> {
             .configure_mesh()
             .x_desc("epoch")
             .label_style((FONT, 11))
-            .y_label_formatter(&|v| format!("{v:.3}"))
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| axis_label(*v, y1 - y0))
             .draw()
             .map_err(err)?;
         for (i, (name, pts)) in panel.series.iter().enumerate() {
@@ -113,6 +114,15 @@ pub fn line_panels(path: &Path, panels: &[Panel], cols: usize) -> Result<()> {
     }
     root.present().map_err(err)?;
     Ok(())
+}
+
+/// Tick label readable at the panel's scale: scientific notation for tiny ranges.
+fn axis_label(v: f64, range: f64) -> String {
+    if range > 0.0 && range < 0.01 {
+        format!("{v:.2e}")
+    } else {
+        format!("{v:.3}")
+    }
 }
 
 /// Row-normalised confusion matrix as a heat map (rows: true class, columns: predicted),

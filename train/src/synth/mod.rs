@@ -91,9 +91,17 @@ fn image_rng(seed: u64, split: Split, index: usize) -> ChaCha8Rng {
     rng
 }
 
+/// One face as rendered: what it shows, the annotator's label, where it is.
+struct RenderedFace {
+    sample: ExpressionSample,
+    annotated: usize,
+    landmarks: [[f32; 2]; 5],
+    pose: Pose,
+}
+
 struct Rendered {
     image: image::RgbImage,
-    faces: Vec<(ExpressionSample, usize, [[f32; 2]; 5], Pose)>,
+    faces: Vec<RenderedFace>,
 }
 
 /// Renders one face in aligned position on a `size` x `size` crop.
@@ -117,7 +125,12 @@ fn render_aligned(opts: &SynthOptions, rng: &mut ChaCha8Rng) -> Result<Rendered>
     let image = finish(&pixmap, &nuisance, rng);
     Ok(Rendered {
         image,
-        faces: vec![(sample, annotated, landmarks, pose)],
+        faces: vec![RenderedFace {
+            sample,
+            annotated,
+            landmarks,
+            pose,
+        }],
     })
 }
 
@@ -157,7 +170,12 @@ fn render_photo(opts: &SynthOptions, rng: &mut ChaCha8Rng) -> Result<Rendered> {
         let annotated = annotate(&sample.mixture, rng);
         let identity = Identity::sample(rng);
         let landmarks = draw_face(&mut pixmap, &sample.expr, &identity, &pose);
-        faces.push((sample, annotated, landmarks, pose));
+        faces.push(RenderedFace {
+            sample,
+            annotated,
+            landmarks,
+            pose,
+        });
     }
     apply_lighting(&mut pixmap, &nuisance);
     let image = finish(&pixmap, &nuisance, rng);
@@ -212,11 +230,7 @@ pub fn generate(opts: &SynthOptions, out: &Path) -> Result<Summary> {
             .with_context(|| format!("cannot create {}", out.display()))?;
     }
     let pb = crate::util::progress(jobs.len() as u64, "render");
-    let rendered: Vec<(
-        Split,
-        String,
-        Vec<(ExpressionSample, usize, [[f32; 2]; 5], Pose)>,
-    )> = jobs
+    let rendered: Vec<(Split, String, Vec<RenderedFace>)> = jobs
         .par_iter()
         .map(|&(split, i)| {
             let mut rng = image_rng(opts.seed, split, i);
@@ -238,7 +252,7 @@ pub fn generate(opts: &SynthOptions, out: &Path) -> Result<Summary> {
     let mut train_labels: Vec<usize> = rendered
         .iter()
         .filter(|r| r.0 == Split::Train)
-        .flat_map(|r| r.2.iter().map(|f| f.1))
+        .flat_map(|r| r.2.iter().map(|f| f.annotated))
         .collect();
     let flipped_idx = flip_labels(&mut train_labels, CLASSES.len(), opts.flip_rate, opts.seed);
     let mut flipped_set = vec![false; train_labels.len()];
@@ -252,7 +266,13 @@ pub fn generate(opts: &SynthOptions, out: &Path) -> Result<Summary> {
     let mut n_faces = 0;
     for (split, rel, faces) in &rendered {
         let mut photo_faces = Vec::new();
-        for (sample, annotated, landmarks, pose) in faces {
+        for RenderedFace {
+            sample,
+            annotated,
+            landmarks,
+            pose,
+        } in faces
+        {
             n_faces += 1;
             let (label, flipped) = if *split == Split::Train {
                 let l = (train_labels[train_face], flipped_set[train_face]);
@@ -350,14 +370,14 @@ pub fn preview(opts: &SynthOptions, per_class: usize, path: &Path) -> Result<()>
         mode: Mode::Aligned,
         ..opts.clone()
     };
-    for class in 0..c {
+    for (class, class_name) in CLASSES.iter().enumerate() {
         let mut found = 0;
         let mut i = 0usize;
         while found < per_class && i < 100_000 {
             let mut rng = image_rng(opts.seed ^ 0xC0FFEE, Split::Val, i);
             i += 1;
             let r = render_aligned(&cell_opts, &mut rng)?;
-            let (sample, ..) = &r.faces[0];
+            let sample = &r.faces[0].sample;
             if sample.clean_label() != class {
                 continue;
             }
@@ -385,7 +405,7 @@ pub fn preview(opts: &SynthOptions, per_class: usize, path: &Path) -> Result<()>
         captions.push((
             6,
             (cell + caption_h) * class as u32 + cell / 2 - 8,
-            CLASSES[class].to_string(),
+            class_name.to_string(),
         ));
     }
     crate::plot::draw_texts(&mut canvas, &captions, 13.0)?;
@@ -423,7 +443,7 @@ mod tests {
         let a = render_aligned(&opts, &mut image_rng(3, Split::Train, 5)).unwrap();
         let b = render_aligned(&opts, &mut image_rng(3, Split::Train, 5)).unwrap();
         assert_eq!(a.image, b.image);
-        let lm = a.faces[0].2;
+        let lm = a.faces[0].landmarks;
         for (p, t) in lm.iter().zip(dmue_deploy::face::TEMPLATE_256) {
             let d = (p[0] - t[0]).hypot(p[1] - t[1]);
             assert!(d < 25.0, "landmark {p:?} too far from template {t:?}");
@@ -438,7 +458,12 @@ mod tests {
         };
         let r = render_photo(&opts, &mut image_rng(9, Split::Test, 1)).unwrap();
         assert!(!r.faces.is_empty());
-        for (_, _, lm, pose) in &r.faces {
+        for RenderedFace {
+            landmarks: lm,
+            pose,
+            ..
+        } in &r.faces
+        {
             let eyes = (lm[1][0] - lm[0][0]).hypot(lm[1][1] - lm[0][1]);
             let angle = (lm[1][1] - lm[0][1])
                 .atan2(lm[1][0] - lm[0][0])

@@ -1,0 +1,324 @@
+//! End-to-end behaviour of the `dmue-train` binary on tiny synthetic data: training, resume,
+//! evaluation, and the clear errors promised for bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dmue-train"));
+    c.env("DMUE_NO_PROGRESS", "1").env("DMUE_LOG", "warn");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("binary runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = run(args);
+    assert!(
+        o.status.success(),
+        "dmue-train {args:?} failed:\n{}",
+        text(&o)
+    );
+    text(&o)
+}
+
+fn fails(args: &[&str]) -> String {
+    let o = run(args);
+    assert!(
+        !o.status.success(),
+        "dmue-train {args:?} should have failed:\n{}",
+        text(&o)
+    );
+    text(&o)
+}
+
+/// A tiny dataset rendered once per test binary and copied by tests that modify it.
+fn dataset() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("dmue-cli-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let d = dir.to_str().unwrap();
+        ok(&[
+            "synth",
+            "--out",
+            d,
+            "--train",
+            "84",
+            "--test",
+            "28",
+            "--size",
+            "48",
+            "--seed",
+            "3",
+            "--flip-rate",
+            "0.2",
+        ]);
+        dir
+    })
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
+}
+
+/// Settings for a fast run: width-4 ResNet-18 on 32x32 crops, batches of 14.
+const TINY: [&str; 10] = [
+    "--set",
+    "data.preprocess.resize=36",
+    "--set",
+    "data.preprocess.crop=32",
+    "--set",
+    "model.width=4",
+    "--set",
+    "train.batch_size=14",
+    "--set",
+    "train.threads=1",
+];
+
+fn fit(data: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "fit",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ];
+    args.extend_from_slice(&TINY);
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+#[test]
+fn synth_writes_ground_truth_and_flips_the_requested_share() {
+    let ds = dataset();
+    let manifest = std::fs::read_to_string(ds.join("manifest.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = manifest
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 112);
+    let train: Vec<&serde_json::Value> = rows.iter().filter(|r| r["split"] == "train").collect();
+    let flipped = train
+        .iter()
+        .filter(|r| r["truth"]["flipped"] == true)
+        .count();
+    assert_eq!(flipped, (0.2f32 * 84.0).round() as usize);
+    for r in &train {
+        let t = &r["truth"];
+        assert_eq!(t["flipped"] == true, r["label"] != t["annotated_label"]);
+    }
+    for r in rows.iter().filter(|r| r["split"] == "test") {
+        assert_eq!(
+            r["label"], r["truth"]["clean_label"],
+            "test labels are clean"
+        );
+    }
+    let img = image::open(ds.join(train[0]["path"].as_str().unwrap())).unwrap();
+    assert_eq!((img.width(), img.height()), (48, 48));
+}
+
+#[test]
+fn fit_writes_a_complete_run_and_resume_continues_it() {
+    let out = tempfile::tempdir().unwrap();
+    let run_dir = out.path().join("run");
+    let o = fit(dataset(), &run_dir, &["--epochs", "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    for f in [
+        "config.toml",
+        "metrics.jsonl",
+        "curves.png",
+        "checkpoints/latest",
+        "checkpoints/epoch-0001/model.safetensors",
+        "eval-test.json",
+        "confusion-test.png",
+        "summary.json",
+        "model.safetensors",
+    ] {
+        assert!(run_dir.join(f).exists(), "missing {f}");
+    }
+    // The same directory again without --resume is refused, not overwritten.
+    let o = fit(dataset(), &run_dir, &["--epochs", "2"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--resume"), "{}", text(&o));
+    // --resume picks up after epoch 1 and adds epoch 2 only.
+    let o = fit(dataset(), &run_dir, &["--epochs", "2", "--resume"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("resuming from"), "{}", text(&o));
+    let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    let epochs: Vec<u64> = metrics
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(epochs, vec![1, 2]);
+    assert_eq!(
+        std::fs::read_to_string(run_dir.join("checkpoints/latest")).unwrap(),
+        "epoch-0002"
+    );
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run_dir.join("checkpoints/epoch-0002/state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["optimizer_step"], 2 * (84 / 14));
+
+    // eval on the run directory reproduces the report.
+    let report = ok(&["eval", run_dir.to_str().unwrap(), "--device", "cpu"]);
+    assert!(
+        report.contains("accuracy") && report.contains("anger"),
+        "{report}"
+    );
+}
+
+#[test]
+fn baseline_mode_trains_without_auxiliary_branches() {
+    let out = tempfile::tempdir().unwrap();
+    let o = fit(
+        dataset(),
+        out.path(),
+        &["--epochs", "1", "--mode", "baseline"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let line = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
+    let m: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    assert!(m["soft"].is_null() && m["sp"].is_null() && m["aux"].is_null());
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["parameters_total"], summary["parameters_deployed"]);
+}
+
+#[test]
+fn corrupt_and_missing_images_are_skipped_and_listed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = tmp.path().join("ds");
+    copy_dir(dataset(), &ds);
+    std::fs::write(ds.join("images/train/000003.png"), b"not a png at all").unwrap();
+    std::fs::remove_file(ds.join("images/train/000005.png")).unwrap();
+    let run_dir = tmp.path().join("run");
+    let o = fit(&ds, &run_dir, &["--epochs", "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("2 image(s) could not be read"),
+        "{}",
+        text(&o)
+    );
+    let skipped = std::fs::read_to_string(run_dir.join("skipped.txt")).unwrap();
+    assert!(
+        skipped.contains("images/train/000003.png") && skipped.contains("images/train/000005.png"),
+        "{skipped}"
+    );
+}
+
+#[test]
+fn malformed_manifest_rows_are_reported_with_line_numbers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = tmp.path().join("ds");
+    copy_dir(dataset(), &ds);
+    let manifest = std::fs::read_to_string(ds.join("manifest.jsonl")).unwrap();
+    let mut lines: Vec<String> = manifest.lines().map(String::from).collect();
+    lines[1] = lines[1].replacen("\"label\":", "\"labl\":", 1);
+    lines[4] = r#"{"path":"x.png","label":7,"split":"train"}"#.into();
+    std::fs::write(ds.join("manifest.jsonl"), lines.join("\n")).unwrap();
+    let msg = text(&fit(&ds, &tmp.path().join("run"), &["--epochs", "1"]));
+    assert!(
+        msg.contains("line 2:") && msg.contains("line 5: unknown label 7"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn config_typos_and_missing_cuda_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset().to_str().unwrap();
+    let out = tmp.path().join("r");
+    let msg = fails(&[
+        "fit",
+        "--data",
+        data,
+        "--out",
+        out.to_str().unwrap(),
+        "--set",
+        "train.learning_rate=0.1",
+    ]);
+    assert!(msg.contains("unknown field `learning_rate`"), "{msg}");
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(&cfg, "[train]\nepoch = 3\n").unwrap();
+    let msg = fails(&[
+        "fit",
+        "--data",
+        data,
+        "--out",
+        out.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert!(msg.contains("unknown field `epoch`"), "{msg}");
+    if !tch::Cuda::is_available() {
+        let msg = fails(&[
+            "fit",
+            "--data",
+            data,
+            "--out",
+            out.to_str().unwrap(),
+            "--device",
+            "cuda",
+        ]);
+        assert!(
+            msg.contains("CUDA was requested") && msg.contains("--device cpu"),
+            "{msg}"
+        );
+    }
+    let msg = fails(&[
+        "fit",
+        "--data",
+        tmp.path().to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(msg.contains("dataset.json"), "{msg}");
+}
+
+#[test]
+fn a_non_finite_loss_stops_with_the_step_and_the_terms() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Adam's steps have size ~lr: lr = 1e30 sends the weights to overflow within a step or two.
+    let o = fit(
+        dataset(),
+        &tmp.path().join("run"),
+        &["--epochs", "1", "--set", "train.lr=1e30"],
+    );
+    assert!(!o.status.success(), "{}", text(&o));
+    let msg = text(&o);
+    assert!(msg.contains("non-finite loss at epoch 1, step"), "{msg}");
+    assert!(
+        msg.contains("total = NaN") || msg.contains("total = inf"),
+        "{msg}"
+    );
+    assert!(msg.contains("target =") && msg.contains("aux ="), "{msg}");
+}
