@@ -318,11 +318,22 @@ pub fn fit(cfg: &Config, run: &Path, resume: bool) -> Result<FitSummary> {
                     .map(|(n, t)| (n, t.double_value(&[])))
                     .collect();
                 if !values[0].1.is_finite() {
+                    let bad: Vec<&str> = values
+                        .iter()
+                        .skip(1)
+                        .filter(|(_, v)| !v.is_finite())
+                        .map(|(n, _)| *n)
+                        .collect();
+                    let culprit = if bad.is_empty() {
+                        "the weighted sum overflowed".to_string()
+                    } else {
+                        format!("term {}", bad.join(", "))
+                    };
                     let listing: Vec<String> =
                         values.iter().map(|(n, v)| format!("{n} = {v}")).collect();
                     bail!(
-                        "non-finite loss at epoch {epoch}, step {} (global step {}): {}. The weights were not updated; the last \
-                         checkpoint is intact. Lower train.lr or loss.gamma and continue with --resume.",
+                        "non-finite loss at epoch {epoch}, step {} (global step {}): {culprit} is not finite ({}). The weights \
+                         were not updated; the last checkpoint is intact. Lower train.lr or loss.gamma and continue with --resume.",
                         step + 1,
                         state.global_step + 1,
                         listing.join(", ")

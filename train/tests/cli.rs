@@ -321,4 +321,8 @@ fn a_non_finite_loss_stops_with_the_step_and_the_terms() {
         "{msg}"
     );
     assert!(msg.contains("target =") && msg.contains("aux ="), "{msg}");
+    assert!(
+        msg.contains("is not finite") && msg.contains("--resume"),
+        "{msg}"
+    );
 }
