@@ -279,17 +279,20 @@ pub fn dmue_loss(
     let aux = (has_aux && (cfg.latent || cfg.similarity_preserving))
         .then(|| aux_ce(&out.aux_logits, labels));
 
-    let mut upper = target.shallow_clone();
-    if let Some(s) = &soft {
-        upper += s * cfg.omega;
-    }
-    if let Some(s) = &sp {
-        upper += s * cfg.gamma;
-    }
-    let mut total = upper * w_u;
-    if let Some(a) = &aux {
-        total += a * w_d;
-    }
+    // No in-place ops here: `target` is reported on its own and must not absorb the others.
+    let upper_terms: Vec<Tensor> = [
+        Some(target.shallow_clone()),
+        soft.as_ref().map(|s| s * cfg.omega),
+        sp.as_ref().map(|s| s * cfg.gamma),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let upper = Tensor::stack(&upper_terms, 0).sum(Kind::Float) * w_u;
+    let total = match &aux {
+        Some(a) => upper + a * w_d,
+        None => upper,
+    };
     LossTerms {
         total,
         target,
