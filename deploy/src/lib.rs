@@ -1,9 +1,13 @@
 //! dmue-deploy: everything that runs without libtorch.
 //!
 //! This crate is also the single home of the conventions that training and deployment must
-//! share: the classifier's preprocessing ([`preprocess`]) and the face alignment template
-//! ([`face`]). `dmue-train` depends on it with default features off, so both sides use the
-//! same code by construction.
+//! share: the classifier's preprocessing ([`preprocess`]), the face alignment template
+//! ([`face`]) and the model card stored in every exported model ([`model_card`]).
+//! `dmue-train` depends on it with default features off, so both sides use the same code by
+//! construction.
 
+pub mod error;
 pub mod face;
+pub mod model_card;
+pub mod onnx;
 pub mod preprocess;

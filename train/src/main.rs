@@ -26,6 +26,18 @@ enum Command {
     Fit(FitArgs),
     /// Evaluate a run's newest checkpoint: accuracy, per-class recall, confusion matrix.
     Eval(EvalArgs),
+    /// Export the deployed part (trunk + target branch, BatchNorm folded) to ONNX, with the
+    /// model card (classes, preprocessing, template...) in its metadata.
+    Export(ExportArgs),
+}
+
+#[derive(clap::Args)]
+struct ExportArgs {
+    /// Run directory written by `fit`.
+    run: PathBuf,
+    /// Output file (default: RUN/target.onnx).
+    #[arg(long, short)]
+    out: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -225,6 +237,11 @@ fn run(cli: Cli) -> Result<()> {
                     .join(format!("confusion-{}.png", report.split))
                     .display()
             );
+        }
+        Command::Export(a) => {
+            let out = a.out.unwrap_or_else(|| a.run.join("target.onnx"));
+            let report = dmue_train::export::export_run(&a.run, &out)?;
+            println!("{report}");
         }
     }
     Ok(())

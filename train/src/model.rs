@@ -52,8 +52,18 @@ fn conv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, padding: i64) -> 
     nn::conv2d(p, cin, cout, k, cfg)
 }
 
+/// BatchNorm epsilon (PyTorch's default); the exporter folds BatchNorm with this same value.
+pub const BN_EPS: f64 = 1e-5;
+
 fn bn(p: nn::Path, c: i64) -> nn::BatchNorm {
-    nn::batch_norm2d(p, c, Default::default())
+    nn::batch_norm2d(
+        p,
+        c,
+        nn::BatchNormConfig {
+            eps: BN_EPS,
+            ..Default::default()
+        },
+    )
 }
 
 /// ResNet BasicBlock: `[B, cin, H, W] -> [B, cout, H/stride, W/stride]`.
@@ -65,6 +75,8 @@ pub struct BasicBlock {
     pub bn2: nn::BatchNorm,
     /// 1x1 strided convolution + BatchNorm when the shape changes (`downsample.0`, `.1`).
     pub downsample: Option<(nn::Conv2D, nn::BatchNorm)>,
+    /// Stride of `conv1` and `downsample.0` (every ResNet conv pads by kernel/2).
+    pub stride: i64,
 }
 
 impl BasicBlock {
@@ -81,6 +93,7 @@ impl BasicBlock {
             conv2: conv(&p / "conv2", cout, cout, 3, 1, 1),
             bn2: bn(&p / "bn2", cout),
             downsample,
+            stride,
         }
     }
 }
@@ -131,6 +144,11 @@ impl ModuleT for Layer {
     }
 }
 
+/// Stem geometry (torchvision ResNet): 7x7 convolution with this stride, then max pooling.
+pub const STEM_STRIDE: i64 = 2;
+/// Stem max pooling: kernel, stride, padding.
+pub const STEM_POOL: (i64, i64, i64) = (3, 2, 1);
+
 /// Shared trunk: stem + layer1..layer3. `[B, 3, H, W] -> [B, 4w, H/16, W/16]`.
 #[derive(Debug)]
 pub struct Trunk {
@@ -144,7 +162,7 @@ pub struct Trunk {
 impl Trunk {
     pub fn new(p: &nn::Path, w: i64) -> Self {
         Self {
-            conv1: conv(p / "conv1", 3, w, 7, 2, 3),
+            conv1: conv(p / "conv1", 3, w, 7, STEM_STRIDE, 3),
             bn1: bn(p / "bn1", w),
             layer1: Layer::new(p / "layer1", w, w, 2, 1),
             layer2: Layer::new(p / "layer2", w, 2 * w, 2, 2),
@@ -158,7 +176,13 @@ impl ModuleT for Trunk {
         xs.apply(&self.conv1)
             .apply_t(&self.bn1, train)
             .relu()
-            .max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)
+            .max_pool2d(
+                [STEM_POOL.0; 2],
+                [STEM_POOL.1; 2],
+                [STEM_POOL.2; 2],
+                [1, 1],
+                false,
+            )
             .apply_t(&self.layer1, train)
             .apply_t(&self.layer2, train)
             .apply_t(&self.layer3, train)

@@ -1,0 +1,176 @@
+//! The model card: everything deployment needs to know about an exported model, stored as
+//! `metadata_props` inside the ONNX file (contract 2). The exporter writes it with
+//! [`ModelCard::to_props`]; `dmue-serve` reads it with [`ModelCard::from_onnx`]. Nothing in it is
+//! re-typed anywhere else.
+
+use crate::error::{Error, Result};
+use crate::preprocess::Preprocess;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Version of the card's schema.
+pub const CARD_FORMAT: &str = "dmue-model-card-v1";
+/// Name of the graph input: `[N, 3, crop, crop]` float32, normalised per the card.
+pub const INPUT_NAME: &str = "input";
+/// Raw class scores `[N, C]`.
+pub const LOGITS_NAME: &str = "logits";
+/// `softmax(logits)` over the classes, `[N, C]`.
+pub const PROBABILITIES_NAME: &str = "probabilities";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelCard {
+    /// Class names in output order.
+    pub classes: Vec<String>,
+    pub preprocess: Preprocess,
+    /// Alignment template the training crops were cut with (`crate::face::TEMPLATE_ID`).
+    pub template_id: String,
+    pub backbone: String,
+    pub dataset: String,
+    pub run_id: String,
+    /// dmue version that exported the model.
+    pub version: String,
+}
+
+impl ModelCard {
+    /// Human-readable crop rule derived from the preprocessing (also stored in the file).
+    pub fn crop_rule(&self) -> String {
+        format!(
+            "align with template {} to {}x{}, resize to {}x{}, centre crop {}x{}, RGB scaled to [0,1], \
+             (x - mean) / std per channel, NCHW",
+            self.template_id,
+            crate::face::ALIGNED_SIZE,
+            crate::face::ALIGNED_SIZE,
+            self.preprocess.resize,
+            self.preprocess.resize,
+            self.preprocess.crop,
+            self.preprocess.crop
+        )
+    }
+
+    /// The card as `metadata_props` entries (one readable key per fact, `dmue.*`).
+    pub fn to_props(&self) -> Vec<(String, String)> {
+        vec![
+            ("dmue.format".into(), CARD_FORMAT.into()),
+            ("dmue.classes".into(), to_json(&self.classes)),
+            ("dmue.input".into(), format!("{INPUT_NAME}: float32 [N, 3, {0}, {0}]", self.preprocess.crop)),
+            ("dmue.outputs".into(), format!("{LOGITS_NAME}: float32 [N, C] raw scores; {PROBABILITIES_NAME}: float32 [N, C] softmax")),
+            ("dmue.input_size".into(), self.preprocess.crop.to_string()),
+            ("dmue.resize".into(), self.preprocess.resize.to_string()),
+            ("dmue.mean".into(), to_json(&self.preprocess.mean)),
+            ("dmue.std".into(), to_json(&self.preprocess.std)),
+            ("dmue.crop_rule".into(), self.crop_rule()),
+            ("dmue.template_id".into(), self.template_id.clone()),
+            ("dmue.backbone".into(), self.backbone.clone()),
+            ("dmue.dataset".into(), self.dataset.clone()),
+            ("dmue.run_id".into(), self.run_id.clone()),
+            ("dmue.version".into(), self.version.clone()),
+        ]
+    }
+
+    /// Reads the card back from `metadata_props`; a missing or malformed key is an error that
+    /// names it.
+    pub fn from_props(props: &[(String, String)]) -> Result<Self> {
+        let format: String = prop(props, "dmue.format")?;
+        if format != CARD_FORMAT {
+            return Err(Error::Model(format!(
+                "model card format {format:?} is not supported (expected {CARD_FORMAT})"
+            )));
+        }
+        let classes: Vec<String> = prop(props, "dmue.classes")?;
+        if classes.len() < 2 {
+            return Err(Error::Model(format!(
+                "metadata dmue.classes lists {} classes; at least 2 are needed",
+                classes.len()
+            )));
+        }
+        let preprocess = Preprocess {
+            resize: prop(props, "dmue.resize")?,
+            crop: prop(props, "dmue.input_size")?,
+            mean: prop(props, "dmue.mean")?,
+            std: prop(props, "dmue.std")?,
+        };
+        preprocess.validate()?;
+        Ok(Self {
+            classes,
+            preprocess,
+            template_id: prop(props, "dmue.template_id")?,
+            backbone: prop(props, "dmue.backbone")?,
+            dataset: prop(props, "dmue.dataset")?,
+            run_id: prop(props, "dmue.run_id")?,
+            version: prop(props, "dmue.version")?,
+        })
+    }
+
+    pub fn from_onnx(path: &Path) -> Result<Self> {
+        Self::from_props(&crate::onnx::metadata(&crate::onnx::read_model(path)?))
+    }
+}
+
+/// JSON text of plain data (cannot fail for the card's types).
+fn to_json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+/// Value of metadata key `k`: parsed as JSON (numbers, arrays), or taken as a plain string.
+fn prop<T: serde::de::DeserializeOwned>(props: &[(String, String)], k: &str) -> Result<T> {
+    let raw = props
+        .iter()
+        .find(|(key, _)| key == k)
+        .map(|(_, v)| v.as_str())
+        .ok_or_else(|| {
+            Error::Model(format!(
+                "the model has no {k} metadata: was it exported by dmue-train export?"
+            ))
+        })?;
+    serde_json::from_str(raw)
+        .or_else(|_| serde_json::from_value(serde_json::Value::String(raw.to_string())))
+        .map_err(|e| Error::Model(format!("metadata {k} is malformed ({raw:?}): {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn card() -> ModelCard {
+        ModelCard {
+            classes: vec!["neutral".into(), "happy".into(), "sad".into()],
+            preprocess: Preprocess {
+                resize: 72,
+                crop: 64,
+                mean: [0.5, 0.4, 0.3],
+                std: [0.2, 0.25, 0.3],
+            },
+            template_id: crate::face::TEMPLATE_ID.into(),
+            backbone: "resnet18 (width 16)".into(),
+            dataset: "synth-aligned".into(),
+            run_id: "runs/demo".into(),
+            version: "0.1.0".into(),
+        }
+    }
+
+    #[test]
+    fn round_trips_through_props() {
+        let c = card();
+        assert_eq!(ModelCard::from_props(&c.to_props()).unwrap(), c);
+    }
+
+    #[test]
+    fn missing_and_malformed_keys_are_named() {
+        let mut props = card().to_props();
+        props.retain(|(k, _)| k != "dmue.classes");
+        assert!(ModelCard::from_props(&props)
+            .unwrap_err()
+            .to_string()
+            .contains("dmue.classes"));
+        let mut props = card().to_props();
+        props.iter_mut().find(|(k, _)| k == "dmue.mean").unwrap().1 = "[1, 2]".into();
+        assert!(ModelCard::from_props(&props)
+            .unwrap_err()
+            .to_string()
+            .contains("mean"));
+        assert!(ModelCard::from_props(&[])
+            .unwrap_err()
+            .to_string()
+            .contains("dmue-train export"));
+    }
+}

@@ -1,0 +1,485 @@
+//! `dmue-train export`: the deployed part of the network (shared trunk + target branch) as a
+//! standard ONNX graph, written with our own small graph builder over the vendored ONNX
+//! protobuf types (libtorch has no ONNX exporter).
+//!
+//! BatchNorm is folded into the preceding convolution; the batch dimension is symbolic (`N`);
+//! opset 17, IR version 8 (read by tract and ONNX Runtime). Outputs: `logits` `[N, C]` and
+//! `probabilities` = softmax(logits) `[N, C]`. The model card goes into `metadata_props`.
+//! The auxiliary branches and the uncertainty module are simply never visited.
+
+use crate::model::{
+    BasicBlock, Branch, Layer, MultiBranchNet, Trunk, BN_EPS, STEM_POOL, STEM_STRIDE,
+};
+use anyhow::{bail, Context, Result};
+use dmue_deploy::model_card::{ModelCard, INPUT_NAME, LOGITS_NAME, PROBABILITIES_NAME};
+use dmue_deploy::onnx::pb;
+use pb::attribute_proto::AttributeType;
+use prost::Message;
+use std::path::Path;
+use tch::{nn, Kind, Tensor};
+
+pub const OPSET: i64 = 17;
+pub const IR_VERSION: i64 = 8;
+
+/// Size of what was exported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ExportStats {
+    /// Parameters stored in the file (BatchNorm folded into convolution weights and biases).
+    pub parameters: u64,
+    /// Multiply-accumulates of one image at the card's input size (convolutions + classifier).
+    pub macs: u64,
+    pub nodes: usize,
+}
+
+/// Accumulates nodes and initializers; tracks `(C, H, W)` of each value to count MACs.
+struct Graph {
+    nodes: Vec<pb::NodeProto>,
+    initializers: Vec<pb::TensorProto>,
+    shapes: std::collections::HashMap<String, [i64; 3]>,
+    next: usize,
+    macs: u64,
+    parameters: u64,
+}
+
+fn ints(name: &str, v: &[i64]) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::Ints as i32),
+        ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn int(name: &str, v: i64) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::Int as i32),
+        i: Some(v),
+        ..Default::default()
+    }
+}
+
+/// `[N, d...]` float tensor type with a symbolic batch dimension.
+fn value_info(name: &str, dims: &[i64]) -> pb::ValueInfoProto {
+    use pb::tensor_shape_proto::{dimension::Value as Dim, Dimension};
+    let mut dim = vec![Dimension {
+        value: Some(Dim::DimParam("N".into())),
+        ..Default::default()
+    }];
+    dim.extend(dims.iter().map(|&d| Dimension {
+        value: Some(Dim::DimValue(d)),
+        ..Default::default()
+    }));
+    pb::ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: Some(pb::tensor_proto::DataType::Float as i32),
+                shape: Some(pb::TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+impl Graph {
+    fn new(input: &str, chw: [i64; 3]) -> Self {
+        let mut shapes = std::collections::HashMap::new();
+        shapes.insert(input.to_string(), chw);
+        Self {
+            nodes: Vec::new(),
+            initializers: Vec::new(),
+            shapes,
+            next: 0,
+            macs: 0,
+            parameters: 0,
+        }
+    }
+
+    fn shape(&self, v: &str) -> [i64; 3] {
+        self.shapes[v]
+    }
+
+    fn initializer(&mut self, name: &str, t: &Tensor) -> Result<String> {
+        let t = t
+            .to_kind(Kind::Float)
+            .to_device(tch::Device::Cpu)
+            .contiguous();
+        let values = Vec::<f32>::try_from(&t.flatten(0, -1)).context("tensor to f32")?;
+        self.parameters += values.len() as u64;
+        let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.initializers.push(pb::TensorProto {
+            name: Some(name.into()),
+            dims: t.size(),
+            data_type: Some(pb::tensor_proto::DataType::Float as i32),
+            raw_data: Some(raw),
+            ..Default::default()
+        });
+        Ok(name.to_string())
+    }
+
+    fn node(
+        &mut self,
+        op: &str,
+        name: &str,
+        inputs: &[&str],
+        attrs: Vec<pb::AttributeProto>,
+        out_chw: [i64; 3],
+    ) -> String {
+        self.next += 1;
+        let out = format!("{name}_{op}_{}", self.next).to_lowercase();
+        self.nodes.push(pb::NodeProto {
+            name: Some(format!("{name}/{op}")),
+            op_type: Some(op.into()),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![out.clone()],
+            attribute: attrs,
+            ..Default::default()
+        });
+        self.shapes.insert(out.clone(), out_chw);
+        out
+    }
+
+    /// Convolution with BatchNorm folded in: `W' = W * g / sqrt(v + eps)` per output channel,
+    /// `b' = beta - mean * g / sqrt(v + eps)` (computed in f64).
+    fn conv_bn(
+        &mut self,
+        x: &str,
+        conv: &nn::Conv2D,
+        bn: &nn::BatchNorm,
+        stride: i64,
+        name: &str,
+    ) -> Result<String> {
+        let w = conv.ws.to_kind(Kind::Double);
+        let (cout, cin, k) = (w.size()[0], w.size()[1], w.size()[2]);
+        let gamma = bn
+            .ws
+            .as_ref()
+            .context("BatchNorm without weight")?
+            .to_kind(Kind::Double);
+        let beta = bn
+            .bs
+            .as_ref()
+            .context("BatchNorm without bias")?
+            .to_kind(Kind::Double);
+        let scale = gamma / (bn.running_var.to_kind(Kind::Double) + BN_EPS).sqrt();
+        let folded_w = &w * scale.view([cout, 1, 1, 1]);
+        let mut folded_b = beta - bn.running_mean.to_kind(Kind::Double) * &scale;
+        if let Some(b) = &conv.bs {
+            folded_b += b.to_kind(Kind::Double) * &scale;
+        }
+        let wn = self.initializer(&format!("{name}.weight"), &folded_w)?;
+        let bn_ = self.initializer(&format!("{name}.bias"), &folded_b)?;
+        let [c, h, wd] = self.shape(x);
+        if c != cin {
+            bail!("{name}: input has {c} channels, the convolution expects {cin}");
+        }
+        let pad = k / 2;
+        let (ho, wo) = (
+            (h + 2 * pad - k) / stride + 1,
+            (wd + 2 * pad - k) / stride + 1,
+        );
+        self.macs += (cout * cin * k * k * ho * wo) as u64;
+        let attrs = vec![
+            ints("kernel_shape", &[k, k]),
+            ints("strides", &[stride, stride]),
+            ints("pads", &[pad; 4]),
+            ints("dilations", &[1, 1]),
+            int("group", 1),
+        ];
+        Ok(self.node("Conv", name, &[x, &wn, &bn_], attrs, [cout, ho, wo]))
+    }
+
+    fn relu(&mut self, x: &str, name: &str) -> String {
+        let s = self.shape(x);
+        self.node("Relu", name, &[x], vec![], s)
+    }
+
+    fn block(&mut self, x: &str, b: &BasicBlock, name: &str) -> Result<String> {
+        let y = self.conv_bn(x, &b.conv1, &b.bn1, b.stride, &format!("{name}.conv1"))?;
+        let y = self.relu(&y, &format!("{name}.relu1"));
+        let y = self.conv_bn(&y, &b.conv2, &b.bn2, 1, &format!("{name}.conv2"))?;
+        let shortcut = match &b.downsample {
+            Some((c, bn)) => self.conv_bn(x, c, bn, b.stride, &format!("{name}.downsample"))?,
+            None => x.to_string(),
+        };
+        let s = self.shape(&y);
+        let sum = self.node("Add", name, &[&y, &shortcut], vec![], s);
+        Ok(self.relu(&sum, &format!("{name}.relu2")))
+    }
+
+    fn layer(&mut self, x: &str, l: &Layer, name: &str) -> Result<String> {
+        let mut y = x.to_string();
+        for (i, b) in l.blocks.iter().enumerate() {
+            y = self.block(&y, b, &format!("{name}.{i}"))?;
+        }
+        Ok(y)
+    }
+
+    fn trunk(&mut self, x: &str, t: &Trunk) -> Result<String> {
+        let y = self.conv_bn(x, &t.conv1, &t.bn1, STEM_STRIDE, "conv1")?;
+        let y = self.relu(&y, "relu");
+        let (k, s, p) = STEM_POOL;
+        let [c, h, w] = self.shape(&y);
+        let out = [c, (h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1];
+        let y = self.node(
+            "MaxPool",
+            "maxpool",
+            &[&y],
+            vec![
+                ints("kernel_shape", &[k, k]),
+                ints("strides", &[s, s]),
+                ints("pads", &[p; 4]),
+            ],
+            out,
+        );
+        let y = self.layer(&y, &t.layer1, "layer1")?;
+        let y = self.layer(&y, &t.layer2, "layer2")?;
+        self.layer(&y, &t.layer3, "layer3")
+    }
+
+    /// Target branch: layer4, global average pooling, flatten, linear classifier -> logits.
+    fn branch(&mut self, x: &str, b: &Branch) -> Result<String> {
+        let y = self.layer(x, &b.layer4, "layer4")?;
+        let [c, ..] = self.shape(&y);
+        let y = self.node("GlobalAveragePool", "avgpool", &[&y], vec![], [c, 1, 1]);
+        let y = self.node("Flatten", "flatten", &[&y], vec![int("axis", 1)], [c, 1, 1]);
+        let (classes, features) = (b.fc.ws.size()[0], b.fc.ws.size()[1]);
+        let w = self.initializer("fc.weight", &b.fc.ws)?;
+        let bias = self.initializer(
+            "fc.bias",
+            b.fc.bs.as_ref().context("classifier without bias")?,
+        )?;
+        self.macs += (classes * features) as u64;
+        Ok(self.node(
+            "Gemm",
+            "fc",
+            &[&y, &w, &bias],
+            vec![int("transB", 1)],
+            [classes, 1, 1],
+        ))
+    }
+}
+
+/// Builds the ONNX model of `net`'s trunk + target branch for inputs of the card's size.
+pub fn build(net: &MultiBranchNet, card: &ModelCard) -> Result<(pb::ModelProto, ExportStats)> {
+    let crop = card.preprocess.crop as i64;
+    let c = net.num_classes;
+    if card.classes.len() as i64 != c {
+        bail!(
+            "the model card lists {} classes, the network has {c}",
+            card.classes.len()
+        );
+    }
+    let mut g = Graph::new(INPUT_NAME, [3, crop, crop]);
+    let trunk = g.trunk(INPUT_NAME, &net.trunk)?;
+    g.branch(&trunk, &net.target)?;
+    // The classifier's output is the graph output `logits`, as the card documents.
+    g.nodes.last_mut().context("empty graph")?.output = vec![LOGITS_NAME.into()];
+    g.nodes.push(pb::NodeProto {
+        name: Some("softmax/Softmax".into()),
+        op_type: Some("Softmax".into()),
+        input: vec![LOGITS_NAME.into()],
+        output: vec![PROBABILITIES_NAME.into()],
+        attribute: vec![int("axis", 1)],
+        ..Default::default()
+    });
+    let stats = ExportStats {
+        parameters: g.parameters,
+        macs: g.macs,
+        nodes: g.nodes.len(),
+    };
+    let graph = pb::GraphProto {
+        name: Some("dmue_target".into()),
+        node: g.nodes,
+        initializer: g.initializers,
+        input: vec![value_info(INPUT_NAME, &[3, crop, crop])],
+        output: vec![
+            value_info(LOGITS_NAME, &[c]),
+            value_info(PROBABILITIES_NAME, &[c]),
+        ],
+        doc_string: Some(
+            "DMUE target branch (shared trunk + target branch), BatchNorm folded".into(),
+        ),
+        ..Default::default()
+    };
+    let model = pb::ModelProto {
+        ir_version: Some(IR_VERSION),
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(OPSET),
+        }],
+        producer_name: Some("dmue-train".into()),
+        producer_version: Some(env!("CARGO_PKG_VERSION").into()),
+        doc_string: Some(card.crop_rule()),
+        graph: Some(graph),
+        metadata_props: card
+            .to_props()
+            .into_iter()
+            .map(|(k, v)| pb::StringStringEntryProto {
+                key: Some(k),
+                value: Some(v),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    Ok((model, stats))
+}
+
+/// Writes the model atomically to `path`.
+pub fn write(model: &pb::ModelProto, path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    crate::util::write_atomic(path, &model.encode_to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ModelConfig;
+    use dmue_deploy::preprocess::Preprocess;
+
+    fn card(classes: usize, crop: u32) -> ModelCard {
+        ModelCard {
+            classes: (0..classes).map(|i| format!("c{i}")).collect(),
+            preprocess: Preprocess {
+                resize: crop + crop / 7,
+                crop,
+                ..Default::default()
+            },
+            template_id: dmue_deploy::face::TEMPLATE_ID.into(),
+            backbone: "resnet18".into(),
+            dataset: "test".into(),
+            run_id: "test".into(),
+            version: "0".into(),
+        }
+    }
+
+    /// torchvision documents ResNet-18 (1000 classes, 224x224) as 1.81 GFLOPS (multiply-adds)
+    /// and 11,689,512 parameters; folding removes one of each BatchNorm's two vectors (the
+    /// other becomes the convolution bias): 11,689,512 - 4,800 channels = 11,684,712.
+    #[test]
+    fn resnet18_export_has_torchvision_size() {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let net = MultiBranchNet::new(&vs.root(), &ModelConfig::default(), 1000, false);
+        let (_, stats) = build(&net, &card(1000, 224)).unwrap();
+        assert!(
+            (stats.macs as f64 / 1.814e9 - 1.0).abs() < 0.01,
+            "{}",
+            stats.macs
+        );
+        assert_eq!(stats.parameters, 11_684_712);
+    }
+
+    /// "No extra cost": the export of a DMUE network equals the export of the plain baseline.
+    #[test]
+    fn dmue_export_equals_baseline_export() {
+        let cfg = ModelConfig {
+            width: 8,
+            ..Default::default()
+        };
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let dmue = MultiBranchNet::new(&vs.root(), &cfg, 7, true);
+        let vs2 = nn::VarStore::new(tch::Device::Cpu);
+        let base = MultiBranchNet::new(&vs2.root(), &cfg, 7, false);
+        let (m, a) = build(&dmue, &card(7, 64)).unwrap();
+        let (_, b) = build(&base, &card(7, 64)).unwrap();
+        assert_eq!(a, b);
+        let names: Vec<&str> = m
+            .graph
+            .as_ref()
+            .unwrap()
+            .initializer
+            .iter()
+            .map(|t| t.name.as_deref().unwrap())
+            .collect();
+        assert!(names
+            .iter()
+            .all(|n| !n.starts_with("aux") && !n.starts_with("uncertainty")));
+        assert!(names.contains(&"layer4.1.conv2.weight") && names.contains(&"fc.weight"));
+    }
+}
+
+/// What `export_run` produced, with the plain backbone's figures for comparison.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExportReport {
+    pub path: std::path::PathBuf,
+    pub card: ModelCard,
+    pub exported: ExportStats,
+    /// The same backbone with a C-way classifier and nothing else (the baseline network).
+    pub plain_backbone: ExportStats,
+    /// Trainable parameters of the auxiliary branches and the uncertainty module, not exported.
+    pub dropped_parameters: i64,
+}
+
+/// Exports a run's newest checkpoint (trunk + target branch) to `out`.
+pub fn export_run(run: &Path, out: &Path) -> Result<ExportReport> {
+    let (cfg, ds, vs, net) = crate::trainer::load_run(run, tch::Device::Cpu)?;
+    let card = ModelCard {
+        classes: ds.info.classes.clone(),
+        preprocess: cfg.data.preprocess,
+        template_id: ds.info.template_id.clone(),
+        backbone: format!("{:?} width {}", cfg.model.backbone, cfg.model.width).to_lowercase(),
+        dataset: ds.info.name.clone(),
+        run_id: std::fs::canonicalize(run)
+            .unwrap_or_else(|_| run.to_path_buf())
+            .display()
+            .to_string(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let (model, exported) = tch::no_grad(|| build(&net, &card))?;
+    write(&model, out)?;
+    let plain_vs = nn::VarStore::new(tch::Device::Cpu);
+    let plain = MultiBranchNet::new(&plain_vs.root(), &cfg.model, ds.num_classes(), false);
+    let (_, plain_backbone) = tch::no_grad(|| build(&plain, &card))?;
+    let dropped_parameters = crate::model::count_params(&vs, |n| !crate::model::is_target_param(n));
+    Ok(ExportReport {
+        path: out.to_path_buf(),
+        card,
+        exported,
+        plain_backbone,
+        dropped_parameters,
+    })
+}
+
+impl std::fmt::Display for ExportReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let crop = self.card.preprocess.crop;
+        let c = self.card.classes.len();
+        writeln!(
+            f,
+            "exported trunk + target branch to {} ({} nodes, opset {OPSET})",
+            self.path.display(),
+            self.exported.nodes
+        )?;
+        writeln!(
+            f,
+            "  {:<32} {:>14} {:>14}",
+            "",
+            "exported",
+            format!("plain + {c}-way fc")
+        )?;
+        writeln!(
+            f,
+            "  {:<32} {:>14} {:>14}",
+            "parameters (BatchNorm folded)",
+            self.exported.parameters,
+            self.plain_backbone.parameters
+        )?;
+        writeln!(
+            f,
+            "  {:<32} {:>14} {:>14}",
+            format!("MACs per image at {crop}x{crop}"),
+            self.exported.macs,
+            self.plain_backbone.macs
+        )?;
+        writeln!(
+            f,
+            "  not exported: {c} auxiliary branches + uncertainty module ({} parameters)",
+            self.dropped_parameters
+        )?;
+        write!(f, "  classes: {}", self.card.classes.join(", "))
+    }
+}
