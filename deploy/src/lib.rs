@@ -6,8 +6,13 @@
 //! `dmue-train` depends on it with default features off, so both sides use the same code by
 //! construction.
 
+pub mod engine;
 pub mod error;
 pub mod face;
+pub mod image_io;
 pub mod model_card;
 pub mod onnx;
+pub mod pipeline;
 pub mod preprocess;
+#[cfg(feature = "server")]
+pub mod server;

@@ -1,0 +1,113 @@
+//! Image decoding with limits (against decompression bombs), EXIF orientation applied, any
+//! colour type (grey, RGBA, 16-bit) converted to 8-bit RGB.
+
+use crate::error::{Error, Result};
+use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
+use std::io::Cursor;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Largest accepted width or height.
+    pub max_side: u32,
+    /// Largest allocation the decoder may make, in bytes.
+    pub max_alloc: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        Self {
+            max_side: 8192,
+            max_alloc: 256 << 20,
+        }
+    }
+}
+
+pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage> {
+    let mut reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::BadInput(format!("cannot read image: {e}")))?;
+    if reader.format().is_none() {
+        return Err(Error::BadInput(
+            "not an image in a supported format (JPEG, PNG, WebP, BMP, GIF, TIFF)".into(),
+        ));
+    }
+    let mut l = image::Limits::default();
+    l.max_image_width = Some(limits.max_side);
+    l.max_image_height = Some(limits.max_side);
+    l.max_alloc = Some(limits.max_alloc);
+    reader.limits(l);
+    let classify = |e: image::ImageError| match e {
+        image::ImageError::Limits(l) => Error::TooLarge(format!(
+            "image exceeds the decode limits ({} px per side): {l}",
+            limits.max_side
+        )),
+        other => Error::BadInput(format!("cannot decode image: {other}")),
+    };
+    let mut decoder = reader.into_decoder().map_err(classify)?;
+    let orientation = decoder.orientation().map_err(classify)?;
+    let mut img = DynamicImage::from_decoder(decoder).map_err(classify)?;
+    img.apply_orientation(orientation);
+    Ok(img.to_rgb8())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(img: DynamicImage) -> Vec<u8> {
+        let mut buf = Vec::new();
+        img.write_to(&mut Cursor::new(&mut buf), image::ImageFormat::Png)
+            .unwrap();
+        buf
+    }
+
+    #[test]
+    fn grey_and_rgba_become_rgb() {
+        let grey = DynamicImage::ImageLuma8(image::GrayImage::from_pixel(5, 4, image::Luma([200])));
+        let rgb = decode(&png(grey), &DecodeLimits::default()).unwrap();
+        assert_eq!(
+            (rgb.width(), rgb.height(), rgb.get_pixel(0, 0).0),
+            (5, 4, [200, 200, 200])
+        );
+        let rgba = DynamicImage::ImageRgba8(image::RgbaImage::from_pixel(
+            3,
+            3,
+            image::Rgba([1, 2, 3, 4]),
+        ));
+        assert_eq!(
+            decode(&png(rgba), &DecodeLimits::default())
+                .unwrap()
+                .get_pixel(1, 1)
+                .0,
+            [1, 2, 3]
+        );
+    }
+
+    #[test]
+    fn garbage_is_bad_input_and_huge_is_too_large() {
+        assert_eq!(
+            decode(b"hello", &DecodeLimits::default())
+                .unwrap_err()
+                .kind(),
+            "bad_input"
+        );
+        let big = png(DynamicImage::ImageRgb8(RgbImage::new(300, 10)));
+        let err = decode(
+            &big,
+            &DecodeLimits {
+                max_side: 100,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), "too_large", "{err}");
+        let mut truncated = png(DynamicImage::ImageRgb8(RgbImage::new(30, 30)));
+        truncated.truncate(40);
+        assert_eq!(
+            decode(&truncated, &DecodeLimits::default())
+                .unwrap_err()
+                .kind(),
+            "bad_input"
+        );
+    }
+}

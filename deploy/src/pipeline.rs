@@ -1,0 +1,111 @@
+//! Face crop -> probabilities, with preprocessing read from the model card. Until face
+//! detection lands, each input image is treated as one aligned face crop.
+
+use crate::engine::{self, Engine, EngineKind};
+use crate::error::{Error, Result};
+use crate::model_card::ModelCard;
+use image::RgbImage;
+use serde::Serialize;
+use std::path::Path;
+
+/// What the classifier says about one face.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Prediction {
+    /// Top class name.
+    pub label: String,
+    pub class_index: usize,
+    /// Probability of the top class.
+    pub score: f32,
+    /// Probability of every class, in the model card's class order.
+    pub probabilities: serde_json::Map<String, serde_json::Value>,
+}
+
+pub struct Classifier {
+    pub card: ModelCard,
+    engine: Box<dyn Engine>,
+}
+
+/// Numerically stable softmax of one row.
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f32> = logits.iter().map(|&v| (v - max).exp()).collect();
+    let sum: f32 = exp.iter().sum();
+    exp.iter().map(|v| v / sum).collect()
+}
+
+impl Classifier {
+    pub fn load(model: &Path, kind: EngineKind, threads: usize) -> Result<Self> {
+        let card = ModelCard::from_onnx(model)?;
+        let engine = engine::load(kind, model, card.preprocess.crop, threads)?;
+        Ok(Self { card, engine })
+    }
+
+    pub fn engine_name(&self) -> &'static str {
+        self.engine.name()
+    }
+
+    /// The model card's evaluation transform of one aligned face crop.
+    pub fn preprocess(&self, crop: &RgbImage) -> Result<Vec<f32>> {
+        Ok(self.card.preprocess.eval_tensor(crop)?)
+    }
+
+    /// Logits of `n` preprocessed inputs laid end to end.
+    pub fn logits(&mut self, inputs: &[f32], n: usize) -> Result<Vec<f32>> {
+        let logits = self.engine.logits(inputs, n)?;
+        if logits.len() != n * self.card.classes.len() {
+            return Err(Error::Engine(format!(
+                "the model returned {} values for {n} inputs and {} classes",
+                logits.len(),
+                self.card.classes.len()
+            )));
+        }
+        Ok(logits)
+    }
+
+    /// Turns one row of logits into a prediction.
+    pub fn prediction(&self, logits: &[f32]) -> Prediction {
+        let p = softmax(logits);
+        let best = p
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i)
+            .unwrap_or(0);
+        Prediction {
+            label: self.card.classes[best].clone(),
+            class_index: best,
+            score: p[best],
+            probabilities: self
+                .card
+                .classes
+                .iter()
+                .zip(&p)
+                .map(|(c, v)| (c.clone(), serde_json::json!(v)))
+                .collect(),
+        }
+    }
+
+    /// Classifies aligned face crops in one batch.
+    pub fn classify(&mut self, crops: &[RgbImage]) -> Result<Vec<Prediction>> {
+        let mut inputs = Vec::new();
+        for c in crops {
+            inputs.extend(self.preprocess(c)?);
+        }
+        let c = self.card.classes.len();
+        let logits = self.logits(&inputs, crops.len())?;
+        Ok(logits.chunks(c).map(|row| self.prediction(row)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_is_stable_and_normalised() {
+        let p = softmax(&[1000.0, 1000.0, 0.0]);
+        assert!((p[0] - 0.5).abs() < 1e-6 && p[2] < 1e-30);
+        let q = softmax(&[0.0, 2f32.ln()]);
+        assert!((q[1] - 2.0 / 3.0).abs() < 1e-6);
+    }
+}

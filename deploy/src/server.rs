@@ -1,0 +1,426 @@
+//! The HTTP service of `dmue-serve` (axum).
+//!
+//! Requests are decoded and preprocessed on the blocking pool, then queued for one inference
+//! worker thread that owns the engine. The worker takes whatever arrived while the previous
+//! batch ran (up to `max_batch`) and runs it as one batch. The queue is bounded: when it is full
+//! the request is refused with 429 instead of waiting forever.
+//!
+//! Status codes: 200 ok; 400 bad input (not an image, empty body); 413 body or image too large;
+//! 429 queue full; 503 not ready / shutting down; 504 request timed out; 500 engine failure.
+//! Every error body is `{"error": "...", "kind": "..."}`.
+
+use crate::error::Error;
+use crate::image_io::{decode, DecodeLimits};
+use crate::model_card::ModelCard;
+use crate::pipeline::{Classifier, Prediction};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde::Serialize;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// Settings of the service.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub max_batch: usize,
+    /// Requests (images) that may wait for the worker before 429.
+    pub queue: usize,
+    /// Longest a request may take end to end before 504.
+    pub timeout: Duration,
+    /// Largest accepted request body in bytes (413 beyond).
+    pub max_body: usize,
+    pub limits: DecodeLimits,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 8,
+            queue: 64,
+            timeout: Duration::from_secs(10),
+            max_body: 20 << 20,
+            limits: DecodeLimits::default(),
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Error::BadInput(_) | Error::Preprocess(_) => StatusCode::BAD_REQUEST,
+            Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Error::Model(_) | Error::Engine(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (
+            status,
+            Json(serde_json::json!({ "error": self.to_string(), "kind": self.kind() })),
+        )
+            .into_response()
+    }
+}
+
+/// One preprocessed image waiting for the worker.
+struct Job {
+    input: Vec<f32>,
+    enqueued: Instant,
+    reply: oneshot::Sender<Result<(Prediction, Timing), Error>>,
+}
+
+/// Where one image's time went, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Timing {
+    pub decode_ms: f64,
+    pub queue_ms: f64,
+    pub inference_ms: f64,
+    pub batch_size: usize,
+}
+
+/// The queue in front of the inference worker.
+#[derive(Clone)]
+pub struct Batcher {
+    tx: mpsc::Sender<Job>,
+    capacity: usize,
+}
+
+impl Batcher {
+    /// Moves the classifier into a worker thread; the thread ends when every sender is gone.
+    pub fn start(
+        mut classifier: Classifier,
+        max_batch: usize,
+        queue: usize,
+    ) -> (Self, std::thread::JoinHandle<()>) {
+        let (tx, mut rx) = mpsc::channel::<Job>(queue.max(1));
+        let max_batch = max_batch.max(1);
+        let worker = std::thread::Builder::new()
+            .name("dmue-inference".into())
+            .spawn(move || {
+                let classes = classifier.card.classes.len();
+                while let Some(first) = rx.blocking_recv() {
+                    let mut jobs = vec![first];
+                    while jobs.len() < max_batch {
+                        match rx.try_recv() {
+                            Ok(j) => jobs.push(j),
+                            Err(_) => break,
+                        }
+                    }
+                    // Requests that timed out while queued are not worth computing.
+                    jobs.retain(|j| !j.reply.is_closed());
+                    if jobs.is_empty() {
+                        continue;
+                    }
+                    let started = Instant::now();
+                    let inputs: Vec<f32> =
+                        jobs.iter().flat_map(|j| j.input.iter().copied()).collect();
+                    let result = classifier.logits(&inputs, jobs.len());
+                    let inference_ms = started.elapsed().as_secs_f64() * 1e3;
+                    metrics::histogram!("dmue_inference_seconds").record(inference_ms / 1e3);
+                    metrics::histogram!("dmue_batch_size").record(jobs.len() as f64);
+                    let n = jobs.len();
+                    match result {
+                        Ok(logits) => {
+                            for (j, row) in jobs.into_iter().zip(logits.chunks(classes)) {
+                                let queue_ms = (started - j.enqueued).as_secs_f64() * 1e3;
+                                let timing = Timing {
+                                    decode_ms: 0.0,
+                                    queue_ms,
+                                    inference_ms,
+                                    batch_size: n,
+                                };
+                                let _ = j.reply.send(Ok((classifier.prediction(row), timing)));
+                            }
+                        }
+                        Err(e) => {
+                            let msg = e.to_string();
+                            for j in jobs {
+                                let _ = j.reply.send(Err(Error::Engine(msg.clone())));
+                            }
+                        }
+                    }
+                }
+            })
+            .expect("spawn the inference thread");
+        (
+            Self {
+                tx,
+                capacity: queue.max(1),
+            },
+            worker,
+        )
+    }
+
+    /// Images waiting for the worker.
+    pub fn depth(&self) -> usize {
+        self.capacity - self.tx.capacity()
+    }
+
+    /// Queues one preprocessed image and waits for its prediction (429 when the queue is full).
+    pub async fn submit(&self, input: Vec<f32>) -> Result<(Prediction, Timing), Error> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .try_send(Job {
+                input,
+                enqueued: Instant::now(),
+                reply,
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    Error::Overloaded("the inference queue is full; retry later".into())
+                }
+                mpsc::error::TrySendError::Closed(_) => {
+                    Error::Engine("the inference worker has stopped".into())
+                }
+            })?;
+        metrics::gauge!("dmue_queue_depth").set(self.depth() as f64);
+        rx.await
+            .map_err(|_| Error::Engine("the inference worker dropped the request".into()))?
+    }
+}
+
+pub struct AppState {
+    pub card: ModelCard,
+    pub engine: &'static str,
+    pub batcher: Batcher,
+    pub config: ServeConfig,
+    pub ready: AtomicBool,
+    pub metrics: PrometheusHandle,
+}
+
+/// The process-wide Prometheus recorder (installed once, shared by every router in a process).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let secs = [
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+            ];
+            let sizes = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+                    &secs,
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Full("dmue_batch_size".into()),
+                        &sizes,
+                    )
+                })
+                .expect("valid buckets")
+                .install_recorder()
+                .expect("one Prometheus recorder per process")
+        })
+        .clone()
+}
+
+/// The service's routes.
+pub fn router(state: Arc<AppState>) -> Router {
+    let max_body = state.config.max_body;
+    Router::new()
+        .route("/v1/predict", post(predict))
+        .route("/v1/model", get(model))
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+async fn readyz(State(s): State<Arc<AppState>>) -> Response {
+    if s.ready.load(Ordering::Relaxed) {
+        Json(serde_json::json!({"status": "ready"})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"error": "not ready", "kind": "not_ready"})),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics_text(State(s): State<Arc<AppState>>) -> Response {
+    metrics::gauge!("dmue_queue_depth").set(s.batcher.depth() as f64);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn model(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "card": s.card, "crop_rule": s.card.crop_rule(), "engine": s.engine }))
+}
+
+/// One face of one image (until detection lands, the whole image is the face).
+#[derive(Serialize)]
+struct Face {
+    /// `[x0, y0, x1, y1]` in image pixels.
+    #[serde(rename = "box")]
+    bbox: [u32; 4],
+    landmarks: Option<[[f32; 2]; 5]>,
+    detection_score: Option<f32>,
+    #[serde(flatten)]
+    prediction: Prediction,
+}
+
+#[derive(Serialize)]
+struct ImageResult {
+    image: String,
+    faces: Vec<Face>,
+    timing: Timing,
+}
+
+/// The images of a request: the raw body, or every file part of a multipart form.
+async fn images_of(req: Request) -> Result<Vec<(String, Bytes)>, Error> {
+    let too_large = |status: StatusCode, msg: String| {
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            Error::TooLarge(format!("request body is larger than the limit: {msg}"))
+        } else {
+            Error::BadInput(msg)
+        }
+    };
+    let is_multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let mut images = Vec::new();
+    if is_multipart {
+        let mut form = Multipart::from_request(req, &())
+            .await
+            .map_err(|e| too_large(e.status(), e.body_text()))?;
+        while let Some(field) = form
+            .next_field()
+            .await
+            .map_err(|e| too_large(e.status(), e.body_text()))?
+        {
+            let name = field.file_name().or(field.name()).unwrap_or("").to_string();
+            let bytes = field
+                .bytes()
+                .await
+                .map_err(|e| too_large(e.status(), e.body_text()))?;
+            let name = if name.is_empty() {
+                format!("part-{}", images.len())
+            } else {
+                name
+            };
+            images.push((name, bytes));
+        }
+    } else {
+        let bytes = Bytes::from_request(req, &())
+            .await
+            .map_err(|e| too_large(e.status(), e.body_text()))?;
+        images.push(("body".to_string(), bytes));
+    }
+    images.retain(|(_, b)| !b.is_empty());
+    if images.is_empty() {
+        return Err(Error::BadInput(
+            "no image in the request: send image bytes as the body, or multipart file parts".into(),
+        ));
+    }
+    Ok(images)
+}
+
+async fn predict(State(s): State<Arc<AppState>>, req: Request) -> Response {
+    let started = Instant::now();
+    let result = tokio::time::timeout(s.config.timeout, predict_inner(s.clone(), req))
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::Timeout(format!(
+                "the request took longer than {:?}",
+                s.config.timeout
+            )))
+        });
+    let response = match result {
+        Ok(results) => Json(serde_json::json!({ "classes": s.card.classes, "results": results }))
+            .into_response(),
+        Err(e) => e.into_response(),
+    };
+    metrics::counter!("dmue_requests_total", "status" => response.status().as_u16().to_string())
+        .increment(1);
+    metrics::histogram!("dmue_request_seconds").record(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn predict_inner(s: Arc<AppState>, req: Request) -> Result<Vec<ImageResult>, Error> {
+    if !s.ready.load(Ordering::Relaxed) {
+        return Err(Error::Overloaded("the service is shutting down".into()));
+    }
+    let images = images_of(req).await?;
+    let mut pending = Vec::with_capacity(images.len());
+    for (name, bytes) in images {
+        let state = s.clone();
+        // Decoding and resizing are CPU work: keep them off the async threads.
+        let decoded = tokio::task::spawn_blocking(move || {
+            let t = Instant::now();
+            let img = decode(&bytes, &state.config.limits)?;
+            let input = state.card.preprocess.eval_tensor(&img)?;
+            Ok::<_, Error>((img.dimensions(), input, t.elapsed().as_secs_f64()))
+        })
+        .await
+        .map_err(|e| Error::Engine(format!("decode task failed: {e}")))?
+        .map_err(|e| match e {
+            Error::BadInput(m) => Error::BadInput(format!("{name}: {m}")),
+            Error::TooLarge(m) => Error::TooLarge(format!("{name}: {m}")),
+            other => other,
+        })?;
+        let ((w, h), input, decode_s) = decoded;
+        metrics::histogram!("dmue_decode_seconds").record(decode_s);
+        let batcher = s.batcher.clone();
+        pending.push((name, [0, 0, w, h], decode_s, async move {
+            batcher.submit(input).await
+        }));
+    }
+    let mut results = Vec::with_capacity(pending.len());
+    let (meta, futures): (Vec<_>, Vec<_>) = pending
+        .into_iter()
+        .map(|(n, b, d, f)| ((n, b, d), f))
+        .unzip();
+    for ((name, bbox, decode_s), out) in meta
+        .into_iter()
+        .zip(futures_util::future::join_all(futures).await)
+    {
+        let (prediction, mut timing) = out?;
+        metrics::histogram!("dmue_queue_seconds").record(timing.queue_ms / 1e3);
+        timing.decode_ms = decode_s * 1e3;
+        results.push(ImageResult {
+            image: name,
+            faces: vec![Face {
+                bbox,
+                landmarks: None,
+                detection_score: None,
+                prediction,
+            }],
+            timing,
+        });
+    }
+    Ok(results)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
