@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job end to end on a fresh machine (CPU is enough; a CUDA GPU is used when present):
-# set-up (venv + torch from PyPI), build, render the synthetic benchmark, train DMUE, evaluate.
-# Each phase prints its wall time. Outputs: data/synth (dataset), runs/demo (run directory).
+# set-up (venv + torch/onnxruntime from PyPI), build, render the synthetic benchmark, train
+# DMUE, evaluate, export the target branch to ONNX, and ask dmue-serve about a face over HTTP.
+# Each phase prints its wall time. Outputs: data/synth (dataset), runs/demo (run directory),
+# runs/demo/target.onnx (the deployable model).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,9 +15,10 @@ bash scripts/setup.sh
 took set-up
 
 phase "build (cargo build --release)"
-cargo build --release --bin dmue-train
+cargo build --release --bin dmue-train --bin dmue-serve
 took build
 BIN=target/release/dmue-train
+SERVE=target/release/dmue-serve
 
 phase "render the synthetic benchmark (data/synth)"
 rm -rf data/synth runs/demo
@@ -29,5 +32,31 @@ took training
 phase "evaluate the newest checkpoint on the clean test split"
 "$BIN" eval runs/demo --split test
 took evaluation
+
+phase "export the target branch to ONNX (runs/demo/target.onnx)"
+"$BIN" export runs/demo -o runs/demo/target.onnx
+took export
+
+phase "serve it and send a test face over HTTP"
+"$SERVE" --model runs/demo/target.onnx --addr 127.0.0.1:0 > runs/demo/serve.log 2>&1 &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 100); do grep -q "listening on" runs/demo/serve.log && break; sleep 0.1; done
+URL=$(sed -n 's/^listening on //p' runs/demo/serve.log | head -1)
+FACE=data/synth/images/test/000003.png
+TRUTH=$(python3 - <<'PY'
+import json
+classes = json.load(open("data/synth/dataset.json"))["classes"]
+row = next(r for r in map(json.loads, open("data/synth/manifest.jsonl")) if r["path"] == "images/test/000003.png")
+print(classes[row["label"]])
+PY
+)
+echo "POST $URL/v1/predict  <  $FACE  (its true label: $TRUTH)"
+curl -sS --fail-with-body -X POST --data-binary "@$FACE" "$URL/v1/predict" | python3 -m json.tool
+echo
+kill -TERM $SERVER; wait $SERVER 2>/dev/null || true
+took serving
+
 echo
 echo "Look at: data/synth/preview.png, runs/demo/curves.png, runs/demo/confusion-test.png"
+echo "Serve the model yourself: $SERVE --model runs/demo/target.onnx   (then POST images to /v1/predict)"

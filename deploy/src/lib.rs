@@ -10,6 +10,8 @@ pub mod engine;
 pub mod error;
 pub mod face;
 pub mod image_io;
+#[cfg(feature = "logging")]
+pub mod logging;
 pub mod model_card;
 pub mod onnx;
 pub mod pipeline;

@@ -63,6 +63,17 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         batch: usize,
     },
+    /// Time the engine on random inputs of the model's size: one JSON line with latency
+    /// percentiles and throughput (used by scripts/bench-infer.sh).
+    Bench {
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Timed runs (after the warm-up runs).
+        #[arg(long, default_value_t = 200)]
+        iters: usize,
+        #[arg(long, default_value_t = 20)]
+        warmup: usize,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -74,15 +85,7 @@ enum Format {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DMUE_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+    dmue_deploy::logging::init(true);
     let cli = Cli::parse();
     let code = match run(cli) {
         Ok(code) => code,
@@ -110,6 +113,11 @@ fn run(cli: Cli) -> Result<i32, Error> {
             format,
             batch,
         }) => predict(classifier, &paths, format, batch.max(1), &limits),
+        Some(Command::Bench {
+            batch,
+            iters,
+            warmup,
+        }) => bench(classifier, batch.max(1), iters.max(1), warmup, cli.threads),
         None => {
             let config = ServeConfig {
                 max_batch: cli.max_batch,
@@ -162,6 +170,38 @@ fn serve(classifier: Classifier, addr: SocketAddr, config: ServeConfig) -> Resul
     drop(state);
     let _ = worker.join();
     Ok(())
+}
+
+fn bench(
+    mut classifier: Classifier,
+    batch: usize,
+    iters: usize,
+    warmup: usize,
+    threads: usize,
+) -> Result<i32, Error> {
+    let crop = classifier.card.preprocess.crop as usize;
+    // Deterministic pseudo-random inputs in the normalised range.
+    let input: Vec<f32> = (0..batch * 3 * crop * crop)
+        .map(|i| ((i as u64 * 2_654_435_761 % 2001) as f32 / 1000.0) - 1.0)
+        .collect();
+    for _ in 0..warmup {
+        classifier.logits(&input, batch)?;
+    }
+    let mut ms = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let t = std::time::Instant::now();
+        classifier.logits(&input, batch)?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    ms.sort_by(f64::total_cmp);
+    let pct = |p: f64| ms[((ms.len() - 1) as f64 * p).round() as usize];
+    let mean = ms.iter().sum::<f64>() / ms.len() as f64;
+    println!(
+        "{}",
+        serde_json::json!({"engine": classifier.engine_name(), "threads": threads, "batch": batch, "input": crop, "iters": iters,
+            "p50_ms": pct(0.5), "p99_ms": pct(0.99), "mean_ms": mean, "images_per_s": batch as f64 * 1e3 / mean})
+    );
+    Ok(0)
 }
 
 fn collect_images(paths: &[PathBuf]) -> Vec<PathBuf> {

@@ -1,0 +1,91 @@
+//! Shared fixtures for the end-to-end tests: a small DMUE network with non-trivial BatchNorm
+//! statistics, exported to ONNX with a model card.
+
+use dmue_deploy::model_card::ModelCard;
+use dmue_deploy::preprocess::Preprocess;
+use dmue_train::model::{ModelConfig, MultiBranchNet};
+use std::path::{Path, PathBuf};
+use tch::{nn, Device, Kind, Tensor};
+
+pub const CLASSES: [&str; 7] = dmue_train::synth::expr::CLASSES;
+
+/// A network and its exported file.
+pub struct Exported {
+    pub vs: nn::VarStore,
+    pub net: MultiBranchNet,
+    pub card: ModelCard,
+    pub path: PathBuf,
+}
+
+/// Builds a width-8 DMUE ResNet-18 for 64x64 inputs, gives every BatchNorm random running
+/// statistics and affine parameters (so that folding is exercised), and exports it to `dir`.
+pub fn exported_model(dir: &Path, seed: i64) -> Exported {
+    tch::manual_seed(seed);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = MultiBranchNet::new(
+        &vs.root(),
+        &ModelConfig {
+            width: 8,
+            ..Default::default()
+        },
+        CLASSES.len(),
+        true,
+    );
+    tch::no_grad(|| {
+        for (name, mut t) in vs.variables() {
+            if name.ends_with("running_mean")
+                || name.ends_with("bn1.bias")
+                || name.ends_with("bn2.bias")
+            {
+                t.copy_(&(Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * 0.2));
+            } else if name.ends_with("running_var")
+                || name.ends_with("bn1.weight")
+                || name.ends_with("bn2.weight")
+            {
+                t.copy_(&(Tensor::rand(t.size(), (Kind::Float, Device::Cpu)) + 0.5));
+            }
+        }
+    });
+    let card = ModelCard {
+        classes: CLASSES.iter().map(|s| s.to_string()).collect(),
+        preprocess: Preprocess {
+            resize: 72,
+            crop: 64,
+            ..Default::default()
+        },
+        template_id: dmue_deploy::face::TEMPLATE_ID.into(),
+        backbone: "resnet18 width 8".into(),
+        dataset: "test".into(),
+        run_id: "e2e".into(),
+        version: "test".into(),
+    };
+    let (model, _) = tch::no_grad(|| dmue_train::export::build(&net, &card)).expect("export");
+    let path = dir.join("target.onnx");
+    dmue_train::export::write(&model, &path).expect("write");
+    Exported {
+        vs,
+        net,
+        card,
+        path,
+    }
+}
+
+/// The tch target branch on `input` (`n * 3 * 64 * 64` floats): logits, row-major.
+pub fn tch_logits(net: &MultiBranchNet, input: &[f32], n: usize, crop: i64) -> Vec<f32> {
+    let x = Tensor::from_slice(input).view([n as i64, 3, crop, crop]);
+    let y = tch::no_grad(|| net.forward_target(&x));
+    Vec::<f32>::try_from(&y.flatten(0, -1)).expect("f32 logits")
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// The venv's Python (made by scripts/setup.sh), for the ONNX checker.
+pub fn venv_python() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python")
+}

@@ -1,0 +1,131 @@
+//! The exported ONNX file computes what the tch target branch computes: max abs diff <= 1e-4
+//! on logits through tract and through ONNX Runtime, for random inputs and rendered faces, at
+//! batch 1 and batch N; a batch gives the same per-image results as single calls; the file
+//! passes the ONNX checker.
+
+use dmue_deploy::engine::{self, EngineKind};
+use dmue_e2e::{exported_model, max_abs_diff, tch_logits, venv_python};
+use tch::{Device, Kind, Tensor};
+
+const TOL: f32 = 1e-4;
+
+fn random_inputs(n: usize, seed: i64) -> Vec<f32> {
+    tch::manual_seed(seed);
+    Vec::<f32>::try_from(&Tensor::randn(
+        [n as i64 * 3 * 64 * 64],
+        (Kind::Float, Device::Cpu),
+    ))
+    .unwrap()
+}
+
+/// Rendered synthetic faces through the model card's evaluation transform.
+fn face_inputs(card: &dmue_deploy::model_card::ModelCard, n: usize) -> Vec<f32> {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = dmue_train::synth::SynthOptions {
+        train: 0,
+        test: n,
+        size: 128,
+        seed: 5,
+        ..Default::default()
+    };
+    dmue_train::synth::generate(&opts, dir.path()).unwrap();
+    let mut out = Vec::new();
+    for i in 0..n {
+        let img = image::open(dir.path().join(format!("images/test/{i:06}.png")))
+            .unwrap()
+            .to_rgb8();
+        out.extend(card.preprocess.eval_tensor(&img).unwrap());
+    }
+    out
+}
+
+fn check_engine(kind: EngineKind) {
+    let dir = tempfile::tempdir().unwrap();
+    let m = exported_model(dir.path(), 1);
+    let mut engine = engine::load(kind, &m.path, 64, 1).unwrap();
+    let per = 3 * 64 * 64;
+    for (what, inputs, n) in [
+        ("random", random_inputs(5, 2), 5),
+        ("faces", face_inputs(&m.card, 4), 4),
+    ] {
+        let reference = tch_logits(&m.net, &inputs, n, 64);
+        // Batch N.
+        let batch = engine.logits(&inputs, n).unwrap();
+        let d = max_abs_diff(&batch, &reference);
+        eprintln!(
+            "{kind:?} {what} batch {n}: max abs diff vs tch {d:.2e} (logits up to {:.2})",
+            reference.iter().fold(0f32, |a, v| a.max(v.abs()))
+        );
+        assert!(d <= TOL, "{kind:?} {what} batch {n}: max abs diff {d}");
+        // Batch 1, image by image: equal to the tch reference and to the batched run.
+        for i in 0..n {
+            let single = engine.logits(&inputs[i * per..(i + 1) * per], 1).unwrap();
+            let d = max_abs_diff(&single, &reference[i * 7..(i + 1) * 7]);
+            assert!(
+                d <= TOL,
+                "{kind:?} {what} image {i} alone: max abs diff {d}"
+            );
+            let d = max_abs_diff(&single, &batch[i * 7..(i + 1) * 7]);
+            assert!(d <= TOL, "{kind:?} {what} image {i}: batch vs single {d}");
+        }
+        // Logits are not trivially small: the comparison means something.
+        assert!(
+            reference.iter().any(|v| v.abs() > 0.1),
+            "{what}: logits too small to compare"
+        );
+    }
+}
+
+#[test]
+fn tract_matches_tch() {
+    check_engine(EngineKind::Tract);
+}
+
+#[test]
+fn onnx_runtime_matches_tch() {
+    check_engine(EngineKind::Ort);
+}
+
+#[test]
+fn passes_the_onnx_checker_and_carries_the_model_card() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = exported_model(dir.path(), 3);
+    let py = venv_python();
+    assert!(
+        py.exists(),
+        "{} is missing: run scripts/setup.sh",
+        py.display()
+    );
+    let out = std::process::Command::new(&py)
+        .args(["-c", "import sys, onnx; m = onnx.load(sys.argv[1]); onnx.checker.check_model(m, full_check=True); print(m.opset_import[0].version, [o.name for o in m.graph.output])"])
+        .arg(&m.path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "onnx checker: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "17 ['logits', 'probabilities']"
+    );
+    let card = dmue_deploy::model_card::ModelCard::from_onnx(&m.path).unwrap();
+    assert_eq!(card, m.card);
+    // Neither the auxiliary branches nor the uncertainty module are in the file.
+    let model = dmue_deploy::onnx::read_model(&m.path).unwrap();
+    let names: Vec<String> = model
+        .graph
+        .unwrap()
+        .initializer
+        .into_iter()
+        .filter_map(|t| t.name)
+        .collect();
+    assert!(
+        names
+            .iter()
+            .all(|n| !n.starts_with("aux") && !n.starts_with("uncertainty")),
+        "{names:?}"
+    );
+    drop(m.vs);
+}

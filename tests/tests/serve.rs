@@ -1,0 +1,241 @@
+//! dmue-serve's HTTP API, in-process (no port): predictions, batching, documented errors,
+//! the model card, health, readiness and metrics.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use dmue_deploy::engine::EngineKind;
+use dmue_deploy::pipeline::Classifier;
+use dmue_deploy::server::{self, AppState, Batcher, ServeConfig};
+use http_body_util::BodyExt;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use tower::ServiceExt;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    app: axum::Router,
+    faces: Vec<Vec<u8>>,
+    expected: Vec<String>,
+}
+
+fn fixture(config: ServeConfig) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dmue_e2e::exported_model(dir.path(), 7);
+    let opts = dmue_train::synth::SynthOptions {
+        train: 0,
+        test: 3,
+        size: 96,
+        seed: 2,
+        ..Default::default()
+    };
+    dmue_train::synth::generate(&opts, &dir.path().join("faces")).unwrap();
+    let faces: Vec<Vec<u8>> = (0..3)
+        .map(|i| std::fs::read(dir.path().join(format!("faces/images/test/{i:06}.png"))).unwrap())
+        .collect();
+    // Expected labels from the tch network itself.
+    let expected = faces
+        .iter()
+        .map(|bytes| {
+            let img = image::load_from_memory(bytes).unwrap().to_rgb8();
+            let input = m.card.preprocess.eval_tensor(&img).unwrap();
+            let logits = dmue_e2e::tch_logits(&m.net, &input, 1, 64);
+            let best = logits
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .unwrap()
+                .0;
+            m.card.classes[best].clone()
+        })
+        .collect();
+    let classifier = Classifier::load(&m.path, EngineKind::Tract, 1).unwrap();
+    let (batcher, _worker) = Batcher::start(classifier, config.max_batch, config.queue);
+    let state = Arc::new(AppState {
+        card: m.card.clone(),
+        engine: "tract",
+        batcher,
+        config,
+        ready: AtomicBool::new(true),
+        metrics: server::metrics_handle(),
+    });
+    Fixture {
+        _dir: dir,
+        app: server::router(state),
+        faces,
+        expected,
+    }
+}
+
+async fn call(app: &axum::Router, req: Request<Body>) -> (StatusCode, serde_json::Value, String) {
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&bytes).to_string();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        text,
+    )
+}
+
+fn multipart(parts: &[(&str, &[u8])]) -> Request<Body> {
+    let boundary = "dmue-test-boundary";
+    let mut body = Vec::new();
+    for (name, bytes) in parts {
+        body.extend(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}.png\"\r\nContent-Type: image/png\r\n\r\n").as_bytes());
+        body.extend(*bytes);
+        body.extend(b"\r\n");
+    }
+    body.extend(format!("--{boundary}--\r\n").as_bytes());
+    Request::post("/v1/predict")
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(Body::from(body))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn predictions_match_the_training_network() {
+    let f = fixture(ServeConfig::default());
+    let (status, json, text) = call(
+        &f.app,
+        Request::post("/v1/predict")
+            .body(Body::from(f.faces[0].clone()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let face = &json["results"][0]["faces"][0];
+    assert_eq!(face["label"], f.expected[0]);
+    assert_eq!(face["box"], serde_json::json!([0, 0, 96, 96]));
+    let p: f64 = face["probabilities"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_f64().unwrap())
+        .sum();
+    assert!((p - 1.0).abs() < 1e-4);
+    assert_eq!(json["classes"].as_array().unwrap().len(), 7);
+
+    let parts: Vec<(&str, &[u8])> =
+        vec![("a", &f.faces[0]), ("b", &f.faces[1]), ("c", &f.faces[2])];
+    let (status, json, text) = call(&f.app, multipart(&parts)).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let results = json["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r["image"], format!("{}.png", ["a", "b", "c"][i]));
+        assert_eq!(r["faces"][0]["label"], f.expected[i]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_have_documented_status_codes_and_one_body() {
+    let f = fixture(ServeConfig {
+        max_body: 4096,
+        ..Default::default()
+    });
+    let (status, json, _) = call(
+        &f.app,
+        Request::post("/v1/predict")
+            .body(Body::from("not an image"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, json["kind"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("bad_input"))
+    );
+    let (status, json, _) = call(
+        &f.app,
+        Request::post("/v1/predict").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, json["kind"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("bad_input"))
+    );
+    let big = vec![0u8; 10_000];
+    let (status, json, text) = call(
+        &f.app,
+        Request::post("/v1/predict").body(Body::from(big)).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, json["kind"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("too_large")),
+        "{text}"
+    );
+    assert!(json["error"].as_str().unwrap().contains("limit"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_429() {
+    let f = fixture(ServeConfig {
+        queue: 1,
+        max_batch: 1,
+        ..Default::default()
+    });
+    let parts: Vec<(&str, &[u8])> = (0..24).map(|_| ("x", f.faces[0].as_slice())).collect();
+    let (status, json, text) = call(&f.app, multipart(&parts)).await;
+    assert_eq!(
+        (status, json["kind"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("overloaded")),
+        "{text}"
+    );
+    // The service recovers once the queue drains.
+    let (status, _, text) = call(
+        &f.app,
+        Request::post("/v1/predict")
+            .body(Body::from(f.faces[1].clone()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_card_health_and_metrics() {
+    let f = fixture(ServeConfig::default());
+    let (status, json, _) = call(
+        &f.app,
+        Request::get("/v1/model").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json["card"]["preprocess"]["crop"], 64);
+    assert_eq!(json["card"]["template_id"], dmue_deploy::face::TEMPLATE_ID);
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(
+            call(&f.app, Request::get(path).body(Body::empty()).unwrap())
+                .await
+                .0,
+            StatusCode::OK
+        );
+    }
+    let _ = call(
+        &f.app,
+        Request::post("/v1/predict")
+            .body(Body::from(f.faces[2].clone()))
+            .unwrap(),
+    )
+    .await;
+    let (status, _, text) = call(
+        &f.app,
+        Request::get("/metrics").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    for metric in [
+        "dmue_requests_total{status=\"200\"}",
+        "dmue_inference_seconds_bucket",
+        "dmue_decode_seconds_bucket",
+        "dmue_queue_seconds_bucket",
+        "dmue_batch_size_bucket",
+        "dmue_queue_depth",
+    ] {
+        assert!(text.contains(metric), "missing {metric} in\n{text}");
+    }
+}
