@@ -1,5 +1,7 @@
 //! Canonical face geometry shared by the synthetic renderer, `prepare`, and `dmue-serve`.
 
+pub mod align;
+
 /// Side of the aligned face crop in pixels (the paper resizes faces to 256x256).
 pub const ALIGNED_SIZE: u32 = 256;
 
