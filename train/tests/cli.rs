@@ -326,3 +326,36 @@ fn a_non_finite_loss_stops_with_the_step_and_the_terms() {
         "{msg}"
     );
 }
+
+/// On a GPU machine: the same binary trains on CUDA, in fp32 and with bf16 autocast.
+/// Without a GPU it says so and passes (CI and development machines have none).
+#[test]
+fn cuda_training_runs_on_the_gpu() {
+    if !tch::Cuda::is_available() {
+        eprintln!("SKIPPED cuda_training_runs_on_the_gpu: libtorch sees no CUDA device");
+        return;
+    }
+    for precision in ["fp32", "bf16"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut args = vec![
+            "fit",
+            "--data",
+            dataset().to_str().unwrap(),
+            "--out",
+            tmp.path().to_str().unwrap(),
+            "--device",
+            "cuda",
+            "--epochs",
+            "1",
+        ];
+        args.extend_from_slice(&TINY[..8]);
+        let p = format!("train.precision=\"{precision}\"");
+        args.extend_from_slice(&["--set", &p]);
+        let out = ok(&args);
+        let summary: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(tmp.path().join("summary.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(summary["device"], "Cuda(0)", "{out}");
+    }
+}

@@ -8,11 +8,14 @@ pub mod ort;
 #[cfg(feature = "tract")]
 pub mod tract;
 
-/// Runs the exported classifier.
+/// One output of a model: its shape and its values (row-major).
+pub type Output = (Vec<usize>, Vec<f32>);
+
+/// Runs an ONNX model with one float NCHW input (the classifier, the face detector).
 pub trait Engine: Send {
     fn name(&self) -> &'static str;
-    /// `input`: `n * 3 * crop * crop` normalised floats (NCHW) -> logits, `n * classes`.
-    fn logits(&mut self, input: &[f32], n: usize) -> Result<Vec<f32>>;
+    /// Runs `input` of `shape` and returns every output, in the model's output order.
+    fn run(&mut self, input: &[f32], shape: [usize; 4]) -> Result<Vec<Output>>;
 }
 
 /// Which engine runs the model.
@@ -26,11 +29,11 @@ pub enum EngineKind {
     Ort,
 }
 
-/// Loads `model` for inputs of `crop x crop` with the chosen engine and `threads` threads.
-pub fn load(kind: EngineKind, model: &Path, crop: u32, threads: usize) -> Result<Box<dyn Engine>> {
+/// Loads `model` with the chosen engine and `threads` threads.
+pub fn load(kind: EngineKind, model: &Path, threads: usize) -> Result<Box<dyn Engine>> {
     match kind {
         #[cfg(feature = "tract")]
-        EngineKind::Tract => Ok(Box::new(tract::TractEngine::load(model, crop, threads)?)),
+        EngineKind::Tract => Ok(Box::new(tract::TractEngine::load(model, threads)?)),
         #[cfg(feature = "ort")]
         EngineKind::Ort => Ok(Box::new(ort::OrtEngine::load(model, threads)?)),
         #[allow(unreachable_patterns)]

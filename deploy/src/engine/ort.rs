@@ -2,7 +2,7 @@
 //! The library is `ORT_DYLIB_PATH` when set, else `.venv/libonnxruntime.so` (made by
 //! scripts/setup.sh from PyPI's onnxruntime wheel) next to the current directory or its parents.
 
-use super::Engine;
+use super::{Engine, Output};
 use crate::error::{Error, Result};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
@@ -67,18 +67,20 @@ impl Engine for OrtEngine {
         "ort"
     }
 
-    fn logits(&mut self, input: &[f32], n: usize) -> Result<Vec<f32>> {
+    fn run(&mut self, input: &[f32], shape: [usize; 4]) -> Result<Vec<Output>> {
         let err = |e: ort::Error| Error::Engine(e.to_string());
-        let side = ((input.len() / n.max(1) / 3) as f64).sqrt() as i64;
-        let x = ort::value::Tensor::from_array(([n as i64, 3, side, side], input.to_vec()))
-            .map_err(err)?;
+        let dims = shape.map(|d| d as i64);
+        let x = ort::value::Tensor::from_array((dims, input.to_vec())).map_err(err)?;
+        let input_name = self.session.inputs()[0].name().to_string();
         let outputs = self
             .session
-            .run(ort::inputs![crate::model_card::INPUT_NAME => x])
+            .run(ort::inputs![input_name => x])
             .map_err(err)?;
-        let (_, logits) = outputs[crate::model_card::LOGITS_NAME]
-            .try_extract_tensor::<f32>()
-            .map_err(err)?;
-        Ok(logits.to_vec())
+        let mut result = Vec::new();
+        for (_, value) in outputs.iter() {
+            let (shape, data) = value.try_extract_tensor::<f32>().map_err(err)?;
+            result.push((shape.iter().map(|&d| d as usize).collect(), data.to_vec()));
+        }
+        Ok(result)
     }
 }

