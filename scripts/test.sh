@@ -10,6 +10,6 @@ bash scripts/fetch-models.sh
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
 export DMUE_NO_PROGRESS=1
-cargo test --release --workspace -- --skip cuda_
+cargo test --release --workspace -- --skip cuda_training
 # The GPU tests, uncaptured so that their "SKIPPED ... no CUDA device" line shows without one.
-cargo test --release -p dmue-train --test cli cuda_ -- --nocapture
+cargo test --release -p dmue-train --test cli cuda_training -- --nocapture
