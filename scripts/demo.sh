@@ -12,6 +12,7 @@ took() { echo "   ($1: $(( $(date +%s) - PHASE_START )) s)"; }
 
 phase "set-up"
 bash scripts/setup.sh
+bash scripts/fetch-models.sh
 took set-up
 
 phase "build (cargo build --release)"

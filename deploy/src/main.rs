@@ -3,8 +3,9 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use dmue_deploy::engine::EngineKind;
 use dmue_deploy::error::Error;
+use dmue_deploy::face::detect::{Detector, DetectorConfig};
 use dmue_deploy::image_io::{decode, DecodeLimits};
-use dmue_deploy::pipeline::Classifier;
+use dmue_deploy::pipeline::{face_crops, Classifier};
 use dmue_deploy::server::{self, AppState, Batcher, ServeConfig};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -46,6 +47,19 @@ struct Cli {
     /// Largest image width or height accepted by the decoder (413 beyond).
     #[arg(long, default_value_t = 8192, env = "DMUE_MAX_SIDE", global = true)]
     max_side: u32,
+    /// Face detector (RetinaFace, from scripts/fetch-models.sh); every face found is aligned
+    /// and classified.
+    #[arg(long, default_value = dmue_deploy::face::detect::DEFAULT_MODEL, env = "DMUE_DETECTOR", global = true)]
+    detector: PathBuf,
+    /// Take every input image as one already aligned face crop (no detection).
+    #[arg(long, env = "DMUE_NO_DETECT", global = true)]
+    no_detect: bool,
+    /// Lowest detection score kept.
+    #[arg(long, default_value_t = 0.6, env = "DMUE_DET_THRESHOLD", global = true)]
+    det_threshold: f32,
+    /// Write every aligned crop the classifier sees into this directory.
+    #[arg(long, env = "DMUE_SAVE_CROPS", global = true)]
+    save_crops: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -107,12 +121,46 @@ fn run(cli: Cli) -> Result<i32, Error> {
         max_side: cli.max_side,
         ..Default::default()
     };
+    let detector = if cli.no_detect {
+        None
+    } else {
+        if classifier.card.template_id != dmue_deploy::face::TEMPLATE_ID {
+            return Err(Error::Model(format!(
+                "the model was trained on crops cut with template {:?}, this dmue-serve aligns with {:?}",
+                classifier.card.template_id,
+                dmue_deploy::face::TEMPLATE_ID
+            )));
+        }
+        let config = DetectorConfig {
+            score_threshold: cli.det_threshold,
+            ..Default::default()
+        };
+        Some(
+            Detector::load(&cli.detector, cli.engine, cli.threads, config).map_err(|e| {
+                Error::Model(format!(
+                    "{e} (or pass --no-detect to classify aligned face crops as they are)"
+                ))
+            })?,
+        )
+    };
+    if let Some(dir) = &cli.save_crops {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::BadInput(format!("cannot create {}: {e}", dir.display())))?;
+    }
     match cli.command {
         Some(Command::Predict {
             paths,
             format,
             batch,
-        }) => predict(classifier, &paths, format, batch.max(1), &limits),
+        }) => predict(
+            classifier,
+            detector,
+            &paths,
+            format,
+            batch.max(1),
+            &limits,
+            cli.save_crops.as_deref(),
+        ),
         Some(Command::Bench {
             batch,
             iters,
@@ -126,13 +174,19 @@ fn run(cli: Cli) -> Result<i32, Error> {
                 max_body: cli.max_body_mb << 20,
                 limits,
             };
-            serve(classifier, cli.addr, config)?;
+            serve(classifier, detector, cli.save_crops, cli.addr, config)?;
             Ok(0)
         }
     }
 }
 
-fn serve(classifier: Classifier, addr: SocketAddr, config: ServeConfig) -> Result<(), Error> {
+fn serve(
+    classifier: Classifier,
+    detector: Option<Detector>,
+    save_crops: Option<PathBuf>,
+    addr: SocketAddr,
+    config: ServeConfig,
+) -> Result<(), Error> {
     let card = classifier.card.clone();
     let engine = classifier.engine_name();
     let (batcher, worker) = Batcher::start(classifier, config.max_batch, config.queue);
@@ -143,6 +197,8 @@ fn serve(classifier: Classifier, addr: SocketAddr, config: ServeConfig) -> Resul
         config,
         ready: AtomicBool::new(true),
         metrics: server::metrics_handle(),
+        detector: detector.map(std::sync::Mutex::new),
+        save_crops,
     });
     let rt = tokio::runtime::Runtime::new()
         .map_err(|e| Error::Model(format!("cannot start the async runtime: {e}")))?;
@@ -239,14 +295,16 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// Classifies files in batches; a file that cannot be read is reported, not fatal.
-/// Exit code 0 when every file was classified, 2 when some were not.
+/// Classifies every face of every file; a file that cannot be read is reported, not fatal.
+/// Exit code 0 when every file was read, 2 when some were not.
 fn predict(
     mut classifier: Classifier,
+    mut detector: Option<Detector>,
     paths: &[PathBuf],
     format: Format,
     batch: usize,
     limits: &DecodeLimits,
+    save_crops: Option<&Path>,
 ) -> Result<i32, Error> {
     let files = collect_images(paths);
     if files.is_empty() {
@@ -256,66 +314,85 @@ fn predict(
     }
     let mut failures = 0;
     if format == Format::Table {
-        println!("{:<48} {:>10} {:>7}  top-3", "image", "label", "score");
+        println!(
+            "{:<52} {:>10} {:>7}  top-3",
+            "image [face]", "label", "score"
+        );
     }
-    for chunk in files.chunks(batch) {
-        let mut ok = Vec::new();
-        let mut inputs = Vec::new();
-        for f in chunk {
-            let loaded = std::fs::read(f)
-                .map_err(|e| Error::BadInput(format!("cannot read: {e}")))
-                .and_then(|b| decode(&b, limits))
-                .and_then(|img| classifier.preprocess(&img).map(|t| (t, img.dimensions())));
-            match loaded {
-                Ok((t, dims)) => {
-                    inputs.extend(t);
-                    ok.push((f, dims));
+    let classes = classifier.card.classes.len();
+    for f in &files {
+        let faces = std::fs::read(f)
+            .map_err(|e| Error::BadInput(format!("cannot read: {e}")))
+            .and_then(|b| decode(&b, limits))
+            .and_then(|img| face_crops(&img, detector.as_mut()));
+        let faces = match faces {
+            Ok(faces) => faces,
+            Err(e) => {
+                failures += 1;
+                match format {
+                    Format::Table => println!("{:<52} error ({}): {e}", f.display(), e.kind()),
+                    Format::Jsonl => println!(
+                        "{}",
+                        serde_json::json!({"image": f, "error": e.to_string(), "kind": e.kind()})
+                    ),
                 }
-                Err(e) => {
-                    failures += 1;
-                    match format {
-                        Format::Table => println!("{:<48} error ({}): {e}", f.display(), e.kind()),
-                        Format::Jsonl => println!(
-                            "{}",
-                            serde_json::json!({"image": f, "error": e.to_string(), "kind": e.kind()})
-                        ),
-                    }
-                }
+                continue;
+            }
+        };
+        let mut predictions = Vec::with_capacity(faces.len());
+        for chunk in faces.chunks(batch) {
+            let mut inputs = Vec::new();
+            for face in chunk {
+                inputs.extend(classifier.preprocess(&face.crop)?);
+            }
+            let logits = classifier.logits(&inputs, chunk.len())?;
+            predictions.extend(logits.chunks(classes).map(|row| classifier.prediction(row)));
+        }
+        if let Some(dir) = save_crops {
+            for (k, face) in faces.iter().enumerate() {
+                dmue_deploy::server::save_crop(dir, &f.to_string_lossy(), k, &face.crop);
             }
         }
-        if ok.is_empty() {
-            continue;
-        }
-        let classes = classifier.card.classes.len();
-        let logits = classifier.logits(&inputs, ok.len())?;
-        for ((f, (w, h)), row) in ok.into_iter().zip(logits.chunks(classes)) {
-            let p = classifier.prediction(row);
-            match format {
-                Format::Table => {
+        match format {
+            Format::Table => {
+                if faces.is_empty() {
+                    println!("{:<52} {:>10}", f.display(), "(no face)");
+                }
+                for (k, p) in predictions.iter().enumerate() {
                     let mut top: Vec<(&String, f64)> = p
                         .probabilities
                         .iter()
-                        .map(|(k, v)| (k, v.as_f64().unwrap_or(0.0)))
+                        .map(|(c, v)| (c, v.as_f64().unwrap_or(0.0)))
                         .collect();
                     top.sort_by(|a, b| b.1.total_cmp(&a.1));
                     let top3: Vec<String> = top
                         .iter()
                         .take(3)
-                        .map(|(k, v)| format!("{k} {v:.2}"))
+                        .map(|(c, v)| format!("{c} {v:.2}"))
                         .collect();
+                    let name = if faces.len() > 1 {
+                        format!("{} [{k}]", f.display())
+                    } else {
+                        f.display().to_string()
+                    };
                     println!(
-                        "{:<48} {:>10} {:>7.3}  {}",
-                        f.display(),
+                        "{name:<52} {:>10} {:>7.3}  {}",
                         p.label,
                         p.score,
                         top3.join(", ")
                     );
                 }
-                Format::Jsonl => println!(
-                    "{}",
-                    serde_json::json!({"image": f, "faces": [{"box": [0, 0, w, h], "landmarks": null, "detection_score": null,
-                        "label": p.label, "class_index": p.class_index, "score": p.score, "probabilities": p.probabilities}]})
-                ),
+            }
+            Format::Jsonl => {
+                let faces: Vec<serde_json::Value> = faces
+                    .iter()
+                    .zip(&predictions)
+                    .map(|(face, p)| {
+                        serde_json::json!({"box": face.bbox, "landmarks": face.landmarks, "detection_score": face.detection_score,
+                            "label": p.label, "class_index": p.class_index, "score": p.score, "probabilities": p.probabilities})
+                    })
+                    .collect();
+                println!("{}", serde_json::json!({"image": f, "faces": faces}));
             }
         }
     }

