@@ -90,17 +90,6 @@ impl Classifier {
                 .collect(),
         }
     }
-
-    /// Classifies aligned face crops in one batch.
-    pub fn classify(&mut self, crops: &[RgbImage]) -> Result<Vec<Prediction>> {
-        let mut inputs = Vec::new();
-        for c in crops {
-            inputs.extend(self.preprocess(c)?);
-        }
-        let c = self.card.classes.len();
-        let logits = self.logits(&inputs, crops.len())?;
-        Ok(logits.chunks(c).map(|row| self.prediction(row)).collect())
-    }
 }
 
 /// One face of an image, cut the way the classifier was trained.
