@@ -87,6 +87,10 @@ enum Command {
         iters: usize,
         #[arg(long, default_value_t = 20)]
         warmup: usize,
+        /// Time the whole photo path instead: decode, detect, align, preprocess and classify
+        /// every face of this image (uses the detector unless --no-detect).
+        #[arg(long)]
+        photo: Option<PathBuf>,
     },
 }
 
@@ -165,6 +169,22 @@ fn run(cli: Cli) -> Result<i32, Error> {
             batch,
             iters,
             warmup,
+            photo: Some(photo),
+        }) => bench_photo(
+            classifier,
+            detector,
+            &photo,
+            iters.max(1),
+            warmup,
+            cli.threads,
+            &limits,
+            batch,
+        ),
+        Some(Command::Bench {
+            batch,
+            iters,
+            warmup,
+            photo: None,
         }) => bench(classifier, batch.max(1), iters.max(1), warmup, cli.threads),
         None => {
             let config = ServeConfig {
@@ -226,6 +246,62 @@ fn serve(
     drop(state);
     let _ = worker.join();
     Ok(())
+}
+
+/// p50/p99 of the full photo path: bytes -> decode -> detect -> align -> classify every face.
+#[allow(clippy::too_many_arguments)]
+fn bench_photo(
+    mut classifier: Classifier,
+    mut detector: Option<Detector>,
+    photo: &Path,
+    iters: usize,
+    warmup: usize,
+    threads: usize,
+    limits: &DecodeLimits,
+    _batch: usize,
+) -> Result<i32, Error> {
+    let bytes = std::fs::read(photo)
+        .map_err(|e| Error::BadInput(format!("cannot read {}: {e}", photo.display())))?;
+    let classes = classifier.card.classes.len();
+    let mut run = || -> Result<(usize, f64, f64), Error> {
+        let t = std::time::Instant::now();
+        let img = decode(&bytes, limits)?;
+        let faces = face_crops(&img, detector.as_mut())?;
+        let detect_ms = t.elapsed().as_secs_f64() * 1e3;
+        let mut inputs = Vec::new();
+        for f in &faces {
+            inputs.extend(classifier.preprocess(&f.crop)?);
+        }
+        if !faces.is_empty() {
+            let logits = classifier.logits(&inputs, faces.len())?;
+            let _ = logits
+                .chunks(classes)
+                .map(|row| classifier.prediction(row))
+                .count();
+        }
+        Ok((faces.len(), detect_ms, t.elapsed().as_secs_f64() * 1e3))
+    };
+    for _ in 0..warmup {
+        run()?;
+    }
+    let mut total = Vec::with_capacity(iters);
+    let mut detect = Vec::with_capacity(iters);
+    let mut faces = 0;
+    for _ in 0..iters {
+        let (n, d, t) = run()?;
+        faces = n;
+        detect.push(d);
+        total.push(t);
+    }
+    total.sort_by(f64::total_cmp);
+    detect.sort_by(f64::total_cmp);
+    let pct = |v: &[f64], p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+    println!(
+        "{}",
+        serde_json::json!({"engine": classifier.engine_name(), "threads": threads, "photo": photo, "faces": faces, "iters": iters,
+            "p50_ms": pct(&total, 0.5), "p99_ms": pct(&total, 0.99), "decode_detect_align_p50_ms": pct(&detect, 0.5)})
+    );
+    Ok(0)
 }
 
 fn bench(
