@@ -259,24 +259,12 @@ fn bench_photo(
 ) -> Result<i32, Error> {
     let bytes = std::fs::read(photo)
         .map_err(|e| Error::BadInput(format!("cannot read {}: {e}", photo.display())))?;
-    let classes = classifier.card.classes.len();
     let mut run = || -> Result<(usize, f64, f64), Error> {
         let t = std::time::Instant::now();
         let img = decode(&bytes, limits)?;
         let faces = face_crops(&img, detector.as_mut())?;
         let detect_ms = t.elapsed().as_secs_f64() * 1e3;
-        let mut inputs = Vec::new();
-        for f in &faces {
-            inputs.extend(classifier.preprocess(&f.crop)?);
-        }
-        if !faces.is_empty() {
-            let logits = classifier.logits(&inputs, faces.len())?;
-            let predictions: Vec<_> = logits
-                .chunks(classes)
-                .map(|row| classifier.prediction(row))
-                .collect();
-            std::hint::black_box(predictions);
-        }
+        std::hint::black_box(classifier.classify(&faces, faces.len())?);
         Ok((faces.len(), detect_ms, t.elapsed().as_secs_f64() * 1e3))
     };
     for _ in 0..warmup {
@@ -393,7 +381,6 @@ fn predict(
             "image [face]", "label", "score"
         );
     }
-    let classes = classifier.card.classes.len();
     for f in &files {
         let faces = std::fs::read(f)
             .map_err(|e| Error::BadInput(format!("cannot read: {e}")))
@@ -413,15 +400,7 @@ fn predict(
                 continue;
             }
         };
-        let mut predictions = Vec::with_capacity(faces.len());
-        for chunk in faces.chunks(batch) {
-            let mut inputs = Vec::new();
-            for face in chunk {
-                inputs.extend(classifier.preprocess(&face.crop)?);
-            }
-            let logits = classifier.logits(&inputs, chunk.len())?;
-            predictions.extend(logits.chunks(classes).map(|row| classifier.prediction(row)));
-        }
+        let predictions = classifier.classify(&faces, batch)?;
         if let Some(dir) = save_crops {
             for (k, face) in faces.iter().enumerate() {
                 dmue_deploy::server::save_crop(dir, &f.to_string_lossy(), k, &face.crop);

@@ -90,6 +90,21 @@ impl Classifier {
                 .collect(),
         }
     }
+
+    /// Classifies aligned face crops, at most `batch` per inference call.
+    pub fn classify(&mut self, faces: &[FaceCrop], batch: usize) -> Result<Vec<Prediction>> {
+        let classes = self.card.classes.len();
+        let mut predictions = Vec::with_capacity(faces.len());
+        for chunk in faces.chunks(batch.max(1)) {
+            let mut inputs = Vec::new();
+            for face in chunk {
+                inputs.extend(self.preprocess(&face.crop)?);
+            }
+            let logits = self.logits(&inputs, chunk.len())?;
+            predictions.extend(logits.chunks(classes).map(|row| self.prediction(row)));
+        }
+        Ok(predictions)
+    }
 }
 
 /// One face of an image, cut the way the classifier was trained.
