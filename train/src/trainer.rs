@@ -248,7 +248,7 @@ pub fn fit(cfg: &Config, run: &Path, resume: bool) -> Result<FitSummary> {
             run.display()
         );
     }
-    rewrite_metrics(&metrics_path, &history)?;
+    crate::util::write_jsonl(&metrics_path, &history)?;
 
     // ---- epochs
     let started = Instant::now();
@@ -475,15 +475,6 @@ pub fn read_metrics(path: &Path) -> Result<Vec<EpochMetrics>> {
                 .with_context(|| format!("{}:{}: malformed metrics line", path.display(), i + 1))
         })
         .collect()
-}
-
-fn rewrite_metrics(path: &Path, history: &[EpochMetrics]) -> Result<()> {
-    let mut buf = Vec::new();
-    for m in history {
-        serde_json::to_writer(&mut buf, m)?;
-        buf.push(b'\n');
-    }
-    crate::util::write_atomic(path, &buf)
 }
 
 fn append_metrics(path: &Path, m: &EpochMetrics) -> Result<()> {

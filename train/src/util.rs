@@ -19,6 +19,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
 }
 
+/// Writes one JSON object per line to `path`, atomically.
+pub fn write_jsonl<T: serde::Serialize>(path: &Path, rows: &[T]) -> Result<()> {
+    let mut buf = Vec::new();
+    for row in rows {
+        serde_json::to_writer(&mut buf, row)?;
+        buf.push(b'\n');
+    }
+    write_atomic(path, &buf)
+}
+
 /// `dir/.name.tmp` next to `path`.
 pub fn tmp_path(path: &Path) -> PathBuf {
     let name = path

@@ -6,7 +6,7 @@
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 pub const DATASET_FILE: &str = "dataset.json";
@@ -56,6 +56,17 @@ pub struct DatasetInfo {
     /// Where the data came from (format and options), free-form.
     #[serde(default)]
     pub source: serde_json::Value,
+}
+
+impl DatasetInfo {
+    /// Writes `dir/dataset.json`, creating `dir`.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        crate::util::write_atomic(
+            &dir.join(DATASET_FILE),
+            serde_json::to_string_pretty(self)?.as_bytes(),
+        )
+    }
 }
 
 /// Ground truth the synthetic benchmark knows about each face.
@@ -148,17 +159,8 @@ impl Dataset {
 
     /// Writes `dataset.json` and `manifest.jsonl` into `dir`.
     pub fn write(dir: &Path, info: &DatasetInfo, rows: &[ManifestRow]) -> Result<()> {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        crate::util::write_atomic(
-            &dir.join(DATASET_FILE),
-            serde_json::to_string_pretty(info)?.as_bytes(),
-        )?;
-        let mut buf = Vec::new();
-        for row in rows {
-            serde_json::to_writer(&mut buf, row)?;
-            buf.write_all(b"\n")?;
-        }
-        crate::util::write_atomic(&dir.join(MANIFEST_FILE), &buf)
+        info.write(dir)?;
+        crate::util::write_jsonl(&dir.join(MANIFEST_FILE), rows)
     }
 }
 

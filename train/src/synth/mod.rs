@@ -332,16 +332,8 @@ pub fn generate(opts: &SynthOptions, out: &Path) -> Result<Summary> {
     match opts.mode {
         Mode::Aligned => Dataset::write(out, &info, &rows)?,
         Mode::Photo => {
-            crate::util::write_atomic(
-                &out.join(crate::data::manifest::DATASET_FILE),
-                serde_json::to_string_pretty(&info)?.as_bytes(),
-            )?;
-            let mut buf = String::new();
-            for p in &photos {
-                buf.push_str(&serde_json::to_string(p)?);
-                buf.push('\n');
-            }
-            crate::util::write_atomic(&out.join(PHOTOS_FILE), buf.as_bytes())?;
+            info.write(out)?;
+            crate::util::write_jsonl(&out.join(PHOTOS_FILE), &photos)?;
         }
     }
     Ok(Summary {
