@@ -10,6 +10,7 @@ pub mod loss;
 pub mod model;
 pub mod optim;
 pub mod plot;
+pub mod prepare;
 pub mod synth;
 pub mod trainer;
 pub mod util;

@@ -29,6 +29,17 @@ pub enum EngineKind {
     Ort,
 }
 
+impl std::str::FromStr for EngineKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "tract" => Ok(EngineKind::Tract),
+            "ort" => Ok(EngineKind::Ort),
+            _ => Err(format!("unknown engine {s:?} (expected tract or ort)")),
+        }
+    }
+}
+
 /// Loads `model` with the chosen engine and `threads` threads.
 pub fn load(kind: EngineKind, model: &Path, threads: usize) -> Result<Box<dyn Engine>> {
     match kind {

@@ -101,6 +101,12 @@ pub struct ManifestRow {
     pub landmarks: Option<[[f32; 2]; 5]>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub truth: Option<SynthTruth>,
+    /// Annotators' vote shares over the classes, when the dataset has them (FERPlus).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub votes: Option<Vec<f32>>,
+    /// The dataset's label before `prepare --flip-rate` replaced it (`label` is the new one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_label: Option<usize>,
 }
 
 /// A dataset directory, read and validated.

@@ -64,6 +64,8 @@ impl Default for SynthOptions {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FaceTruth {
     pub landmarks: [[f32; 2]; 5],
+    /// The label training uses (after label-noise injection on the training split).
+    pub label: usize,
     pub truth: SynthTruth,
 }
 
@@ -296,9 +298,12 @@ pub fn generate(opts: &SynthOptions, out: &Path) -> Result<Summary> {
                     source: Some(format!("synth:seed={}:{split}", opts.seed)),
                     landmarks: Some(*landmarks),
                     truth: Some(truth),
+                    votes: None,
+                    original_label: None,
                 }),
                 Mode::Photo => photo_faces.push(FaceTruth {
                     landmarks: *landmarks,
+                    label,
                     truth,
                 }),
             }
