@@ -83,6 +83,42 @@ mod tests {
         );
     }
 
+    /// A phone photo stored sideways with EXIF orientation 6 ("rotate 90 degrees clockwise to
+    /// display") comes out upright: the red top-left block of the stored 16x8 image ends up as
+    /// the top half of the displayed 8x16 image.
+    #[test]
+    fn exif_orientation_is_applied() {
+        use image::ImageEncoder;
+        let stored = RgbImage::from_fn(16, 8, |x, _| {
+            image::Rgb(if x < 8 { [220, 20, 20] } else { [10, 10, 10] })
+        });
+        // TIFF (little endian) with one IFD entry: Orientation (0x0112), SHORT, 1 value: 6.
+        let exif: Vec<u8> = [
+            &b"II\x2a\x00\x08\x00\x00\x00"[..],
+            &[1, 0],
+            &[0x12, 0x01, 3, 0, 1, 0, 0, 0, 6, 0, 0, 0],
+            &[0, 0, 0, 0],
+        ]
+        .concat();
+        let mut jpeg = Vec::new();
+        let mut enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95);
+        enc.set_exif_metadata(exif).unwrap();
+        enc.write_image(stored.as_raw(), 16, 8, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        let shown = decode(&jpeg, &DecodeLimits::default()).unwrap();
+        assert_eq!(shown.dimensions(), (8, 16));
+        assert!(
+            shown.get_pixel(4, 3).0[0] > 150,
+            "{:?}",
+            shown.get_pixel(4, 3)
+        );
+        assert!(
+            shown.get_pixel(4, 12).0[0] < 60,
+            "{:?}",
+            shown.get_pixel(4, 12)
+        );
+    }
+
     #[test]
     fn garbage_is_bad_input_and_huge_is_too_large() {
         assert_eq!(

@@ -120,13 +120,15 @@ fn finds_one_five_and_no_faces_with_both_engines() {
 fn decoding_matches_the_reference_package() {
     let mut det = detector(EngineKind::Tract);
     let img = photo("multi_face.jpg");
-    let (input, _) = det.preprocess(&img).unwrap();
+    let input = det.preprocess(&img).unwrap();
     let ours = det.detect_input(&input).unwrap();
+    let (w, h) = (input.width, input.height);
     let tmp = tempfile::tempdir().unwrap();
     let raw = tmp.path().join("input.f32");
     std::fs::write(
         &raw,
         input
+            .data
             .iter()
             .flat_map(|v| v.to_le_bytes())
             .collect::<Vec<u8>>(),
@@ -154,10 +156,11 @@ sys.modules["cv2"] = cv2
 sys.path.insert(0, sys.argv[1])
 import onnxruntime as ort
 from retinaface.postprocess import postprocess
-x = np.fromfile(sys.argv[2], dtype=np.float32).reshape(1, 3, 640, 640)
+h, w = int(sys.argv[5]), int(sys.argv[6])
+x = np.fromfile(sys.argv[2], dtype=np.float32).reshape(1, 3, h, w)
 s = ort.InferenceSession(sys.argv[3], providers=["CPUExecutionProvider"])
 outs = [o.copy() for o in s.run(None, {"input": x})]
-faces = postprocess(outs, 1, 3, 640, 640, score_threshold=float(sys.argv[4]), nms_threshold=0.4)[0]
+faces = postprocess(outs, 1, 3, h, w, score_threshold=float(sys.argv[4]), nms_threshold=0.4)[0]
 print(json.dumps([[f.x, f.y, f.width, f.height] + [c for p in f.landmarks for c in (p.x, p.y)] for f in faces]))
 "#;
     let model = root().join(dmue_deploy::face::detect::DEFAULT_MODEL);
@@ -167,6 +170,8 @@ print(json.dumps([[f.x, f.y, f.width, f.height] + [c for p in f.landmarks for c 
         .arg(&raw)
         .arg(&model)
         .arg(det.config.score_threshold.to_string())
+        .arg(h.to_string())
+        .arg(w.to_string())
         .output()
         .unwrap();
     assert!(

@@ -56,6 +56,11 @@ impl OrtEngine {
             .map_err(|e| err(e.into()))?
             .with_intra_threads(threads.max(1))
             .map_err(|e| err(e.into()))?
+            // Idle workers sleep instead of spinning: the detector's and the classifier's
+            // sessions run one after the other, and a spinning pool would steal the cores
+            // the other session needs.
+            .with_intra_op_spinning(std::env::var_os("DMUE_ORT_SPIN").is_some())
+            .map_err(|e| err(e.into()))?
             .commit_from_file(path)
             .map_err(err)?;
         Ok(Self { session })

