@@ -18,12 +18,7 @@ export DMUE_NO_PROGRESS=1 DMUE_LOG=warn
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"; [ -n "${SERVER:-}" ] && kill "$SERVER" 2>/dev/null || true' EXIT
 
-if [ -z "${MODEL:-}" ]; then
-  "$TRAIN" synth --out "$WORK/data" --train 144 --test 8 --size 256 >/dev/null
-  "$TRAIN" fit --data "$WORK/data" --out "$WORK/run" --mode baseline --epochs 1 --device cpu >/dev/null 2>&1
-  "$TRAIN" export "$WORK/run" -o "$WORK/model.onnx" >/dev/null
-  MODEL="$WORK/model.onnx"
-fi
+source scripts/lib/bench-model.sh
 echo "model: $MODEL, threads: $THREADS, machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 
 rust_bench() { "$SERVE" --model "$MODEL" --engine "$1" --threads "$THREADS" bench --batch "$2" --iters "$ITERS"; }
