@@ -35,13 +35,15 @@ if [ "$(installed onnxruntime)" != "$ORT_VERSION" ] || [ "$(installed onnx)" != 
 fi
 
 # A stable path for LIBTORCH, whatever the Python minor version is.
-torch_dir=$("$VENV/bin/python" -c 'import os, torch; print(os.path.dirname(torch.__file__))' 2>/dev/null)
+# (find_spec locates the package without importing it: importing torch takes tens of seconds.)
+pkg_dir() { "$VENV/bin/python" -c "import importlib.util as u; print(u.find_spec('$1').submodule_search_locations[0])"; }
+torch_dir=$(pkg_dir torch)
 if [ "$(readlink "$VENV/torch" 2>/dev/null)" != "$torch_dir" ]; then
   ln -sfn "$torch_dir" "$VENV/torch"
 fi
 
 # A stable path for ONNX Runtime's shared library (what dmue-serve --engine ort loads).
-ort_lib=$("$VENV/bin/python" -c 'import glob, os, onnxruntime; print(sorted(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so*")))[0])')
+ort_lib=$(ls "$(pkg_dir onnxruntime)"/capi/libonnxruntime.so* | sort | head -1)
 if [ "$(readlink "$VENV/libonnxruntime.so" 2>/dev/null)" != "$ort_lib" ]; then
   ln -sfn "$ort_lib" "$VENV/libonnxruntime.so"
 fi
