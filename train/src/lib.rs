@@ -1,6 +1,7 @@
 //! dmue-train: DMUE (latent Distribution Mining + pairwise Uncertainty Estimation, CVPR 2021)
 //! training on libtorch through tch.
 
+pub mod analyze;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

@@ -36,6 +36,10 @@ enum Command {
     Fit(FitArgs),
     /// Evaluate a run's newest checkpoint: accuracy, per-class recall, confusion matrix.
     Eval(EvalArgs),
+    /// What a trained run believes about each training sample, against the synthetic
+    /// benchmark's truth: latent distributions vs true mixtures (KL), confidence alpha vs
+    /// ambiguity (Spearman) and flipped vs clean labels (RUN/alpha-flipped-vs-clean.png).
+    Analyze(AnalyzeArgs),
     /// Export the deployed part (trunk + target branch, BatchNorm folded) to ONNX, with the
     /// model card (classes, preprocessing, template...) in its metadata.
     Export(ExportArgs),
@@ -101,6 +105,14 @@ struct PrepareArgs {
     /// affectnet: 7 classes (Contempt dropped, the usual protocol) or 8.
     #[arg(long, default_value_t = 7)]
     affectnet_classes: u8,
+}
+
+#[derive(clap::Args)]
+struct AnalyzeArgs {
+    /// Run directory written by `fit` (on a synthetic dataset).
+    run: PathBuf,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto, env = "DMUE_DEVICE")]
+    device: DeviceChoice,
 }
 
 #[derive(clap::Args)]
@@ -336,6 +348,17 @@ fn run(cli: Cli) -> Result<()> {
                 a.run
                     .join(format!("confusion-{}.png", report.split))
                     .display()
+            );
+        }
+        Command::Analyze(a) => {
+            let device = trainer::resolve_device(a.device)?;
+            let analysis = dmue_train::analyze::analyze(&a.run, device)?;
+            print!("{analysis}");
+            println!(
+                "wrote {}, {} and {}",
+                a.run.join(dmue_train::analyze::REPORT_FILE).display(),
+                a.run.join(dmue_train::analyze::SAMPLES_FILE).display(),
+                a.run.join(dmue_train::analyze::ALPHA_PNG).display()
             );
         }
         Command::Export(a) => {

@@ -199,3 +199,74 @@ pub fn confusion_png(
     root.present().map_err(err)?;
     Ok(())
 }
+
+/// Overlaid histograms of several groups on one chart (each normalised to its own count, so
+/// groups of different sizes compare), with the group sizes and means in the legend.
+pub fn histograms(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    groups: &[(&str, Vec<f64>)],
+    range: (f64, f64),
+    bins: usize,
+) -> Result<()> {
+    ensure_font();
+    let width = (range.1 - range.0) / bins as f64;
+    let shares: Vec<Vec<f64>> = groups
+        .iter()
+        .map(|(_, v)| {
+            let mut h = vec![0.0; bins];
+            for x in v {
+                let b = (((x - range.0) / width).floor().max(0.0) as usize).min(bins - 1);
+                h[b] += 1.0;
+            }
+            h.iter().map(|c| c / v.len().max(1) as f64).collect()
+        })
+        .collect();
+    let top = shares
+        .iter()
+        .flatten()
+        .copied()
+        .fold(0.0, f64::max)
+        .max(1e-3)
+        * 1.1;
+    let root = BitMapBackend::new(path, (720, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, (FONT, 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d(range.0..range.1, 0.0..top)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc("share of the group")
+        .label_style((FONT, 12))
+        .draw()
+        .map_err(err)?;
+    let palette = [BLUE.mix(0.45), RED.mix(0.45), GREEN.mix(0.45)];
+    for (g, ((name, values), h)) in groups.iter().zip(&shares).enumerate() {
+        let colour = palette[g % palette.len()];
+        let mean = values.iter().sum::<f64>() / values.len().max(1) as f64;
+        chart
+            .draw_series(h.iter().enumerate().map(|(b, &y)| {
+                let x0 = range.0 + b as f64 * width;
+                Rectangle::new([(x0, 0.0), (x0 + width, y)], colour.filled())
+            }))
+            .map_err(err)?
+            .label(format!("{name}: n = {}, mean {mean:.3}", values.len()))
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font((FONT, 13))
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}

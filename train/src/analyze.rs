@@ -1,0 +1,307 @@
+//! `dmue-train analyze`: what a trained run believes about each training sample, against the
+//! synthetic benchmark's ground truth (issue 5, experiments 3 and 4).
+//!
+//! For every training image (eval mode, centre crop) it records the target branch's softmax
+//! and, for DMUE runs, the mined latent distribution (auxiliary branch of the annotated class,
+//! sharpened with T as in the loss) and the confidence alpha (the uncertainty module on the
+//! similarity vector of the sample's batch, as in training: batches are cut by the training
+//! sampler, so every class is present). Then:
+//! - KL(true mixture restricted to the non-annotated classes || latent distribution), and the
+//!   same against the target softmax restricted to those classes (the baseline's analogue),
+//!   over the samples whose true mixture puts at least 5 % outside the annotated class;
+//! - the Spearman correlation between alpha and the entropy of the true mixture;
+//! - alpha of flipped against clean samples, as two histograms in one PNG.
+
+use crate::data::loader::{eval_batch, InMemorySplit};
+use crate::data::manifest::Split;
+use crate::data::sampler::epoch_batches;
+use crate::loss::{class_similarity, latent_distribution, sharpen, similarity_vector};
+use anyhow::{bail, Context, Result};
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+pub const SAMPLES_FILE: &str = "analysis-samples.jsonl";
+pub const REPORT_FILE: &str = "analysis.json";
+pub const ALPHA_PNG: &str = "alpha-flipped-vs-clean.png";
+
+/// Share of the true mixture outside the annotated class below which a sample has no latent
+/// distribution to recover (KL is then undefined).
+const MIN_OTHER_MASS: f32 = 0.05;
+
+/// One training sample as the trained network sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SampleView {
+    pub path: String,
+    pub label: usize,
+    pub flipped: bool,
+    /// The true mixture over all classes.
+    pub mixture: Vec<f32>,
+    pub softmax: Vec<f32>,
+    /// Over the C-1 non-annotated classes, in class order (DMUE runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latent: Option<Vec<f32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alpha: Option<f32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Analysis {
+    pub samples: usize,
+    /// Samples with at least 5 % of the true mixture outside the annotated class.
+    pub ambiguous_samples: usize,
+    pub kl_latent_mean: Option<f64>,
+    pub kl_softmax_mean: f64,
+    pub spearman_alpha_entropy: Option<f64>,
+    pub alpha_clean_mean: Option<f64>,
+    pub alpha_flipped_mean: Option<f64>,
+    pub flipped: usize,
+}
+
+impl std::fmt::Display for Analysis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{} training samples ({} flipped, {} with >= 5% of the truth outside their label)",
+            self.samples, self.flipped, self.ambiguous_samples
+        )?;
+        if let Some(kl) = self.kl_latent_mean {
+            writeln!(f, "  KL(truth || latent distribution)      {kl:.4}")?;
+        }
+        writeln!(
+            f,
+            "  KL(truth || target softmax, restricted) {:.4}",
+            self.kl_softmax_mean
+        )?;
+        if let Some(r) = self.spearman_alpha_entropy {
+            writeln!(f, "  Spearman(alpha, entropy of the truth)   {r:.4}")?;
+        }
+        if let (Some(c), Some(fl)) = (self.alpha_clean_mean, self.alpha_flipped_mean) {
+            writeln!(f, "  mean alpha: clean {c:.4}, flipped {fl:.4}")?;
+        }
+        Ok(())
+    }
+}
+
+/// KL(p || q) over matching entries, q floored at 1e-6.
+pub fn kl(p: &[f32], q: &[f32]) -> f64 {
+    p.iter()
+        .zip(q)
+        .filter(|(a, _)| **a > 0.0)
+        .map(|(&a, &b)| a as f64 * (a as f64 / (b as f64).max(1e-6)).ln())
+        .sum()
+}
+
+pub fn entropy(p: &[f32]) -> f64 {
+    p.iter()
+        .filter(|v| **v > 0.0)
+        .map(|&v| -(v as f64) * (v as f64).ln())
+        .sum()
+}
+
+/// Ranks with ties averaged (1-based).
+fn ranks(v: &[f64]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..v.len()).collect();
+    order.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
+    let mut r = vec![0.0; v.len()];
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && v[order[j + 1]] == v[order[i]] {
+            j += 1;
+        }
+        let mean = (i + j) as f64 / 2.0 + 1.0;
+        for &k in &order[i..=j] {
+            r[k] = mean;
+        }
+        i = j + 1;
+    }
+    r
+}
+
+/// Spearman's rank correlation (Pearson on tie-averaged ranks).
+pub fn spearman(x: &[f64], y: &[f64]) -> f64 {
+    let (rx, ry) = (ranks(x), ranks(y));
+    let n = rx.len() as f64;
+    let (mx, my) = (rx.iter().sum::<f64>() / n, ry.iter().sum::<f64>() / n);
+    let cov: f64 = rx.iter().zip(&ry).map(|(a, b)| (a - mx) * (b - my)).sum();
+    let vx: f64 = rx.iter().map(|a| (a - mx).powi(2)).sum();
+    let vy: f64 = ry.iter().map(|b| (b - my).powi(2)).sum();
+    cov / (vx * vy).sqrt().max(1e-12)
+}
+
+/// The truth restricted to the classes other than `label`, renormalised.
+fn others(p: &[f32], label: usize) -> Vec<f32> {
+    let rest: Vec<f32> = p
+        .iter()
+        .enumerate()
+        .filter(|(k, _)| *k != label)
+        .map(|(_, v)| *v)
+        .collect();
+    let s: f32 = rest.iter().sum();
+    rest.iter().map(|v| v / s.max(1e-12)).collect()
+}
+
+fn rows_of(t: &Tensor) -> Vec<Vec<f32>> {
+    let t = t.to_kind(Kind::Float).to_device(Device::Cpu).contiguous();
+    let (n, k) = t.size2().expect("2-d");
+    let flat = Vec::<f32>::try_from(t.view([-1])).expect("float tensor");
+    (0..n as usize)
+        .map(|i| flat[i * k as usize..(i + 1) * k as usize].to_vec())
+        .collect()
+}
+
+/// Analyses the training split of `run`; writes the per-sample file, the report and the PNG.
+pub fn analyze(run: &Path, device: Device) -> Result<Analysis> {
+    let (cfg, ds, _vs, net) = crate::trainer::load_run(run, device)?;
+    let pre = cfg.data.preprocess;
+    let data = InMemorySplit::load(&ds, Split::Train, &pre)?;
+    let c = ds.num_classes();
+    if ds.rows[data.rows[0]].truth.is_none() {
+        bail!(
+            "{} has no ground truth (analyze needs the synthetic benchmark's mixtures)",
+            ds.dir.display()
+        );
+    }
+    // The training sampler's batches (every class in each), then the leftover images.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.train.seed ^ 0xA11A);
+    let mut batches = epoch_batches(
+        &data.labels,
+        c,
+        cfg.train.batch_size,
+        cfg.train.min_per_class,
+        &mut rng,
+    );
+    let mut seen = vec![false; data.len()];
+    batches.iter().flatten().for_each(|&i| seen[i] = true);
+    let rest: Vec<usize> = (0..data.len()).filter(|&i| !seen[i]).collect();
+    batches.extend(rest.chunks(cfg.train.batch_size).map(|b| b.to_vec()));
+
+    let mut views: Vec<Option<SampleView>> = vec![None; data.len()];
+    tch::no_grad(|| {
+        for idx in &batches {
+            let (x, y) = eval_batch(&data, idx, &pre).to_device(pre.crop, device);
+            let out = net.forward_train(&x, false);
+            let softmax = rows_of(&out.target_logits.softmax(-1, Kind::Float));
+            let latent = (!out.aux_logits.is_empty()).then(|| {
+                rows_of(&sharpen(
+                    &latent_distribution(&out.aux_logits, &y),
+                    cfg.loss.temperature,
+                ))
+            });
+            let alpha = net
+                .uncertainty
+                .as_ref()
+                .filter(|_| cfg.loss.confidence)
+                .map(|m| {
+                    let s = class_similarity(
+                        &out.target_feat,
+                        &y,
+                        c as i64,
+                        cfg.loss.similarity_include_self,
+                        cfg.loss.similarity_minmax,
+                    );
+                    rows_of(
+                        &m.forward(&similarity_vector(&s, &y, c as i64))
+                            .view([-1, 1]),
+                    )
+                });
+            for (k, &i) in idx.iter().enumerate() {
+                if views[i].is_some() {
+                    continue; // a sampler top-up repeat
+                }
+                let row = &ds.rows[data.rows[i]];
+                let truth = row.truth.as_ref().expect("checked");
+                views[i] = Some(SampleView {
+                    path: row.path.clone(),
+                    label: row.label,
+                    flipped: truth.flipped || row.original_label.is_some(),
+                    mixture: truth.mixture.clone(),
+                    softmax: softmax[k].clone(),
+                    latent: latent.as_ref().map(|l| l[k].clone()),
+                    alpha: alpha.as_ref().map(|a| a[k][0]),
+                });
+            }
+        }
+    });
+    let views: Vec<SampleView> = views.into_iter().flatten().collect();
+    crate::util::write_jsonl(&run.join(SAMPLES_FILE), &views)?;
+
+    let ambiguous: Vec<&SampleView> = views
+        .iter()
+        .filter(|v| 1.0 - v.mixture[v.label] >= MIN_OTHER_MASS)
+        .collect();
+    let mean = |xs: &[f64]| (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64);
+    let kl_latent: Vec<f64> = ambiguous
+        .iter()
+        .filter_map(|v| {
+            v.latent
+                .as_ref()
+                .map(|l| kl(&others(&v.mixture, v.label), l))
+        })
+        .collect();
+    let kl_softmax: Vec<f64> = ambiguous
+        .iter()
+        .map(|v| kl(&others(&v.mixture, v.label), &others(&v.softmax, v.label)))
+        .collect();
+    let alphas: Vec<(f64, f64, bool)> = views
+        .iter()
+        .filter_map(|v| v.alpha.map(|a| (a as f64, entropy(&v.mixture), v.flipped)))
+        .collect();
+    let pick = |flipped: bool| -> Vec<f64> {
+        alphas
+            .iter()
+            .filter(|a| a.2 == flipped)
+            .map(|a| a.0)
+            .collect()
+    };
+    let (clean, flipped) = (pick(false), pick(true));
+    let analysis = Analysis {
+        samples: views.len(),
+        ambiguous_samples: ambiguous.len(),
+        kl_latent_mean: mean(&kl_latent),
+        kl_softmax_mean: mean(&kl_softmax).unwrap_or(f64::NAN),
+        spearman_alpha_entropy: (alphas.len() > 2).then(|| {
+            let (a, e): (Vec<f64>, Vec<f64>) = alphas.iter().map(|x| (x.0, x.1)).unzip();
+            spearman(&a, &e)
+        }),
+        alpha_clean_mean: mean(&clean),
+        alpha_flipped_mean: mean(&flipped),
+        flipped: views.iter().filter(|v| v.flipped).count(),
+    };
+    crate::util::write_atomic(
+        &run.join(REPORT_FILE),
+        serde_json::to_string_pretty(&analysis)?.as_bytes(),
+    )?;
+    if !clean.is_empty() {
+        crate::plot::histograms(
+            &run.join(ALPHA_PNG),
+            "confidence alpha of training samples",
+            "alpha",
+            &[("clean labels", clean), ("flipped labels", flipped)],
+            (0.0, 1.0),
+            25,
+        )
+        .context("drawing the alpha histograms")?;
+    }
+    Ok(analysis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statistics_by_hand() {
+        // KL([.5,.5] || [.25,.75]) = .5 ln 2 + .5 ln(2/3).
+        let want = 0.5 * 2f64.ln() + 0.5 * (2.0f64 / 3.0).ln();
+        assert!((kl(&[0.5, 0.5], &[0.25, 0.75]) - want).abs() < 1e-9);
+        assert!((entropy(&[0.5, 0.5]) - 2f64.ln()).abs() < 1e-9);
+        // Monotone increasing -> 1, decreasing -> -1, ties averaged.
+        assert!((spearman(&[1.0, 2.0, 3.0, 4.0], &[10.0, 20.0, 25.0, 99.0]) - 1.0).abs() < 1e-9);
+        assert!((spearman(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]) + 1.0).abs() < 1e-9);
+        assert_eq!(ranks(&[5.0, 1.0, 5.0]), vec![2.5, 1.0, 2.5]);
+        assert_eq!(others(&[0.2, 0.6, 0.2], 1), vec![0.5, 0.5]);
+    }
+}
