@@ -193,6 +193,28 @@ fn fit_writes_a_complete_run_and_resume_continues_it() {
         report.contains("accuracy") && report.contains("anger"),
         "{report}"
     );
+    // analyze: every training image once, with its latent distribution and alpha.
+    let printed = ok(&["analyze", run_dir.to_str().unwrap(), "--device", "cpu"]);
+    assert!(printed.contains("Spearman"), "{printed}");
+    let a: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("analysis.json")).unwrap())
+            .unwrap();
+    assert_eq!(a["samples"], 84);
+    assert_eq!(a["flipped"], (84.0f64 * 0.2).round() as u64);
+    assert!(a["kl_latent_mean"].as_f64().unwrap() >= 0.0);
+    assert!(a["spearman_alpha_entropy"].as_f64().unwrap().abs() <= 1.0);
+    assert!(run_dir.join("alpha-flipped-vs-clean.png").exists());
+    let first: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(run_dir.join("analysis-samples.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let latent: Vec<f64> = serde_json::from_value(first["latent"].clone()).unwrap();
+    assert_eq!(latent.len(), 6);
+    assert!((latent.iter().sum::<f64>() - 1.0).abs() < 1e-4);
 }
 
 #[test]
@@ -211,6 +233,13 @@ fn baseline_mode_trains_without_auxiliary_branches() {
         serde_json::from_str(&std::fs::read_to_string(out.path().join("summary.json")).unwrap())
             .unwrap();
     assert_eq!(summary["parameters_total"], summary["parameters_deployed"]);
+    // The baseline has no latent distribution and no alpha: analyze reports its softmax only.
+    ok(&["analyze", out.path().to_str().unwrap(), "--device", "cpu"]);
+    let a: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("analysis.json")).unwrap())
+            .unwrap();
+    assert!(a["kl_latent_mean"].is_null() && a["spearman_alpha_entropy"].is_null());
+    assert!(a["kl_softmax_mean"].as_f64().unwrap() > 0.0);
 }
 
 #[test]
