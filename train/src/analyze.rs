@@ -12,7 +12,7 @@
 //! - the Spearman correlation between alpha and the entropy of the true mixture;
 //! - alpha of flipped against clean samples, as two histograms in one PNG.
 
-use crate::data::loader::{eval_batch, InMemorySplit};
+use crate::data::loader::{eval_batch, SplitImages};
 use crate::data::manifest::Split;
 use crate::data::sampler::epoch_batches;
 use crate::loss::{class_similarity, latent_distribution, sharpen, similarity_vector};
@@ -156,7 +156,7 @@ fn rows_of(t: &Tensor) -> Vec<Vec<f32>> {
 pub fn analyze(run: &Path, device: Device) -> Result<Analysis> {
     let (cfg, ds, _vs, net) = crate::trainer::load_run(run, device)?;
     let pre = cfg.data.preprocess;
-    let data = InMemorySplit::load(&ds, Split::Train, &pre)?;
+    let data = SplitImages::open(&ds, Split::Train, &pre, cfg.data.loader)?;
     let c = ds.num_classes();
     if ds.rows[data.rows[0]].truth.is_none() {
         bail!(

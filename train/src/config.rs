@@ -46,6 +46,14 @@ pub struct DataConfig {
     pub hflip: bool,
     /// Split evaluated after every epoch and at the end ("test" or "val"; "" for none).
     pub eval_split: String,
+    /// How training images are held: auto, memory, packed (memory-mapped cache), stream.
+    pub loader: crate::data::loader::LoaderKind,
+    /// Batches prepared ahead of the training step.
+    pub prefetch: usize,
+    /// Standard deviation of Gaussian noise on the normalised input (authors' code; 0: off).
+    pub gaussian_noise: f32,
+    /// Probability of random erasing per image (authors' code; 0: off).
+    pub random_erasing: f32,
 }
 
 impl Default for DataConfig {
@@ -55,6 +63,10 @@ impl Default for DataConfig {
             preprocess: Preprocess::default(),
             hflip: true,
             eval_split: "test".into(),
+            loader: crate::data::loader::LoaderKind::Auto,
+            prefetch: 4,
+            gaussian_noise: 0.0,
+            random_erasing: 0.0,
         }
     }
 }
@@ -159,6 +171,19 @@ impl Config {
         }
         if self.loss.temperature <= 0.0 {
             bail!("loss.temperature must be positive");
+        }
+        let d = &self.data;
+        if !(d.gaussian_noise >= 0.0 && d.gaussian_noise.is_finite()) {
+            bail!("data.gaussian_noise must be a finite standard deviation >= 0");
+        }
+        if !(0.0..=1.0).contains(&d.random_erasing) {
+            bail!(
+                "data.random_erasing is a probability, got {}",
+                d.random_erasing
+            );
+        }
+        if d.prefetch == 0 {
+            bail!("data.prefetch must be at least 1");
         }
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! Evaluation: accuracy, per-class recall, confusion matrix (JSON + PNG).
 
-use crate::data::loader::{eval_batch, InMemorySplit};
+use crate::data::loader::{eval_batch, SplitImages};
 use crate::model::MultiBranchNet;
 use anyhow::Result;
 use dmue_deploy::preprocess::Preprocess;
@@ -25,7 +25,7 @@ pub struct EvalReport {
 /// Predicted class of every image of `data` (target branch, centre crop).
 pub fn predict(
     net: &MultiBranchNet,
-    data: &InMemorySplit,
+    data: &SplitImages,
     pre: &Preprocess,
     device: Device,
     batch: usize,
@@ -100,7 +100,7 @@ pub fn report(
 
 pub fn evaluate(
     net: &MultiBranchNet,
-    data: &InMemorySplit,
+    data: &SplitImages,
     classes: &[String],
     pre: &Preprocess,
     device: Device,

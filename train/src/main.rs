@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use dmue_deploy::engine::EngineKind;
 use dmue_deploy::face::detect::DetectorConfig;
 use dmue_train::config::{Config, DeviceChoice, Mode};
+use dmue_train::data::loader::{train_batch, Augment, LoaderKind, SplitImages};
 use dmue_train::prepare::{self, formats::Format, PrepareOptions};
 use dmue_train::synth::{self, expr::MixtureConfig, SynthOptions};
 use dmue_train::{eval, trainer};
@@ -40,6 +41,10 @@ enum Command {
     /// benchmark's truth: latent distributions vs true mixtures (KL), confidence alpha vs
     /// ambiguity (Spearman) and flipped vs clean labels (RUN/alpha-flipped-vs-clean.png).
     Analyze(AnalyzeArgs),
+    /// Time the training input pipeline alone (decode, crop, flip, normalise): one JSON line
+    /// with images/s (used by scripts/bench-loader.sh).
+    #[command(hide = true)]
+    BenchLoader(BenchLoaderArgs),
     /// Export the deployed part (trunk + target branch, BatchNorm folded) to ONNX, with the
     /// model card (classes, preprocessing, template...) in its metadata.
     Export(ExportArgs),
@@ -105,6 +110,25 @@ struct PrepareArgs {
     /// affectnet: 7 classes (Contempt dropped, the usual protocol) or 8.
     #[arg(long, default_value_t = 7)]
     affectnet_classes: u8,
+}
+
+#[derive(clap::Args)]
+struct BenchLoaderArgs {
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long, value_enum, default_value_t = LoaderKind::Memory)]
+    loader: LoaderKind,
+    /// Loader threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    #[arg(long, default_value_t = 20)]
+    batches: usize,
+    #[arg(long, default_value_t = 72)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 256)]
+    resize: u32,
+    #[arg(long, default_value_t = 224)]
+    crop: u32,
 }
 
 #[derive(clap::Args)]
@@ -337,7 +361,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             let split = a.split.parse()?;
             let data =
-                dmue_train::data::loader::InMemorySplit::load(&ds, split, &cfg.data.preprocess)?;
+                dmue_train::data::loader::SplitImages::load(&ds, split, &cfg.data.preprocess)?;
             let report =
                 eval::evaluate(&net, &data, &ds.info.classes, &cfg.data.preprocess, device);
             eval::write(&a.run, &report).context("writing the evaluation report")?;
@@ -350,6 +374,7 @@ fn run(cli: Cli) -> Result<()> {
                     .display()
             );
         }
+        Command::BenchLoader(a) => bench_loader(&a)?,
         Command::Analyze(a) => {
             let device = trainer::resolve_device(a.device)?;
             let analysis = dmue_train::analyze::analyze(&a.run, device)?;
@@ -367,5 +392,60 @@ fn run(cli: Cli) -> Result<()> {
             println!("{report}");
         }
     }
+    Ok(())
+}
+
+/// Opens the training split as `--loader` says (timed: the up-front cost), then cuts
+/// `--batches` training batches on a pool of `--threads` threads (timed: the per-epoch cost).
+fn bench_loader(a: &BenchLoaderArgs) -> Result<()> {
+    use rand::SeedableRng;
+    let ds = dmue_train::data::manifest::Dataset::open(&a.data)?;
+    let pre = dmue_deploy::preprocess::Preprocess {
+        resize: a.resize,
+        crop: a.crop,
+        ..Default::default()
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(a.threads.max(1))
+        .build()?;
+    let t = std::time::Instant::now();
+    let split = pool.install(|| {
+        SplitImages::open(
+            &ds,
+            dmue_train::data::manifest::Split::Train,
+            &pre,
+            a.loader,
+        )
+    })?;
+    let open_s = t.elapsed().as_secs_f64();
+    let aug = Augment {
+        hflip: true,
+        ..Default::default()
+    };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let n = split.len();
+    let batches: Vec<Vec<usize>> = (0..a.batches)
+        .map(|b| {
+            (0..a.batch_size)
+                .map(|k| (b * a.batch_size + k) % n)
+                .collect()
+        })
+        .collect();
+    // One warm-up batch (page cache, allocator), then the timed ones.
+    pool.install(|| train_batch(&split, &batches[0], &pre, &aug, &mut rng));
+    let t = std::time::Instant::now();
+    for idx in &batches {
+        std::hint::black_box(pool.install(|| train_batch(&split, idx, &pre, &aug, &mut rng)));
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let images = (a.batches * a.batch_size) as f64;
+    println!(
+        "{}",
+        serde_json::json!({
+            "loader": split.kind, "threads": a.threads, "images": split.len(),
+            "open_seconds": open_s, "images_per_second": images / secs,
+            "images_per_second_per_thread": images / secs / a.threads.max(1) as f64,
+        })
+    );
     Ok(())
 }

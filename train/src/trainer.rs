@@ -2,7 +2,7 @@
 
 use crate::checkpoint::{self, TrainState};
 use crate::config::{Config, DeviceChoice, Mode, Precision};
-use crate::data::loader::{train_batch, HostBatch, InMemorySplit};
+use crate::data::loader::{train_batch, Augment, HostBatch, SplitImages};
 use crate::data::manifest::{Dataset, Split};
 use crate::data::sampler::epoch_batches;
 use crate::eval::{self, EvalReport};
@@ -163,7 +163,7 @@ pub fn fit(cfg: &Config, run: &Path, resume: bool) -> Result<FitSummary> {
     let ds = Dataset::open(&cfg.data.dataset)?;
     let pre = cfg.data.preprocess;
     let c = ds.num_classes();
-    let train = InMemorySplit::load(&ds, Split::Train, &pre)?;
+    let train = SplitImages::open(&ds, Split::Train, &pre, cfg.data.loader)?;
     let eval_data = match cfg.data.eval_split.as_str() {
         "" => None,
         s => {
@@ -172,7 +172,7 @@ pub fn fit(cfg: &Config, run: &Path, resume: bool) -> Result<FitSummary> {
                 tracing::warn!("the dataset has no {split} split: no evaluation during training");
                 None
             } else {
-                Some(InMemorySplit::load(&ds, split, &pre)?)
+                Some(SplitImages::open(&ds, split, &pre, cfg.data.loader)?)
             }
         }
     };
@@ -278,16 +278,20 @@ pub fn fit(cfg: &Config, run: &Path, resume: bool) -> Result<FitSummary> {
 
         std::thread::scope(|scope| -> Result<()> {
             // Batches are cut on a worker thread while the previous step runs.
-            let (tx, rx) = std::sync::mpsc::sync_channel::<HostBatch>(2);
+            let (tx, rx) = std::sync::mpsc::sync_channel::<HostBatch>(cfg.data.prefetch.max(1));
             let (train_ref, batches_ref) = (&train, &batches);
             let seed = cfg.train.seed;
-            let hflip = cfg.data.hflip;
+            let aug = Augment {
+                hflip: cfg.data.hflip,
+                gaussian_noise: cfg.data.gaussian_noise,
+                random_erasing: cfg.data.random_erasing,
+            };
             scope.spawn(move || {
                 let mut aug_rng = ChaCha8Rng::seed_from_u64(seed);
                 aug_rng.set_stream(2 * epoch as u64 + 1);
                 for idx in batches_ref {
                     if tx
-                        .send(train_batch(train_ref, idx, &pre, hflip, &mut aug_rng))
+                        .send(train_batch(train_ref, idx, &pre, &aug, &mut aug_rng))
                         .is_err()
                     {
                         break;

@@ -2,7 +2,7 @@
 //! tensor for the same crop: the two sides share one implementation, and this proves it.
 
 use dmue_deploy::preprocess::Preprocess;
-use dmue_train::data::loader::{eval_batch, InMemorySplit};
+use dmue_train::data::loader::{eval_batch, SplitImages};
 use dmue_train::data::manifest::{Dataset, Split};
 use dmue_train::synth::{generate, SynthOptions};
 
@@ -31,7 +31,7 @@ fn train_eval_batches_equal_deploy_preprocessing() {
             std: [0.2, 0.3, 0.25],
         },
     ] {
-        let split = InMemorySplit::load(&ds, Split::Test, &pre).unwrap();
+        let split = SplitImages::load(&ds, Split::Test, &pre).unwrap();
         let batch = eval_batch(&split, &[0, 1, 2, 3], &pre);
         let per = (3 * pre.crop * pre.crop) as usize;
         for (k, &row) in split.rows.iter().enumerate() {
