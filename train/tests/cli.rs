@@ -1,47 +1,12 @@
 //! End-to-end behaviour of the `dmue-train` binary on tiny synthetic data: training, resume,
 //! evaluation, and the clear errors promised for bad input.
 
+mod common;
+
+use common::{fails, ok, run, text};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_dmue-train"));
-    c.env("DMUE_NO_PROGRESS", "1").env("DMUE_LOG", "warn");
-    c
-}
-
-fn run(args: &[&str]) -> Output {
-    bin().args(args).output().expect("binary runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = run(args);
-    assert!(
-        o.status.success(),
-        "dmue-train {args:?} failed:\n{}",
-        text(&o)
-    );
-    text(&o)
-}
-
-fn fails(args: &[&str]) -> String {
-    let o = run(args);
-    assert!(
-        !o.status.success(),
-        "dmue-train {args:?} should have failed:\n{}",
-        text(&o)
-    );
-    text(&o)
-}
 
 /// A tiny dataset rendered once per test binary and copied by tests that modify it.
 fn dataset() -> &'static Path {

@@ -3,46 +3,22 @@
 //! prepares and then trains; the no-face / several-faces / unreadable rules, resume, label
 //! flips and the landmark sources behave as documented.
 
+mod common;
+
+use common::{ok, run, text};
 use dmue_train::data::manifest::{Dataset, Split};
 use dmue_train::synth::expr::CLASSES;
 use dmue_train::synth::PhotoRow;
 use serde_json::Value;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
 
 const DETECTOR: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../models/retinaface-mnet025.onnx"
 );
-
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dmue-train"))
-        .env("DMUE_NO_PROGRESS", "1")
-        .env("DMUE_LOG", "warn")
-        .args(args)
-        .output()
-        .expect("binary runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = run(args);
-    assert!(
-        o.status.success(),
-        "dmue-train {args:?} failed:\n{}",
-        text(&o)
-    );
-    text(&o)
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()

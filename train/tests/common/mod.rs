@@ -1,0 +1,45 @@
+//! Running the `dmue-train` binary from integration tests.
+#![allow(dead_code)] // each test crate uses a different subset
+
+use std::process::{Command, Output};
+
+pub fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dmue-train"));
+    c.env("DMUE_NO_PROGRESS", "1").env("DMUE_LOG", "warn");
+    c
+}
+
+pub fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("binary runs")
+}
+
+/// stdout and stderr together.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Runs and asserts success; returns the output text.
+pub fn ok(args: &[&str]) -> String {
+    let o = run(args);
+    assert!(
+        o.status.success(),
+        "dmue-train {args:?} failed:\n{}",
+        text(&o)
+    );
+    text(&o)
+}
+
+/// Runs and asserts failure; returns the output text.
+pub fn fails(args: &[&str]) -> String {
+    let o = run(args);
+    assert!(
+        !o.status.success(),
+        "dmue-train {args:?} should have failed:\n{}",
+        text(&o)
+    );
+    text(&o)
+}
