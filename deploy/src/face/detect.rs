@@ -234,6 +234,15 @@ impl Detector {
         })
     }
 
+    /// Runs a blank image of each `(width, height)` once, so that the engine's plan and the
+    /// anchors for those input shapes exist before the first real photo.
+    pub fn warm_up(&mut self, sizes: &[(u32, u32)]) -> Result<()> {
+        for &(w, h) in sizes {
+            self.detect(&RgbImage::new(w, h))?;
+        }
+        Ok(())
+    }
+
     /// Every face in `img`, best first, in image coordinates.
     pub fn detect(&mut self, img: &RgbImage) -> Result<Vec<Detection>> {
         let input = self.preprocess(img)?;
