@@ -71,5 +71,9 @@ for seed in $ABLATION_SEEDS; do
   run no-latent "$ABLATION_RATE" "$seed" dmue --set loss.latent=false
   run no-similarity-preserving "$ABLATION_RATE" "$seed" dmue --set loss.similarity_preserving=false
   run no-confidence "$ABLATION_RATE" "$seed" dmue --set loss.confidence=false
+  # Eq. 7 as the authors' code computes it: each row of S min-max scaled, the sample itself
+  # included in its class mean.
+  run official-eq7 "$ABLATION_RATE" "$seed" dmue --set loss.similarity_minmax=true \
+      --set loss.similarity_include_self=true
 done
 python3 scripts/experiments/summarize.py "$RESULTS"
