@@ -13,7 +13,7 @@
 # epochs) so that the whole grid runs on 2 CPU cores. Each run's seed is both the data seed
 # and the training seed. Results: OUT/results.jsonl, then scripts/experiments/summarize.py.
 #
-#   bash scripts/experiments/run.sh                 # the full grid, about 45 minutes on 2 cores
+#   bash scripts/experiments/run.sh                 # the full grid, about 40 minutes on 2 idle cores
 #   RATES="0.3" SEEDS="1" bash scripts/experiments/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{fails, ok, run, text};
+use common::{fails, ok, run, text, TINY};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::OnceLock;
@@ -46,20 +46,6 @@ fn copy_dir(src: &Path, dst: &Path) {
         }
     }
 }
-
-/// Settings for a fast run: width-4 ResNet-18 on 32x32 crops, batches of 14.
-const TINY: [&str; 10] = [
-    "--set",
-    "data.preprocess.resize=36",
-    "--set",
-    "data.preprocess.crop=32",
-    "--set",
-    "model.width=4",
-    "--set",
-    "train.batch_size=14",
-    "--set",
-    "train.threads=1",
-];
 
 fn fit(data: &Path, out: &Path, extra: &[&str]) -> Output {
     let mut args = vec![

@@ -43,3 +43,17 @@ pub fn fails(args: &[&str]) -> String {
     );
     text(&o)
 }
+
+/// `fit` settings for a fast run: width-4 ResNet-18 on 32x32 crops, batches of 14.
+pub const TINY: [&str; 10] = [
+    "--set",
+    "data.preprocess.resize=36",
+    "--set",
+    "data.preprocess.crop=32",
+    "--set",
+    "model.width=4",
+    "--set",
+    "train.batch_size=14",
+    "--set",
+    "train.threads=1",
+];
