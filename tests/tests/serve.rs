@@ -226,6 +226,23 @@ async fn a_full_queue_answers_429() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_over_the_time_limit_answers_504() {
+    // 24 faces take far longer than 1 ms to decode and classify on any machine.
+    let f = fixture(ServeConfig {
+        timeout: std::time::Duration::from_millis(1),
+        ..Default::default()
+    });
+    let parts: Vec<(&str, &[u8])> = (0..24).map(|i| ("x", f.faces[i % 3].as_slice())).collect();
+    let (status, json, text) = call(&f.app, multipart(&parts)).await;
+    assert_eq!(
+        (status, json["kind"].as_str()),
+        (StatusCode::GATEWAY_TIMEOUT, Some("timeout")),
+        "{text}"
+    );
+    assert!(json["error"].as_str().unwrap().contains("1ms"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_card_health_and_metrics() {
     let f = fixture(ServeConfig::default());
     let (status, json, _) = call(
