@@ -24,7 +24,7 @@ use crate::data::manifest::{DatasetInfo, ManifestRow, Split, SynthTruth, MANIFES
 use anyhow::{bail, Context, Result};
 use dmue_deploy::engine::EngineKind;
 use dmue_deploy::face::align::align;
-use dmue_deploy::face::detect::{Detection, Detector, DetectorConfig};
+use dmue_deploy::face::detect::{iou, Detection, Detector, DetectorConfig};
 use dmue_deploy::image_io::{self, DecodeLimits};
 use image::RgbImage;
 use rayon::prelude::*;
@@ -580,14 +580,6 @@ fn nme(a: &[[f32; 2]; 5], truth: &[[f32; 2]; 5]) -> f32 {
         .sum::<f32>()
         / 5.0
         / iod
-}
-
-fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
-    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = w * h;
-    let area = |r: &[f32; 4]| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
-    inter / (area(a) + area(b) - inter).max(1e-6)
 }
 
 /// How well detection `d` fits labelled face `f` (higher is better; None: not the same face).
