@@ -15,7 +15,7 @@
 use crate::data::loader::{eval_batch, SplitImages};
 use crate::data::manifest::Split;
 use crate::data::sampler::epoch_batches;
-use crate::loss::{class_similarity, latent_distribution, sharpen, similarity_vector};
+use crate::loss::{confidence, mined_latent};
 use anyhow::{bail, Context, Result};
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
@@ -184,28 +184,14 @@ pub fn analyze(run: &Path, device: Device) -> Result<Analysis> {
             let (x, y) = eval_batch(&data, idx, &pre).to_device(pre.crop, device);
             let out = net.forward_train(&x, false);
             let softmax = rows_of(&out.target_logits.softmax(-1, Kind::Float));
-            let latent = (!out.aux_logits.is_empty()).then(|| {
-                rows_of(&sharpen(
-                    &latent_distribution(&out.aux_logits, &y),
-                    cfg.loss.temperature,
-                ))
-            });
+            let latent = (!out.aux_logits.is_empty())
+                .then(|| rows_of(&mined_latent(&out.aux_logits, &y, &cfg.loss)));
             let alpha = net
                 .uncertainty
                 .as_ref()
                 .filter(|_| cfg.loss.confidence)
                 .map(|m| {
-                    let s = class_similarity(
-                        &out.target_feat,
-                        &y,
-                        c as i64,
-                        cfg.loss.similarity_include_self,
-                        cfg.loss.similarity_minmax,
-                    );
-                    rows_of(
-                        &m.forward(&similarity_vector(&s, &y, c as i64))
-                            .view([-1, 1]),
-                    )
+                    rows_of(&confidence(&out.target_feat, &y, c as i64, m, &cfg.loss).view([-1, 1]))
                 });
             for (k, &i) in idx.iter().enumerate() {
                 if views[i].is_some() {

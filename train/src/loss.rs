@@ -237,6 +237,32 @@ impl LossTerms {
     }
 }
 
+/// The confidence alpha of each sample `[N]` (Eq. 6-8): the uncertainty module on the
+/// pairwise similarity vector of the target features. The features are detached: the module
+/// learns from the similarity pattern, it must not reshape the features.
+pub fn confidence(
+    target_feat: &Tensor,
+    labels: &Tensor,
+    c: i64,
+    module: &crate::model::UncertaintyModule,
+    cfg: &LossConfig,
+) -> Tensor {
+    let s = class_similarity(
+        &target_feat.detach(),
+        labels,
+        c,
+        cfg.similarity_include_self,
+        cfg.similarity_minmax,
+    );
+    module.forward(&similarity_vector(&s, labels, c))
+}
+
+/// The latent distribution L_soft pulls towards: auxiliary branch y's softmax, sharpened
+/// with T (Sec. 3.2, Eq. 3). `[N, C-1]`, no gradient.
+pub fn mined_latent(aux_logits: &[Tensor], labels: &Tensor, cfg: &LossConfig) -> Tensor {
+    sharpen(&latent_distribution(aux_logits, labels), cfg.temperature)
+}
+
 /// Eq. 10: `w_u(e) (L_wce + omega L_soft + gamma L_sp) + w_d(e) L_aux` at 1-based `epoch`,
 /// with the Table 2 switches. Needs the multi-branch outputs and the uncertainty module.
 pub fn dmue_loss(
@@ -253,26 +279,18 @@ pub fn dmue_loss(
     );
     let (target, alpha) = match (cfg.confidence, uncertainty) {
         (true, Some(module)) => {
-            // The module learns from the similarity pattern; it must not reshape the features.
-            let s = class_similarity(
-                &out.target_feat.detach(),
-                labels,
-                c,
-                cfg.similarity_include_self,
-                cfg.similarity_minmax,
-            );
-            let alpha = module.forward(&similarity_vector(&s, labels, c));
+            let alpha = confidence(&out.target_feat, labels, c, module, cfg);
             (weighted_ce(&out.target_logits, &alpha, labels), Some(alpha))
         }
         _ => (cross_entropy(&out.target_logits, labels), None),
     };
     let has_aux = !out.aux_logits.is_empty();
     let soft = (cfg.latent && has_aux).then(|| {
-        let latent = sharpen(
-            &latent_distribution(&out.aux_logits, labels),
-            cfg.temperature,
-        );
-        soft_loss(&out.target_logits, &latent, labels)
+        soft_loss(
+            &out.target_logits,
+            &mined_latent(&out.aux_logits, labels, cfg),
+            labels,
+        )
     });
     let sp = (cfg.similarity_preserving && has_aux)
         .then(|| similarity_preserving(&out.target_feat, &out.aux_feat, labels));
