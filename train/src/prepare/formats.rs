@@ -175,7 +175,7 @@ fn class_folders(
             out.push((
                 class.clone(),
                 Item {
-                    key: key_for(&rel.with_extension("")) + "_" + &ext_of(&p),
+                    key: file_key(&rel),
                     source: rel.to_string_lossy().into_owned(),
                     pixels: Pixels::File(p.clone()),
                     split,
@@ -188,10 +188,13 @@ fn class_folders(
     Ok(())
 }
 
-fn ext_of(p: &Path) -> String {
-    p.extension()
+/// [`key_for`] of an image file's path, its extension kept (`a.jpg` and `a.png` stay apart).
+fn file_key(rel: &Path) -> String {
+    let ext = rel
+        .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    key_for(&rel.with_extension("")) + "_" + &ext
 }
 
 /// Gives each (class name, item) its label in `classes`; items of other classes are rejected.
@@ -339,7 +342,7 @@ fn csv_list(opts: &PrepareOptions) -> Result<Source> {
             base.join(&path)
         };
         items.push(Item {
-            key: key_for(&path.with_extension("")) + "_" + &ext_of(&path),
+            key: file_key(&path),
             source: path.to_string_lossy().into_owned(),
             pixels: Pixels::File(full),
             split,
