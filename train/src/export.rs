@@ -247,10 +247,9 @@ impl Graph {
         let y = self.node("Flatten", "flatten", &[&y], vec![int("axis", 1)], [c, 1, 1]);
         let (classes, features) = (b.fc.ws.size()[0], b.fc.ws.size()[1]);
         let w = self.initializer("fc.weight", &b.fc.ws)?;
-        let bias = self.initializer(
-            "fc.bias",
-            b.fc.bs.as_ref().context("classifier without bias")?,
-        )?;
+        // A bias-free classifier (the default) exports a zero bias: one graph shape for both.
+        let zeros = Tensor::zeros([classes], (b.fc.ws.kind(), b.fc.ws.device()));
+        let bias = self.initializer("fc.bias", b.fc.bs.as_ref().unwrap_or(&zeros))?;
         self.macs += (classes * features) as u64;
         Ok(self.node(
             "Gemm",

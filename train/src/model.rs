@@ -25,6 +25,10 @@ pub struct ModelConfig {
     /// Channels of the first stage (64 in ResNet-18; 16 gives a fast CPU variant with the same
     /// architecture).
     pub width: i64,
+    /// Give every classifier a bias. Off by default, as in the paper's Eq. 9 (`alpha * W^T f`:
+    /// the confidence scales the whole logit) and in the authors' code. A bias-free classifier
+    /// exports as a Gemm with a zero bias.
+    pub classifier_bias: bool,
 }
 
 impl Default for ModelConfig {
@@ -32,6 +36,7 @@ impl Default for ModelConfig {
         Self {
             backbone: Backbone::Resnet18,
             width: 64,
+            classifier_bias: false,
         }
     }
 }
@@ -198,10 +203,18 @@ pub struct Branch {
 
 impl Branch {
     /// `p` is the parent path: the branch's weights are `p/layer4/...` and `p/fc`.
-    pub fn new(p: &nn::Path, w: i64, classes: i64) -> Self {
+    pub fn new(p: &nn::Path, w: i64, classes: i64, bias: bool) -> Self {
         Self {
             layer4: Layer::new(p / "layer4", 4 * w, 8 * w, 2, 2),
-            fc: nn::linear(p / "fc", 8 * w, classes, Default::default()),
+            fc: nn::linear(
+                p / "fc",
+                8 * w,
+                classes,
+                nn::LinearConfig {
+                    bias,
+                    ..Default::default()
+                },
+            ),
         }
     }
 
@@ -254,6 +267,20 @@ pub struct TrainOutput {
     pub aux_logits: Vec<Tensor>,
 }
 
+impl TrainOutput {
+    /// Every output as fp32 (a no-op for fp32 outputs; after bf16 autocast, the losses need
+    /// fp32's range and precision).
+    pub fn to_fp32(self) -> Self {
+        let f = |t: Tensor| t.to_kind(tch::Kind::Float);
+        Self {
+            target_feat: f(self.target_feat),
+            target_logits: f(self.target_logits),
+            aux_feat: self.aux_feat.into_iter().map(f).collect(),
+            aux_logits: self.aux_logits.into_iter().map(f).collect(),
+        }
+    }
+}
+
 /// Trunk + target branch (+ C auxiliary branches + uncertainty module when multi-branch).
 #[derive(Debug)]
 pub struct MultiBranchNet {
@@ -275,11 +302,15 @@ impl MultiBranchNet {
         multi_branch: bool,
     ) -> Self {
         let c = num_classes as i64;
-        let w = config.width;
+        let (w, bias) = (config.width, config.classifier_bias);
+        // The deployed part is drawn first, so that for one seed a DMUE run and a baseline run
+        // start from the same trunk and target weights (paired experiments).
+        let trunk = Trunk::new(root, w);
+        let target = Branch::new(root, w, c, bias);
         let (aux, uncertainty) = if multi_branch {
             (
                 (0..c)
-                    .map(|j| Branch::new(&(root / "aux" / j), w, c - 1))
+                    .map(|j| Branch::new(&(root / "aux" / j), w, c - 1, bias))
                     .collect(),
                 Some(UncertaintyModule::new(&(root / "uncertainty"), c)),
             )
@@ -289,8 +320,8 @@ impl MultiBranchNet {
         Self {
             config: config.clone(),
             num_classes: c,
-            trunk: Trunk::new(root, w),
-            target: Branch::new(root, w, c),
+            trunk,
+            target,
             aux,
             uncertainty,
         }
@@ -306,6 +337,19 @@ impl MultiBranchNet {
             target_logits,
             aux_feat,
             aux_logits,
+        }
+    }
+
+    /// Keeps the uncertainty module at its current weights: no gradient is stored for its
+    /// parameters, so the optimizer (built after this) leaves them out. Gradients still flow
+    /// through the module to its input.
+    pub fn freeze_uncertainty(&self) {
+        if let Some(u) = &self.uncertainty {
+            let mut params = vec![&u.fc1.ws, &u.prelu, &u.fc2.ws];
+            params.extend(u.fc1.bs.iter().chain(u.fc2.bs.iter()));
+            for p in params {
+                let _ = p.set_requires_grad(false);
+            }
         }
     }
 
@@ -360,7 +404,7 @@ mod tests {
             "layer4.1.bn2.bias",
             "fc.weight",
             "aux.6.layer4.0.conv1.weight",
-            "aux.0.fc.bias",
+            "aux.0.fc.weight",
             "uncertainty.prelu.weight",
         ] {
             assert!(names.iter().any(|n| n == expected), "missing {expected}");
@@ -378,7 +422,39 @@ mod tests {
     fn resnet18_has_the_torchvision_parameter_count() {
         // torchvision.models.resnet18(num_classes=1000): 11,689,512 parameters.
         let vs = nn::VarStore::new(Device::Cpu);
-        let _ = MultiBranchNet::new(&vs.root(), &ModelConfig::default(), 1000, false);
+        let cfg = ModelConfig {
+            classifier_bias: true,
+            ..Default::default()
+        };
+        let _ = MultiBranchNet::new(&vs.root(), &cfg, 1000, false);
         assert_eq!(count_params(&vs, |_| true), 11_689_512);
+        // Without the classifier bias (the default): 1,000 fewer.
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _ = MultiBranchNet::new(&vs.root(), &ModelConfig::default(), 1000, false);
+        assert_eq!(count_params(&vs, |_| true), 11_688_512);
+    }
+
+    /// Paired experiments: one seed gives a DMUE run and a baseline run the same trunk and
+    /// target weights.
+    #[test]
+    fn one_seed_gives_every_mode_the_same_deployed_weights() {
+        let cfg = ModelConfig {
+            width: 4,
+            ..Default::default()
+        };
+        let build = |multi: bool| {
+            tch::manual_seed(7);
+            let vs = nn::VarStore::new(Device::Cpu);
+            let _ = MultiBranchNet::new(&vs.root(), &cfg, 5, multi);
+            vs
+        };
+        let (dmue, base) = (build(true), build(false));
+        let d = dmue.variables();
+        let b = base.variables();
+        assert!(b.len() > 10);
+        for (name, t) in &b {
+            let other = d.get(name).unwrap_or_else(|| panic!("{name} missing"));
+            assert!(t.equal(other), "{name} differs between DMUE and baseline");
+        }
     }
 }
