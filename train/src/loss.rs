@@ -33,6 +33,46 @@ pub struct LossConfig {
     pub similarity_include_self: bool,
     /// Min-max scale each row of the similarity matrix to [0, 1] (authors' code: true).
     pub similarity_minmax: bool,
+    /// Compute S (Eq. 7) on detached features, so the confidence path cannot reshape the
+    /// features (not in the paper; default true). The authors' code lets the weighted CE pull
+    /// the features through S (false).
+    pub similarity_detach: bool,
+    /// Optimise the uncertainty module (paper: true). The authors' code leaves it out of the
+    /// optimizer, so alpha is a fixed random function of S (false).
+    pub train_uncertainty: bool,
+    /// How alpha is normalised before it scales the logits (not in the paper). `none`: as the
+    /// paper; `batch`: divided by its batch mean; `class`: divided by the mean alpha of the
+    /// batch samples with the same label, so a whole class can never be turned down (the
+    /// trained module otherwise learns a per-class temperature from the label one-hot).
+    pub alpha_norm: AlphaNorm,
+    /// Treat the auxiliary side of L_sp as a fixed teacher (not in the paper; default true).
+    /// The authors' code pulls both sides (false).
+    pub sp_detach_aux: bool,
+    /// First (1-based) epoch at which alpha weights the target CE; before it the target CE is
+    /// plain (not in the paper; default 1: from the start). A warm-up: trained from scratch,
+    /// nothing is predicted confidently at first, and alpha can only learn to turn everything
+    /// down.
+    pub confidence_from_epoch: usize,
+    /// What the auxiliary Gram matrices of L_sp are built from: the branch features (paper,
+    /// appendix Eq. 13-17) or the branch logits (authors' code).
+    pub sp_aux_source: SpSource,
+}
+
+/// Normalisation of the confidence alpha (see `LossConfig::alpha_norm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlphaNorm {
+    None,
+    Batch,
+    Class,
+}
+
+/// Source of the auxiliary Gram matrices in L_sp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpSource {
+    Features,
+    Logits,
 }
 
 impl Default for LossConfig {
@@ -47,6 +87,12 @@ impl Default for LossConfig {
             confidence: true,
             similarity_include_self: false,
             similarity_minmax: false,
+            similarity_detach: true,
+            train_uncertainty: true,
+            alpha_norm: AlphaNorm::None,
+            confidence_from_epoch: 1,
+            sp_detach_aux: true,
+            sp_aux_source: SpSource::Features,
         }
     }
 }
@@ -72,6 +118,22 @@ pub fn ramp_down(epoch: f64, beta: f64) -> f64 {
 /// Plain cross-entropy, mean over the batch. `logits [N, C]`, `labels [N]` (int64).
 pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Tensor {
     logits.cross_entropy_loss::<Tensor>(labels, None, Reduction::Mean, -100, 0.0)
+}
+
+/// Cross-entropy against labels smoothed with `eps` (`(1 - eps) onehot + eps / C`), as
+/// PyTorch's `label_smoothing`: `(1 - eps) CE + eps * mean_k(-log p_k)`, mean over the batch.
+pub fn label_smoothing_ce(logits: &Tensor, labels: &Tensor, eps: f64) -> Tensor {
+    logits.cross_entropy_loss::<Tensor>(labels, None, Reduction::Mean, -100, eps)
+}
+
+/// Generalised cross-entropy (Zhang & Sabuncu, 2018): `mean_i (1 - p_{i,y_i}^q) / q`; q -> 0
+/// is CE, q = 1 is the (noise-robust) mean absolute error.
+pub fn generalized_ce(logits: &Tensor, labels: &Tensor, q: f64) -> Tensor {
+    let p_y = logits
+        .softmax(-1, Kind::Float)
+        .gather(1, &labels.unsqueeze(1), false)
+        .squeeze_dim(1);
+    (p_y.clamp_min(EPS).pow_tensor_scalar(q).neg() + 1.0).mean(Kind::Float) / q
 }
 
 /// Per branch j: label of each sample in j's (C-1)-class space (k -> k if k < j else k-1), and
@@ -137,7 +199,12 @@ pub fn soft_loss(target_logits: &Tensor, latent: &Tensor, labels: &Tensor) -> Te
 }
 
 /// Pairwise class similarity (Eq. 7): `S[a, j]` = mean cosine similarity between `f_a` and the
-/// features of the batch samples labelled j (0 where j has no such sample). `[N, C]`.
+/// features of the batch samples labelled j. `[N, C]`.
+///
+/// Where j has no reference sample for `a` (j absent from the batch, or `a` alone in its own
+/// class with `include_self` off), `S[a, j]` is the mean of `a`'s defined entries: a neutral
+/// value. A 0 there would read as "least similar to its own class" and mark the sample as noisy
+/// for no reason. (The sampler's default of 2 samples per class avoids the case in training.)
 pub fn class_similarity(
     features: &Tensor,
     labels: &Tensor,
@@ -158,7 +225,11 @@ pub fn class_similarity(
         sums -= cos.diagonal(0, 0, 1).unsqueeze(1) * &onehot;
         counts -= &onehot;
     }
-    let s = sums / counts.clamp_min(1.0);
+    let defined = counts.gt(0.0).to_kind(Kind::Float);
+    let s = (sums / counts.clamp_min(1.0)) * &defined;
+    let row_mean = s.sum_dim_intlist(1, true, Kind::Float)
+        / defined.sum_dim_intlist(1, true, Kind::Float).clamp_min(1.0);
+    let s = &s + (defined.neg() + 1.0) * row_mean;
     if minmax {
         let lo = s.amin([1], true);
         let hi = s.amax([1], true);
@@ -179,6 +250,22 @@ pub fn similarity_vector(similarity: &Tensor, labels: &Tensor, c: i64) -> Tensor
     )
 }
 
+/// alpha after `norm` (see `LossConfig::alpha_norm`): `alpha / mean(alpha)` over the batch, or
+/// over the batch samples with the same label. `alpha [N]` -> `[N]`.
+pub fn normalise_alpha(alpha: &Tensor, labels: &Tensor, c: i64, norm: AlphaNorm) -> Tensor {
+    match norm {
+        AlphaNorm::None => alpha.shallow_clone(),
+        AlphaNorm::Batch => alpha / alpha.mean(Kind::Float).clamp_min(EPS),
+        AlphaNorm::Class => {
+            let onehot = labels.one_hot(c).to_kind(Kind::Float); // [N, C]
+            let sums = alpha.unsqueeze(0).matmul(&onehot).squeeze_dim(0); // [C]
+            let counts = onehot.sum_dim_intlist(0, false, Kind::Float);
+            let class_mean = (sums / counts.clamp_min(1.0)).gather(0, labels, false);
+            alpha / class_mean.clamp_min(EPS)
+        }
+    }
+}
+
 /// Weighted CE (Eq. 9): CE of the target logits scaled per sample by alpha (`alpha_i W^T f_i`),
 /// not CE multiplied by alpha. `alpha [N]`.
 pub fn weighted_ce(target_logits: &Tensor, alpha: &Tensor, labels: &Tensor) -> Tensor {
@@ -193,12 +280,24 @@ fn normalised_gram(features: &Tensor) -> Tensor {
 }
 
 /// L_sp (Eq. 5, 13-17): `(1/C) sum_i (1/N_i^2) || M^i * (A_tar - A_aux^i) ||_F^2`, where `M^i`
-/// drops the rows and columns of samples labelled i and `N_i` counts the others. The auxiliary
-/// side is the teacher (no gradient). `aux_feat`: C tensors `[N, D]`.
-pub fn similarity_preserving(target_feat: &Tensor, aux_feat: &[Tensor], labels: &Tensor) -> Tensor {
-    let c = aux_feat.len() as i64;
+/// drops the rows and columns of samples labelled i and `N_i` counts the others. `aux`: C
+/// tensors `[N, D_aux]` (features or logits); `detach_aux` makes the auxiliary side a fixed
+/// teacher.
+pub fn similarity_preserving(
+    target_feat: &Tensor,
+    aux: &[Tensor],
+    labels: &Tensor,
+    detach_aux: bool,
+) -> Tensor {
+    let c = aux.len() as i64;
     let a_tar = normalised_gram(target_feat).unsqueeze(0); // [1, N, N]
-    let a_aux = normalised_gram(&Tensor::stack(aux_feat, 0).detach()); // [C, N, N]
+    let stacked = Tensor::stack(aux, 0);
+    let stacked = if detach_aux {
+        stacked.detach()
+    } else {
+        stacked
+    };
+    let a_aux = normalised_gram(&stacked); // [C, N, N]
     let i = Tensor::arange(c, (Kind::Int64, labels.device())).unsqueeze(1);
     let keep = labels.unsqueeze(0).ne_tensor(&i).to_kind(Kind::Float); // [C, N]
     let mask = keep.unsqueeze(2) * keep.unsqueeze(1); // [C, N, N]
@@ -238,8 +337,9 @@ impl LossTerms {
 }
 
 /// The confidence alpha of each sample `[N]` (Eq. 6-8): the uncertainty module on the
-/// pairwise similarity vector of the target features. The features are detached: the module
-/// learns from the similarity pattern, it must not reshape the features.
+/// pairwise similarity vector of the target features, then `cfg.alpha_norm`. With
+/// `cfg.similarity_detach` the features are detached: the module learns from the similarity
+/// pattern and cannot reshape the features.
 pub fn confidence(
     target_feat: &Tensor,
     labels: &Tensor,
@@ -247,14 +347,20 @@ pub fn confidence(
     module: &crate::model::UncertaintyModule,
     cfg: &LossConfig,
 ) -> Tensor {
+    let feat = if cfg.similarity_detach {
+        target_feat.detach()
+    } else {
+        target_feat.shallow_clone()
+    };
     let s = class_similarity(
-        &target_feat.detach(),
+        &feat,
         labels,
         c,
         cfg.similarity_include_self,
         cfg.similarity_minmax,
     );
-    module.forward(&similarity_vector(&s, labels, c))
+    let alpha = module.forward(&similarity_vector(&s, labels, c));
+    normalise_alpha(&alpha, labels, c, cfg.alpha_norm)
 }
 
 /// The latent distribution L_soft pulls towards: auxiliary branch y's softmax, sharpened
@@ -278,7 +384,7 @@ pub fn dmue_loss(
         ramp_down(epoch as f64, cfg.beta),
     );
     let (target, alpha) = match (cfg.confidence, uncertainty) {
-        (true, Some(module)) => {
+        (true, Some(module)) if epoch >= cfg.confidence_from_epoch => {
             let alpha = confidence(&out.target_feat, labels, c, module, cfg);
             (weighted_ce(&out.target_logits, &alpha, labels), Some(alpha))
         }
@@ -292,8 +398,13 @@ pub fn dmue_loss(
             labels,
         )
     });
-    let sp = (cfg.similarity_preserving && has_aux)
-        .then(|| similarity_preserving(&out.target_feat, &out.aux_feat, labels));
+    let sp = (cfg.similarity_preserving && has_aux).then(|| {
+        let aux = match cfg.sp_aux_source {
+            SpSource::Features => &out.aux_feat,
+            SpSource::Logits => &out.aux_logits,
+        };
+        similarity_preserving(&out.target_feat, aux, labels, cfg.sp_detach_aux)
+    });
     let aux = (has_aux && (cfg.latent || cfg.similarity_preserving))
         .then(|| aux_ce(&out.aux_logits, labels));
 
@@ -443,7 +554,8 @@ mod tests {
     // f0 = (1, 0), f1 = (0, 2), f2 = (1, 1), labels [0, 1, 0], C = 2.
     // cos(f0, f1) = 0, cos(f0, f2) = cos(f1, f2) = 1/sqrt(2) = 0.707107.
     // Without self: S[0] = [cos(f0,f2), cos(f0,f1)] = [0.707107, 0];
-    //   S[1] = [(cos(f1,f0) + cos(f1,f2)) / 2, (nobody else in class 1) 0] = [0.353553, 0];
+    //   S[1] = [(cos(f1,f0) + cos(f1,f2)) / 2, nobody else in class 1 -> the mean of the
+    //   row's defined entries] = [0.353553, 0.353553] (not 0, "least similar");
     //   S[2] = [0.707107, 0.707107].
     // With self: S[0][0] = (1 + 0.707107) / 2 = 0.853553, S[1][1] = 1.
     #[test]
@@ -456,7 +568,7 @@ mod tests {
             (0, 0, r),
             (0, 1, 0.0),
             (1, 0, r / 2.0),
-            (1, 1, 0.0),
+            (1, 1, r / 2.0),
             (2, 0, r),
             (2, 1, r),
         ] {
@@ -477,7 +589,7 @@ mod tests {
         let y = labels(&[0, 0]);
         let s = class_similarity(&f, &y, 3, false, true);
         assert!(s.isfinite().all().int64_value(&[]) == 1);
-        let sp = similarity_preserving(&f, &[f.copy(), f.copy(), f.copy()], &y);
+        let sp = similarity_preserving(&f, &[f.copy(), f.copy(), f.copy()], &y, true);
         assert!(scalar(&sp).is_finite());
     }
 
@@ -507,7 +619,12 @@ mod tests {
         let tar = t2(&[&[1.0, 0.0], &[1.0, 1.0]]);
         let a0 = t2(&[&[1.0, 0.0], &[0.0, 1.0]]);
         let a1 = t2(&[&[2.0, 0.0], &[0.0, 1.0]]);
-        let got = scalar(&similarity_preserving(&tar, &[a0, a1], &labels(&[0, 1])));
+        let got = scalar(&similarity_preserving(
+            &tar,
+            &[a0, a1],
+            &labels(&[0, 1]),
+            true,
+        ));
         close(got, 0.048466);
     }
 
@@ -524,11 +641,104 @@ mod tests {
             &tar,
             &[eye.copy(), eye],
             &labels(&[0, 0]),
+            true,
         ));
         close(got, 0.099617);
     }
 
-    /// The total follows Eq. 10 term by term, and the switches remove exactly their term.
+    // A class seen once in the batch (label 2, sample 3) with the sample itself excluded: its
+    // own-class entry has no reference and must not be the row's minimum.
+    // f = (1,0), (1,0.1), (0,1), (0.6,0.8); labels [0, 0, 1, 2], C = 3.
+    // Sample 3: cos to f0 = 0.6, to f1 = (0.6 + 0.08)/sqrt(1.01) = 0.676627, to f2 = 0.8.
+    //   S[3] = [(0.6 + 0.676627)/2, 0.8, undefined] = [0.638314, 0.8, mean = 0.719157].
+    #[test]
+    fn a_class_seen_once_is_neutral_not_least_similar() {
+        let f = t2(&[&[1.0, 0.0], &[1.0, 0.1], &[0.0, 1.0], &[0.6, 0.8]]);
+        let s = class_similarity(&f, &labels(&[0, 0, 1, 2]), 3, false, false);
+        let c01 = 0.68 / 1.01f64.sqrt();
+        close(s.double_value(&[3, 0]), (0.6 + c01) / 2.0);
+        close(s.double_value(&[3, 1]), 0.8);
+        close(s.double_value(&[3, 2]), ((0.6 + c01) / 2.0 + 0.8) / 2.0);
+        // Class 1 (sample 2) is also alone: its own entry is the mean of its other two.
+        let c21 = 0.1 / 1.01f64.sqrt();
+        let s20 = (0.0 + c21) / 2.0;
+        close(s.double_value(&[2, 1]), (s20 + 0.8) / 2.0);
+    }
+
+    // alpha [0.2, 0.6, 0.4, 0.8], labels [0, 0, 1, 1]:
+    //   batch: mean 0.5 -> [0.4, 1.2, 0.8, 1.6];
+    //   class: class 0 mean 0.4, class 1 mean 0.6 -> [0.5, 1.5, 0.666667, 1.333333].
+    #[test]
+    fn alpha_normalisations_by_hand() {
+        let a = Tensor::from_slice(&[0.2f32, 0.6, 0.4, 0.8]);
+        let y = labels(&[0, 0, 1, 1]);
+        let got = |n| {
+            let t = normalise_alpha(&a, &y, 3, n);
+            (0..4).map(|i| t.double_value(&[i])).collect::<Vec<_>>()
+        };
+        for (g, w) in got(AlphaNorm::None).iter().zip([0.2, 0.6, 0.4, 0.8]) {
+            close(*g, w);
+        }
+        for (g, w) in got(AlphaNorm::Batch).iter().zip([0.4, 1.2, 0.8, 1.6]) {
+            close(*g, w);
+        }
+        for (g, w) in got(AlphaNorm::Class)
+            .iter()
+            .zip([0.5, 1.5, 2.0 / 3.0, 4.0 / 3.0])
+        {
+            close(*g, w);
+        }
+    }
+
+    // logits [2, 0], label 0: p0 = e^2 / (e^2 + 1) = 0.880797.
+    //   GCE, q = 0.7: (1 - 0.880797^0.7) / 0.7 = (1 - 0.914983) / 0.7 = 0.121453.
+    //   Label smoothing 0.1: -log p = [0.126928, 2.126928];
+    //   0.9 * 0.126928 + 0.1 * (0.126928 + 2.126928) / 2 = 0.226928.
+    #[test]
+    fn gce_and_label_smoothing_by_hand() {
+        let z = t2(&[&[2.0, 0.0]]);
+        close(scalar(&generalized_ce(&z, &labels(&[0]), 0.7)), 0.121453);
+        close(
+            scalar(&label_smoothing_ce(&z, &labels(&[0]), 0.1)),
+            0.226928,
+        );
+        // q -> 0 approaches CE (0.126928).
+        assert!((scalar(&generalized_ce(&z, &labels(&[0]), 1e-4)) - 0.126928).abs() < 1e-4);
+    }
+
+    /// The stop-gradient options do what their names say: `sp_detach_aux` decides whether L_sp
+    /// reaches the auxiliary side, `similarity_detach` whether alpha reaches the features.
+    #[test]
+    fn stop_gradient_options() {
+        let y = labels(&[0, 1, 0, 1]);
+        let tar = Tensor::randn([4, 3], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+        for detach in [true, false] {
+            let aux: Vec<Tensor> = (0..2)
+                .map(|_| {
+                    Tensor::randn([4, 3], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true)
+                })
+                .collect();
+            similarity_preserving(&tar, &aux, &y, detach).backward();
+            assert_eq!(aux[0].grad().defined(), !detach, "sp_detach_aux = {detach}");
+        }
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        let module = crate::model::UncertaintyModule::new(&vs.root(), 2);
+        for detach in [true, false] {
+            let f = Tensor::randn([4, 3], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+            let cfg = LossConfig {
+                similarity_detach: detach,
+                ..Default::default()
+            };
+            confidence(&f, &y, 2, &module, &cfg)
+                .sum(Kind::Float)
+                .backward();
+            assert_eq!(f.grad().defined(), !detach, "similarity_detach = {detach}");
+        }
+    }
+
+    /// Eq. 10 wiring: the total equals the terms recomputed here from the network outputs with
+    /// the individually hand-checked functions (T = 1.2, omega = 0.5, gamma = 1000, the ramps
+    /// by hand at epoch 3 and 10), and each switch removes exactly its term.
     #[test]
     fn total_combines_terms_with_ramps_and_switches() {
         tch::manual_seed(0);
@@ -545,22 +755,59 @@ mod tests {
         let x = Tensor::randn([6, 3, 32, 32], (Kind::Float, tch::Device::Cpu));
         let y = labels(&[0, 1, 2, 0, 1, 2]);
         let out = net.forward_train(&x, false);
+        let module = net.uncertainty.as_ref().unwrap();
+        // Independently: alpha from the module on S of the detached features.
+        let s = class_similarity(&out.target_feat, &y, 3, false, false);
+        let alpha = module.forward(&similarity_vector(&s, &y, 3));
+        let wce = scalar(&weighted_ce(&out.target_logits, &alpha, &y));
+        let latent = sharpen(&latent_distribution(&out.aux_logits, &y), 1.2);
+        let soft = scalar(&soft_loss(&out.target_logits, &latent, &y));
+        let sp = scalar(&similarity_preserving(
+            &out.target_feat,
+            &out.aux_feat,
+            &y,
+            true,
+        ));
+        let aux = scalar(&aux_ce(&out.aux_logits, &y));
         let cfg = LossConfig::default();
-        let t = dmue_loss(&out, net.uncertainty.as_ref(), &y, &cfg, 3);
-        let (wu, wd) = (ramp_up(3.0, 6.0), 1.0);
-        let expected = wu
-            * (scalar(&t.target)
-                + 0.5 * scalar(t.soft.as_ref().unwrap())
-                + 1e3 * scalar(t.sp.as_ref().unwrap()))
-            + wd * scalar(t.aux.as_ref().unwrap());
+        // Epoch 3, beta 6: w_u = exp(-0.25) = 0.778801, w_d = 1.
+        let t = dmue_loss(&out, Some(module), &y, &cfg, 3);
+        let expected = 0.778801 * (wce + 0.5 * soft + 1e3 * sp) + aux;
+        assert!(
+            (scalar(&t.total) - expected).abs() < 1e-4 * expected.abs().max(1.0),
+            "{} != {expected}",
+            scalar(&t.total)
+        );
+        // Epoch 10: w_u = 1, w_d = exp(-(1 - 0.6)^2) = exp(-0.16) = 0.852144.
+        let t = dmue_loss(&out, Some(module), &y, &cfg, 10);
+        let expected = (wce + 0.5 * soft + 1e3 * sp) + 0.852144 * aux;
         assert!((scalar(&t.total) - expected).abs() < 1e-4 * expected.abs().max(1.0));
+        // Each switch removes exactly its own term.
+        let no_sp = LossConfig {
+            similarity_preserving: false,
+            ..cfg.clone()
+        };
+        let t = dmue_loss(&out, Some(module), &y, &no_sp, 10);
+        let expected = (wce + 0.5 * soft) + 0.852144 * aux;
+        assert!((scalar(&t.total) - expected).abs() < 1e-4 * expected.abs().max(1.0));
+        // Confidence warm-up: before `confidence_from_epoch` the target CE is plain.
+        let warm = LossConfig {
+            confidence_from_epoch: 4,
+            ..cfg.clone()
+        };
+        let ce = scalar(&cross_entropy(&out.target_logits, &y));
+        let t = dmue_loss(&out, Some(module), &y, &warm, 3);
+        assert!(t.alpha.is_none());
+        close(scalar(&t.target), ce);
+        let t = dmue_loss(&out, Some(module), &y, &warm, 4);
+        close(scalar(&t.target), wce);
         let off = LossConfig {
             latent: false,
             similarity_preserving: false,
             confidence: false,
             ..cfg
         };
-        let t = dmue_loss(&out, net.uncertainty.as_ref(), &y, &off, 10);
+        let t = dmue_loss(&out, Some(module), &y, &off, 10);
         assert!(t.soft.is_none() && t.sp.is_none() && t.aux.is_none() && t.alpha.is_none());
         close(
             scalar(&t.total),
