@@ -10,12 +10,25 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// The full method: auxiliary branches, latent distributions, pairwise uncertainty.
     Dmue,
     /// Plain cross-entropy on the same backbone (trunk + target branch only).
     Baseline,
+    /// Cross-entropy with label smoothing `train.label_smoothing` (a cheap noise-robust
+    /// baseline on the same backbone).
+    LabelSmoothing,
+    /// Generalised cross-entropy with `train.gce_q` (Zhang & Sabuncu 2018; a cheap
+    /// noise-robust baseline on the same backbone).
+    Gce,
+}
+
+impl Mode {
+    /// Whether the network has the auxiliary branches and the uncertainty module.
+    pub fn multi_branch(self) -> bool {
+        self == Mode::Dmue
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -77,13 +90,19 @@ pub struct TrainConfig {
     pub mode: Mode,
     pub epochs: usize,
     pub batch_size: usize,
-    /// Each class appears at least this many times in every batch (paper: every class present).
+    /// Each class appears at least this many times in every batch (paper: every class present;
+    /// 2, so that every sample has another of its class for Eq. 7, as the authors' code
+    /// requires by skipping batches).
     pub min_per_class: usize,
     pub lr: f64,
     /// Epochs (1-based, completed) after which the learning rate is multiplied by `lr_gamma`.
     pub lr_milestones: Vec<usize>,
     pub lr_gamma: f64,
     pub weight_decay: f64,
+    /// Smoothing of `--mode label-smoothing`.
+    pub label_smoothing: f64,
+    /// q of `--mode gce`.
+    pub gce_q: f64,
     pub seed: u64,
     pub device: DeviceChoice,
     pub precision: Precision,
@@ -99,11 +118,13 @@ impl Default for TrainConfig {
             mode: Mode::Dmue,
             epochs: 40,
             batch_size: 72,
-            min_per_class: 1,
+            min_per_class: 2,
             lr: 1e-3,
             lr_milestones: vec![10, 20],
             lr_gamma: 0.1,
             weight_decay: 1e-4,
+            label_smoothing: 0.1,
+            gce_q: 0.7,
             seed: 0,
             device: DeviceChoice::Auto,
             precision: Precision::Fp32,
@@ -131,10 +152,11 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults, then the TOML file (if any), then each `section.field=value` override.
-    pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Self> {
+    /// Defaults, then each TOML file in order, then each `section.field=value` override.
+    pub fn load<P: AsRef<Path>>(files: &[P], overrides: &[String]) -> Result<Self> {
         let mut value = toml::Value::try_from(Config::default()).context("serialising defaults")?;
-        if let Some(path) = file {
+        for path in files {
+            let path = path.as_ref();
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read config {}", path.display()))?;
             let file_value: toml::Value = toml::from_str(&text)
@@ -144,9 +166,15 @@ impl Config {
         for o in overrides {
             apply_override(&mut value, o)?;
         }
-        let what = file
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "the defaults".into());
+        let what = if files.is_empty() {
+            "the defaults".to_string()
+        } else {
+            files
+                .iter()
+                .map(|p| p.as_ref().display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let config: Config = value
             .try_into()
             .with_context(|| format!("invalid configuration (from {what} and --set overrides)"))?;
@@ -165,6 +193,15 @@ impl Config {
         }
         if !(t.lr > 0.0 && t.lr.is_finite()) {
             bail!("train.lr must be positive, got {}", t.lr);
+        }
+        if !(0.0..1.0).contains(&t.label_smoothing) {
+            bail!(
+                "train.label_smoothing must be in [0, 1), got {}",
+                t.label_smoothing
+            );
+        }
+        if !(t.gce_q > 0.0 && t.gce_q <= 1.0) {
+            bail!("train.gce_q must be in (0, 1], got {}", t.gce_q);
         }
         if self.model.width < 1 {
             bail!("model.width must be positive");
@@ -268,7 +305,7 @@ mod tests {
     #[test]
     fn overrides_reach_every_section_and_typos_are_errors() {
         let c = Config::load(
-            None,
+            &[] as &[PathBuf],
             &[
                 "train.lr=0.01".into(),
                 "data.dataset=data/x".into(),
@@ -283,14 +320,20 @@ mod tests {
         assert_eq!(c.train.lr_milestones, vec![3, 5]);
         assert!(!c.loss.latent);
         assert_eq!(c.train.mode, Mode::Baseline);
+        let c = Config::load(
+            &[] as &[PathBuf],
+            &["train.mode=\"label-smoothing\"".into()],
+        )
+        .unwrap();
+        assert_eq!(c.train.mode, Mode::LabelSmoothing);
         let err = format!(
             "{:#}",
-            Config::load(None, &["train.lrr=0.1".into()]).unwrap_err()
+            Config::load(&[] as &[PathBuf], &["train.lrr=0.1".into()]).unwrap_err()
         );
         assert!(err.contains("unknown field `lrr`"), "{err}");
         let err = format!(
             "{:#}",
-            Config::load(None, &["train.epochs=0".into()]).unwrap_err()
+            Config::load(&[] as &[PathBuf], &["train.epochs=0".into()]).unwrap_err()
         );
         assert!(err.contains("epochs"), "{err}");
     }
@@ -304,11 +347,45 @@ mod tests {
             "[train]\nepochs = 3\n[data.preprocess]\nresize = 72\ncrop = 64\n",
         )
         .unwrap();
-        let c = Config::load(Some(&path), &[]).unwrap();
+        let c = Config::load(&[&path], &[]).unwrap();
         assert_eq!((c.train.epochs, c.train.batch_size), (3, 72));
         assert_eq!((c.data.preprocess.resize, c.data.preprocess.crop), (72, 64));
+        // A later file overrides an earlier one; what it leaves out survives.
+        let later = dir.path().join("later.toml");
+        std::fs::write(
+            &later,
+            "[train]\nepochs = 5\n[loss]\nalpha_norm = \"class\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&[&path, &later], &[]).unwrap();
+        assert_eq!((c.train.epochs, c.data.preprocess.crop), (5, 64));
+        assert_eq!(c.loss.alpha_norm, crate::loss::AlphaNorm::Class);
         std::fs::write(&path, "[trian]\nepochs = 3\n").unwrap();
-        assert!(format!("{:#}", Config::load(Some(&path), &[]).unwrap_err())
+        assert!(format!("{:#}", Config::load(&[&path], &[]).unwrap_err())
             .contains("unknown field `trian`"));
+    }
+
+    /// Every shipped configuration loads, and each variant preset sets what its comments say.
+    #[test]
+    fn shipped_configs_load_and_presets_differ_as_documented() {
+        use crate::loss::{AlphaNorm, SpSource};
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        for f in ["demo-cpu.toml", "bench-cpu.toml"] {
+            Config::load(&[dir.join(f)], &[]).unwrap();
+        }
+        let variant = |name: &str| {
+            Config::load(&[dir.join("variants").join(format!("{name}.toml"))], &[]).unwrap()
+        };
+        let paper = variant("paper");
+        assert!(paper.loss.train_uncertainty && paper.loss.similarity_detach);
+        assert_eq!(paper.loss.alpha_norm, AlphaNorm::None);
+        assert!(!paper.model.classifier_bias && paper.train.min_per_class == 2);
+        let authors = variant("authors").loss;
+        assert!(!authors.train_uncertainty && !authors.similarity_detach && !authors.sp_detach_aux);
+        assert!(authors.similarity_include_self && authors.similarity_minmax);
+        assert_eq!(authors.sp_aux_source, SpSource::Logits);
+        let frozen = variant("frozen").loss;
+        assert!(!frozen.train_uncertainty && frozen.similarity_detach);
+        assert_eq!(variant("class-norm").loss.alpha_norm, AlphaNorm::Class);
     }
 }

@@ -2,7 +2,7 @@
 //! baseline), evaluate, export.
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use dmue_deploy::engine::EngineKind;
 use dmue_deploy::face::detect::DetectorConfig;
 use dmue_train::config::{Config, DeviceChoice, Mode};
@@ -188,9 +188,10 @@ struct FitArgs {
     /// Dataset directory (overrides data.dataset).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// TOML configuration; fields not given keep the paper's defaults.
+    /// TOML configuration; fields not given keep the defaults. Repeatable: later files
+    /// override earlier ones (`-c configs/demo-cpu.toml -c configs/variants/paper.toml`).
     #[arg(long, short)]
-    config: Option<PathBuf>,
+    config: Vec<PathBuf>,
     /// Run directory (config copy, metrics, plots, checkpoints).
     #[arg(long, short, default_value = "runs/dmue")]
     out: PathBuf,
@@ -309,10 +310,12 @@ fn run(cli: Cli) -> Result<()> {
                 sets.push(format!("train.epochs={e}"));
             }
             if let Some(m) = a.mode {
-                sets.push(format!(
-                    "train.mode=\"{}\"",
-                    if m == Mode::Dmue { "dmue" } else { "baseline" }
-                ));
+                let name = m
+                    .to_possible_value()
+                    .context("every mode has a name")?
+                    .get_name()
+                    .to_string();
+                sets.push(format!("train.mode=\"{name}\""));
             }
             if let Some(d) = a.device {
                 let name = match d {
@@ -324,12 +327,12 @@ fn run(cli: Cli) -> Result<()> {
             }
             // A resumed run keeps its own configuration; --set may still change it (e.g. epochs).
             let run_config = a.out.join(trainer::CONFIG_FILE);
-            let file = if a.resume && run_config.exists() {
-                Some(run_config)
+            let files = if a.resume && run_config.exists() {
+                vec![run_config]
             } else {
                 a.config.clone()
             };
-            let cfg = Config::load(file.as_deref(), &sets)?;
+            let cfg = Config::load(&files, &sets)?;
             let s = trainer::fit(&cfg, &a.out, a.resume)?;
             println!(
                 "trained {} epochs in {:.1}s ({:.0} img/s) on {}; run directory {}",

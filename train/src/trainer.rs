@@ -6,7 +6,7 @@ use crate::data::loader::{train_batch, Augment, HostBatch, SplitImages};
 use crate::data::manifest::{Dataset, Split};
 use crate::data::sampler::epoch_batches;
 use crate::eval::{self, EvalReport};
-use crate::loss::{cross_entropy, dmue_loss, LossTerms};
+use crate::loss::{cross_entropy, dmue_loss, generalized_ce, label_smoothing_ce, LossTerms};
 use crate::model::{count_params, is_target_param, MultiBranchNet, TrainOutput};
 use crate::optim::Adam;
 use crate::plot::{line_panels, Panel};
@@ -85,9 +85,15 @@ fn with_precision<T>(on: bool, f: impl FnOnce() -> T) -> T {
     }
 }
 
-/// Baseline: plain cross-entropy on the target branch, no ramps.
-fn baseline_loss(out: &TrainOutput, labels: &Tensor) -> LossTerms {
-    let ce = cross_entropy(&out.target_logits, labels);
+/// The single-branch modes: plain, label-smoothed or generalised cross-entropy on the target
+/// branch, no ramps.
+fn single_branch_loss(out: &TrainOutput, labels: &Tensor, cfg: &Config) -> LossTerms {
+    let z = &out.target_logits;
+    let ce = match cfg.train.mode {
+        Mode::LabelSmoothing => label_smoothing_ce(z, labels, cfg.train.label_smoothing),
+        Mode::Gce => generalized_ce(z, labels, cfg.train.gce_q),
+        Mode::Baseline | Mode::Dmue => cross_entropy(z, labels),
+    };
     LossTerms {
         total: ce.shallow_clone(),
         target: ce,
@@ -121,7 +127,7 @@ pub fn load_run(
     run: &Path,
     device: Device,
 ) -> Result<(Config, Dataset, nn::VarStore, MultiBranchNet)> {
-    let cfg = Config::load(Some(&run.join(CONFIG_FILE)), &[])
+    let cfg = Config::load(&[run.join(CONFIG_FILE)], &[])
         .with_context(|| format!("{} is not a dmue run directory", run.display()))?;
     let ds = Dataset::open(&cfg.data.dataset)?;
     let mut vs = nn::VarStore::new(device);
@@ -129,7 +135,7 @@ pub fn load_run(
         &vs.root(),
         &cfg.model,
         ds.num_classes(),
-        cfg.train.mode == Mode::Dmue,
+        cfg.train.mode.multi_branch(),
     );
     let (dir, _) = checkpoint::latest(run)?
         .with_context(|| format!("{} has no checkpoint yet", run.display()))?;
@@ -204,8 +210,13 @@ pub fn fit(cfg: &Config, run: &Path, resume: bool) -> Result<FitSummary> {
     // ---- model and optimizer
     tch::manual_seed(cfg.train.seed as i64);
     let mut vs = nn::VarStore::new(device);
-    let multi = cfg.train.mode == Mode::Dmue;
+    let multi = cfg.train.mode.multi_branch();
     let net = MultiBranchNet::new(&vs.root(), &cfg.model, c, multi);
+    if multi && !cfg.loss.train_uncertainty {
+        // The authors' code: the module stays at its initialisation (left out of the optimizer;
+        // gradients still flow through it to S when loss.similarity_detach is off).
+        net.freeze_uncertainty();
+    }
     let mut opt = Adam::new(&vs, cfg.train.weight_decay);
     let total_params = count_params(&vs, |_| true);
     let deployed_params = count_params(&vs, is_target_param);
@@ -300,22 +311,19 @@ pub fn fit(cfg: &Config, run: &Path, resume: bool) -> Result<FitSummary> {
             });
             for (step, host) in rx.iter().enumerate() {
                 let (x, y) = host.to_device(pre.crop, device);
-                let terms = with_precision(bf16, || {
-                    let out = net.forward_train(&x, true);
-                    let terms = if multi {
-                        dmue_loss(&out, net.uncertainty.as_ref(), &y, &cfg.loss, epoch)
-                    } else {
-                        baseline_loss(&out, &y)
-                    };
-                    (
-                        terms,
-                        out.target_logits
-                            .argmax(1, false)
-                            .eq_tensor(&y)
-                            .sum(Kind::Int64),
-                    )
-                });
-                let (terms, correct) = terms;
+                // The forward pass may run under bf16 autocast; the losses always run in fp32
+                // outside it (small sums, divisions by counts and exp of logits need the range).
+                let out = with_precision(bf16, || net.forward_train(&x, true)).to_fp32();
+                let terms = if multi {
+                    dmue_loss(&out, net.uncertainty.as_ref(), &y, &cfg.loss, epoch)
+                } else {
+                    single_branch_loss(&out, &y, cfg)
+                };
+                let correct = out
+                    .target_logits
+                    .argmax(1, false)
+                    .eq_tensor(&y)
+                    .sum(Kind::Int64);
                 let values: Vec<(&'static str, f64)> = terms
                     .named()
                     .into_iter()
