@@ -10,7 +10,8 @@
 //!   same against the target softmax restricted to those classes (the baseline's analogue),
 //!   over the samples whose true mixture puts at least 5 % outside the annotated class;
 //! - the Spearman correlation between alpha and the entropy of the true mixture;
-//! - alpha of flipped against clean samples, as two histograms in one PNG.
+//! - alpha of flipped against clean samples, as two histograms in one PNG, and the AUROC of
+//!   "low alpha detects a flipped label".
 
 use crate::data::loader::{eval_batch, SplitImages};
 use crate::data::manifest::Split;
@@ -56,6 +57,10 @@ pub struct Analysis {
     pub spearman_alpha_entropy: Option<f64>,
     pub alpha_clean_mean: Option<f64>,
     pub alpha_flipped_mean: Option<f64>,
+    /// AUROC of "alpha below a threshold means the label was flipped": the probability that a
+    /// flipped sample gets a lower alpha than a clean one (ties count half); 0.5 is chance.
+    #[serde(default)]
+    pub auroc_alpha_flipped: Option<f64>,
     pub flipped: usize,
 }
 
@@ -79,6 +84,9 @@ impl std::fmt::Display for Analysis {
         }
         if let (Some(c), Some(fl)) = (self.alpha_clean_mean, self.alpha_flipped_mean) {
             writeln!(f, "  mean alpha: clean {c:.4}, flipped {fl:.4}")?;
+        }
+        if let Some(a) = self.auroc_alpha_flipped {
+            writeln!(f, "  AUROC(low alpha -> flipped label)     {a:.4}")?;
         }
         Ok(())
     }
@@ -129,6 +137,21 @@ pub fn spearman(x: &[f64], y: &[f64]) -> f64 {
     let vx: f64 = rx.iter().map(|a| (a - mx).powi(2)).sum();
     let vy: f64 = ry.iter().map(|b| (b - my).powi(2)).sum();
     cov / (vx * vy).sqrt().max(1e-12)
+}
+
+/// P(x < y) + P(x = y) / 2 for x drawn from `lower` and y from `higher`: the AUROC of the score
+/// "small means positive" when `lower` holds the positives. Mann-Whitney U through tie-averaged
+/// ranks. None when either side is empty.
+pub fn auroc_lower(lower: &[f64], higher: &[f64]) -> Option<f64> {
+    if lower.is_empty() || higher.is_empty() {
+        return None;
+    }
+    let all: Vec<f64> = higher.iter().chain(lower).copied().collect();
+    let r = ranks(&all);
+    // Ranks of `higher` within the pooled sample: U counts the pairs where higher > lower.
+    let (nh, nl) = (higher.len() as f64, lower.len() as f64);
+    let u = r[..higher.len()].iter().sum::<f64>() - nh * (nh + 1.0) / 2.0;
+    Some(u / (nh * nl))
 }
 
 /// The truth restricted to the classes other than `label`, renormalised.
@@ -254,6 +277,7 @@ pub fn analyze(run: &Path, device: Device) -> Result<Analysis> {
         }),
         alpha_clean_mean: mean(&clean),
         alpha_flipped_mean: mean(&flipped),
+        auroc_alpha_flipped: auroc_lower(&flipped, &clean),
         flipped: views.iter().filter(|v| v.flipped).count(),
     };
     crate::util::write_atomic(
@@ -289,5 +313,11 @@ mod tests {
         assert!((spearman(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]) + 1.0).abs() < 1e-9);
         assert_eq!(ranks(&[5.0, 1.0, 5.0]), vec![2.5, 1.0, 2.5]);
         assert_eq!(others(&[0.2, 0.6, 0.2], 1), vec![0.5, 0.5]);
+        // Flipped alphas [0.1, 0.5], clean [0.3, 0.5, 0.9]: of the 6 pairs, 0.1 is below all
+        // three (3), 0.5 is below 0.9 (1) and ties 0.5 (1/2): 4.5 / 6 = 0.75.
+        assert_eq!(auroc_lower(&[0.1, 0.5], &[0.3, 0.5, 0.9]), Some(0.75));
+        assert_eq!(auroc_lower(&[0.1], &[0.2]), Some(1.0));
+        assert_eq!(auroc_lower(&[0.3], &[0.2]), Some(0.0));
+        assert_eq!(auroc_lower(&[], &[0.2]), None);
     }
 }
