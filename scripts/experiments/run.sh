@@ -1,79 +1,102 @@
 #!/usr/bin/env bash
-# Issue 5's experiments on the synthetic benchmark (ground truth known), CPU-sized:
-#   1. Table 1 analogue: baseline vs DMUE at flip rates RATES, seeds SEEDS (clean-test accuracy)
-#   2. Table 2 analogue: DMUE with latent distribution / similarity preserving / confidence
-#      switched off one at a time, at flip rate ABLATION_RATE, seeds ABLATION_SEEDS
-#   3. latent distributions vs the true mixtures (KL), DMUE against the baseline's softmax
-#   4. confidence vs ambiguity (Spearman) and alpha of flipped vs clean samples (histograms)
-# 3 and 4 come from `dmue-train analyze` on the runs at flip rate ANALYZE_RATE.
+# Issue 9's paired experiments on the synthetic benchmark (ground truth known).
 #
-# Model and schedule: configs/demo-cpu.toml (ResNet-18 architecture at width 16, 64x64 crops of
-# 72x72 faces, 20 epochs, the paper's loss hyper-parameters) on 2,100 training and 700 test
-# faces; epochs and size are scaled down from the paper's (ResNet-18 width 64, 224x224, 40
-# epochs) so that the whole grid runs on 2 CPU cores. Each run's seed is both the data seed
-# and the training seed. Results: OUT/results.jsonl, then scripts/experiments/summarize.py.
+# Every arm of one seed trains on the same data (`synth --seed SEED`) from the same initial trunk
+# and target weights (`train.seed = SEED`; the network draws them before any auxiliary part),
+# with the same batches and augmentation. Arms:
+#   baseline, label-smoothing, gce          single-branch losses on the same backbone
+#   dmue-paper, dmue-authors, dmue-frozen, dmue-class-norm
+#                                           DMUE variants, configs/variants/<name>.toml
+#   <dmue-arm>+no-latent|no-sp|no-confidence   Table 2 ablations of a variant
+# GRID lines are "RATE|SEEDS|ARMS". Jobs run seed by seed (all arms of seed 1, then seed 2...),
+# so whatever has finished is paired; JOBS runs at once, each on one libtorch thread.
+# Resumable: a run with a summary.json is not redone; each finished run appends one line to
+# OUT/results.jsonl. Then: python3 scripts/experiments/summarize.py OUT/results.jsonl
 #
-#   bash scripts/experiments/run.sh                 # the full grid, about 40 minutes on 2 idle cores
-#   RATES="0.3" SEEDS="1" bash scripts/experiments/run.sh
+#   bash scripts/experiments/run.sh                       # the default grid (see GRID below)
+#   GRID="0.3|1 2|baseline dmue-paper" bash scripts/experiments/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-RATES=${RATES:-"0 0.1 0.2 0.3"}
-SEEDS=${SEEDS:-"1 2 3"}
-ABLATION_RATE=${ABLATION_RATE:-0.3}
-ABLATION_SEEDS=${ABLATION_SEEDS:-"1"}
-ANALYZE_RATE=${ANALYZE_RATE:-0.3}
-CONFIG=${CONFIG:-configs/demo-cpu.toml}
-OUT=${OUT:-runs/experiments}
-TRAIN=${TRAIN:-target/release/dmue-train}
+export TRAIN=${TRAIN:-target/release/dmue-train}
+export OUT=${OUT:-runs/exp9}
+export CONFIG=${CONFIG:-configs/bench-cpu.toml}
+export REGIME=${REGIME:-scratch}
+NTRAIN=${NTRAIN:-4200}
+NTEST=${NTEST:-2100}
+SIZE=${SIZE:-54}
+JOBS=${JOBS:-2}
+DEFAULT_GRID="0.3|1 2 3 4 5|baseline label-smoothing gce dmue-paper dmue-authors dmue-frozen dmue-class-norm
+0|1 2 3|baseline dmue-paper dmue-authors dmue-class-norm
+0.1|1 2 3|baseline dmue-paper dmue-authors dmue-class-norm
+0.2|1 2 3|baseline dmue-paper dmue-authors dmue-class-norm"
+GRID=${GRID:-$DEFAULT_GRID}
 export DMUE_NO_PROGRESS=1 DMUE_LOG=warn
 mkdir -p "$OUT"
-RESULTS="$OUT/results.jsonl"
 
-data() {  # data RATE SEED -> directory
-  local d="$OUT/data/r$1-s$2"
-  [ -f "$d/manifest.jsonl" ] || "$TRAIN" synth --out "$d" --train 2100 --test 700 --size 72 \
-      --seed "$2" --flip-rate "$1" >/dev/null
-  echo "$d"
+data_dir() { echo "$OUT/data/r$1-s$2"; }
+export -f data_dir
+
+arm_args() {  # arm_args ARM -> fit arguments
+  local base=${1%%+*} extra=""
+  [[ $1 == *+* ]] && extra=${1#*+}
+  case $base in
+    baseline | label-smoothing | gce) echo "--mode $base" ;;
+    dmue-*)
+      local f="configs/variants/${base#dmue-}.toml"
+      [ -f "$f" ] || { echo "unknown arm $base: no $f" >&2; return 1; }
+      echo "--mode dmue -c $f" ;;
+    *) echo "unknown arm $base" >&2; return 1 ;;
+  esac
+  case $extra in
+    "") ;;
+    no-latent) echo "--set loss.latent=false" ;;
+    no-sp) echo "--set loss.similarity_preserving=false" ;;
+    no-confidence) echo "--set loss.confidence=false" ;;
+    *) echo "unknown ablation $extra" >&2; return 1 ;;
+  esac
 }
+export -f arm_args
 
-run() {  # run NAME RATE SEED MODE [--set ...]
-  local name=$1 rate=$2 seed=$3 mode=$4; shift 4
-  local dir="$OUT/$name/r$rate-s$seed"
-  if [ ! -f "$dir/summary.json" ]; then
-    rm -rf "$dir"; mkdir -p "$(dirname "$dir")"
-    local t0=$(date +%s)
-    "$TRAIN" fit --data "$(data "$rate" "$seed")" --config "$CONFIG" --out "$dir" --mode "$mode" \
-        --set "train.seed=$seed" "$@" > "$dir.log" 2>&1 || { echo "FAILED: $dir (see $dir.log)"; tail -5 "$dir.log"; exit 1; }
-    echo "$name rate $rate seed $seed: $(grep -m1 'accuracy' "$dir.log" | xargs) ($(( $(date +%s) - t0 )) s)"
+run_job() {  # run_job ARM RATE SEED
+  local arm=$1 rate=$2 seed=$3
+  local dir="$OUT/$arm/r$rate-s$seed"
+  if [ -f "$dir/summary.json" ]; then return 0; fi
+  rm -rf "$dir"; mkdir -p "$(dirname "$dir")"
+  local t0; t0=$(date +%s)
+  # shellcheck disable=SC2046
+  if ! "$TRAIN" fit --data "$(data_dir "$rate" "$seed")" -c "$CONFIG" $(arm_args "$arm") \
+      --out "$dir" --set "train.seed=$seed" > "$dir.log" 2>&1; then
+    echo "FAILED: $arm rate $rate seed $seed (see $dir.log)"; tail -3 "$dir.log"; return 1
   fi
-  local analysis=null
-  if [ "$rate" = "$ANALYZE_RATE" ]; then
-    [ -f "$dir/analysis.json" ] || "$TRAIN" analyze "$dir" > "$dir.analyze.log" 2>&1
-    analysis=$(cat "$dir/analysis.json")
-  fi
-  python3 - "$dir" "$name" "$rate" "$seed" "$analysis" >> "$RESULTS" <<'PY'
-import json, sys
-d, name, rate, seed, analysis = sys.argv[1:]
+  if [[ $arm == dmue-* ]]; then "$TRAIN" analyze "$dir" > "$dir.analyze.log" 2>&1 || true; fi
+  local secs=$(( $(date +%s) - t0 ))
+  python3 - "$dir" "$arm" "$rate" "$seed" "$secs" >> "$OUT/results.jsonl" <<'PY'
+import json, os, sys
+d, arm, rate, seed, secs = sys.argv[1:]
 ev = json.load(open(f"{d}/eval-test.json"))
-print(json.dumps({"experiment": name, "flip_rate": float(rate), "seed": int(seed),
-                  "accuracy": ev["accuracy"], "analysis": json.loads(analysis)}))
+a = f"{d}/analysis.json"
+print(json.dumps({"regime": os.environ["REGIME"], "arm": arm, "flip_rate": float(rate),
+                  "seed": int(seed), "accuracy": ev["accuracy"],
+                  "per_class_recall": ev["per_class_recall"], "classes": ev["classes"],
+                  "seconds": int(secs),
+                  "analysis": json.load(open(a)) if os.path.exists(a) else None}))
 PY
+  echo "$arm rate $rate seed $seed: $(python3 -c "import json;print(round(100*json.load(open('$dir/eval-test.json'))['accuracy'],2))") % (${secs} s)"
 }
+export -f run_job
 
-: > "$RESULTS"
-for rate in $RATES; do
-  for seed in $SEEDS; do
-    run baseline "$rate" "$seed" baseline
-    run dmue "$rate" "$seed" dmue
+jobs=()
+max_seeds=0
+while IFS='|' read -r rate seeds arms; do
+  [ -z "$rate" ] && continue
+  for seed in $seeds; do
+    d=$(data_dir "$rate" "$seed")
+    [ -f "$d/manifest.jsonl" ] || "$TRAIN" synth --out "$d" --train "$NTRAIN" --test "$NTEST" \
+        --size "$SIZE" --seed "$seed" --flip-rate "$rate" > /dev/null
+    for arm in $arms; do arm_args "$arm" > /dev/null; jobs+=("$seed $arm $rate"); done
   done
-done
-for seed in $ABLATION_SEEDS; do
-  run no-latent "$ABLATION_RATE" "$seed" dmue --set loss.latent=false
-  run no-similarity-preserving "$ABLATION_RATE" "$seed" dmue --set loss.similarity_preserving=false
-  run no-confidence "$ABLATION_RATE" "$seed" dmue --set loss.confidence=false
-  # Eq. 7 as the authors' code computes it: each row of S min-max scaled, the sample itself
-  # included in its class mean.
-  run official-eq7 "$ABLATION_RATE" "$seed" dmue --set loss.similarity_minmax=true \
-      --set loss.similarity_include_self=true
-done
-python3 scripts/experiments/summarize.py "$RESULTS"
+done <<< "$GRID"
+# Seed by seed: sort on the seed, keep the grid's order within a seed.
+printf '%s\n' "${jobs[@]}" | sort -s -n -k1,1 | awk '{print $2, $3, $1}' \
+  | xargs -P "$JOBS" -L 1 bash -c 'run_job "$@"' _
+python3 scripts/experiments/summarize.py "$OUT/results.jsonl"

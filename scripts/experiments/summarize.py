@@ -1,77 +1,118 @@
-"""Markdown tables from scripts/experiments/run.sh's results.jsonl (stdout)."""
+"""Paired summary of scripts/experiments/run.sh's results.jsonl.
+
+    python3 scripts/experiments/summarize.py runs/exp9/results.jsonl [--json docs/results-summary.json]
+
+Prints markdown tables (stdout). For every regime x flip rate x arm: mean and sample std of the
+clean-test accuracy over seeds, and the paired difference to the baseline of the same seeds
+with a 95 % confidence interval (Student t over the seeds' differences), the smallest per-class
+recall of any run (an arm that never predicts a class is broken), and, for DMUE arms, the
+analysis (KL to the true mixtures, Spearman of alpha with ambiguity, AUROC of alpha for flips).
+With --json the same figures go to a file a program can check.
+"""
 import json
+import math
 import statistics as st
 import sys
 from collections import defaultdict
 
-rows = [json.loads(line) for line in open(sys.argv[1])]
-acc = defaultdict(list)
-for r in rows:
-    acc[(r["experiment"], r["flip_rate"])].append(100 * r["accuracy"])
+# Two-sided 95 % quantiles of Student's t, df = 1..30 (beyond: 1.96).
+T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+        2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+        2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
 
 
-def ms(v):
-    return f"{st.mean(v):.2f} ± {st.stdev(v):.2f}" if len(v) > 1 else f"{v[0]:.2f}"
+def t975(df):
+    return T975[df - 1] if df <= len(T975) else 1.96
 
 
-rates = sorted({r["flip_rate"] for r in rows if r["experiment"] in ("baseline", "dmue")})
-print("### 1. Clean-test accuracy (%) against the share of flipped training labels\n")
-print("| flip rate | baseline | DMUE | DMUE - baseline | seeds |")
-print("|---|---|---|---|---|")
-for rate in rates:
-    b, d = acc.get(("baseline", rate), []), acc.get(("dmue", rate), [])
-    if b and d:
-        print(f"| {rate:.0%} | {ms(b)} | {ms(d)} | {st.mean(d) - st.mean(b):+.2f} | {len(d)} |")
+def load(path):
+    latest = {}
+    for line in open(path):
+        if line.strip():
+            r = json.loads(line)
+            latest[(r.get("regime", "scratch"), r["arm"], r["flip_rate"], r["seed"])] = r
+    return list(latest.values())
 
-ablations = [e for e in ("no-latent", "no-similarity-preserving", "no-confidence", "official-eq7") if any(k[0] == e for k in acc)]
-if ablations:
-    rate = next(k[1] for k in acc if k[0] == ablations[0])
-    seeds = {r["seed"] for r in rows if r["experiment"] == ablations[0]}
-    full = [100 * r["accuracy"] for r in rows if r["experiment"] == "dmue" and r["flip_rate"] == rate and r["seed"] in seeds]
-    base = [100 * r["accuracy"] for r in rows if r["experiment"] == "baseline" and r["flip_rate"] == rate and r["seed"] in seeds]
-    print(f"\n### 2. Components at {rate:.0%} flipped labels (seeds {sorted(seeds)})\n")
-    print("| variant | latent distribution | similarity preserving | confidence | accuracy (%) |")
-    print("|---|---|---|---|---|")
-    print(f"| baseline | - | - | - | {ms(base)} |")
-    for name, flags in [("no-latent", "off on on"), ("no-similarity-preserving", "on off on"), ("no-confidence", "on on off"),
-                        ("official-eq7", "on on on")]:
-        if (name, rate) in acc:
-            print(f"| DMUE, {name} | {' | '.join(flags.split())} | {ms(acc[(name, rate)])} |")
-    print(f"| DMUE (full) | on | on | on | {ms(full)} |")
-    print("\n(official-eq7: Eq. 7 as the authors' code computes it, rows min-max scaled, the sample itself included.)")
 
-an = [r for r in rows if r["analysis"]]
-if an:
-    print("\n### 3-4. Latent distributions and confidence against the truth\n")
-    print("| run | flip rate | seed | KL(truth, latent) | KL(truth, softmax) | Spearman(alpha, entropy) | alpha clean | alpha flipped |")
-    print("|---|---|---|---|---|---|---|---|")
-    f = lambda v: "-" if v is None else f"{v:.4f}"
-    for r in an:
-        a = r["analysis"]
-        print(f"| {r['experiment']} | {r['flip_rate']:.0%} | {r['seed']} | {f(a['kl_latent_mean'])} | {f(a['kl_softmax_mean'])} | "
-              f"{f(a['spearman_alpha_entropy'])} | {f(a['alpha_clean_mean'])} | {f(a['alpha_flipped_mean'])} |")
+def summarise(rows):
+    by = defaultdict(dict)  # (regime, rate, arm) -> seed -> row
+    for r in rows:
+        by[(r.get("regime", "scratch"), r["flip_rate"], r["arm"])][r["seed"]] = r
+    out = []
+    for (regime, rate, arm), runs in sorted(by.items()):
+        acc = [100 * r["accuracy"] for r in runs.values()]
+        base = by.get((regime, rate, "baseline"), {})
+        paired = [100 * (runs[s]["accuracy"] - base[s]["accuracy"]) for s in runs if s in base]
+        e = {"regime": regime, "flip_rate": rate, "arm": arm, "n": len(acc),
+             "seeds": sorted(runs), "mean": st.mean(acc),
+             "std": st.stdev(acc) if len(acc) > 1 else None,
+             "min_class_recall": min(min(r["per_class_recall"]) for r in runs.values()),
+             "mean_per_class_recall": [st.mean(v) for v in zip(*(r["per_class_recall"] for r in runs.values()))],
+             "classes": next(iter(runs.values()))["classes"],
+             "paired_n": len(paired), "paired_diff": None, "ci95_low": None, "ci95_high": None}
+        if arm != "baseline" and paired:
+            d = st.mean(paired)
+            e["paired_diff"] = d
+            if len(paired) > 1:
+                half = t975(len(paired) - 1) * st.stdev(paired) / math.sqrt(len(paired))
+                e["ci95_low"], e["ci95_high"] = d - half, d + half
+        an = [r["analysis"] for r in runs.values() if r.get("analysis")]
+        for key in ("kl_latent_mean", "kl_softmax_mean", "spearman_alpha_entropy",
+                    "auroc_alpha_flipped", "alpha_clean_mean", "alpha_flipped_mean"):
+            vals = [a[key] for a in an if a.get(key) is not None]
+            if vals:
+                e[key] = st.mean(vals)
+        out.append(e)
+    return out
 
-# Experiment 1 as a chart (SVG, written next to the results when a path is given).
-if len(sys.argv) > 2:
-    W, H, L, B, T, R = 560, 360, 60, 50, 30, 150
-    ys = [v for k, v in acc.items() if k[0] in ("baseline", "dmue") for v in v]
-    lo, hi = (min(ys) // 10) * 10, (max(ys) // 10 + 1) * 10
-    X = lambda r: L + (W - L - R) * (r - rates[0]) / max(rates[-1] - rates[0], 1e-9)
-    Y = lambda a: H - B - (H - B - T) * (a - lo) / (hi - lo)
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
-           f'<rect width="{W}" height="{H}" fill="white"/>',
-           f'<text x="{W / 2 - 60}" y="18" font-size="14">Clean-test accuracy vs flipped training labels</text>']
-    for g in range(int(lo), int(hi) + 1, 10):
-        out.append(f'<line x1="{L}" x2="{W - R}" y1="{Y(g)}" y2="{Y(g)}" stroke="#ddd"/><text x="{L - 30}" y="{Y(g) + 4}">{g}%</text>')
-    for r in rates:
-        out.append(f'<text x="{X(r) - 10}" y="{H - B + 18}">{r:.0%}</text>')
-    out.append(f'<text x="{(W - R) / 2}" y="{H - 12}">share of flipped training labels</text>')
-    for k, (name, colour) in enumerate([("baseline", "#1f77b4"), ("dmue", "#d62728")]):
-        pts = [(X(r), Y(st.mean(acc[(name, r)])), st.stdev(acc[(name, r)]) if len(acc[(name, r)]) > 1 else 0) for r in rates if (name, r) in acc]
-        out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{" ".join(f"{x},{y}" for x, y, _ in pts)}"/>')
-        for x, y, s in pts:
-            dy = (H - B - T) * s / (hi - lo)
-            out.append(f'<line x1="{x}" x2="{x}" y1="{y - dy}" y2="{y + dy}" stroke="{colour}"/><circle cx="{x}" cy="{y}" r="3" fill="{colour}"/>')
-        out.append(f'<rect x="{W - R + 15}" y="{T + 20 * k}" width="12" height="12" fill="{colour}"/><text x="{W - R + 32}" y="{T + 10 + 20 * k}">{"DMUE" if name == "dmue" else "baseline"} (mean ± std)</text>')
-    out.append("</svg>")
-    open(sys.argv[2], "w").write("\n".join(out))
+
+def fmt(v, p=2, sign=False):
+    if v is None:
+        return "-"
+    return f"{v:+.{p}f}" if sign else f"{v:.{p}f}"
+
+
+def table(entries, regime, rate):
+    rows = [e for e in entries if e["regime"] == regime and e["flip_rate"] == rate]
+    if not rows:
+        return
+    rows.sort(key=lambda e: (e["arm"] != "baseline", -e["mean"]))
+    print(f"\n#### {regime}, {rate:.0%} flipped labels\n")
+    print("| arm | accuracy % (mean ± std) | n | paired diff to baseline | 95 % interval | min class recall % |")
+    print("|---|---|---|---|---|---|")
+    for e in rows:
+        ci = "-" if e["ci95_low"] is None else f"{e['ci95_low']:+.2f} to {e['ci95_high']:+.2f}"
+        print(f"| {e['arm']} | {fmt(e['mean'])} ± {fmt(e['std'])} | {e['n']} | "
+              f"{fmt(e['paired_diff'], sign=True)} | {ci} | {100 * e['min_class_recall']:.1f} |")
+
+
+def main():
+    args = sys.argv[1:]
+    json_out = None
+    if "--json" in args:
+        i = args.index("--json")
+        json_out = args[i + 1]
+        del args[i:i + 2]
+    entries = summarise(load(args[0]))
+    for regime in sorted({e["regime"] for e in entries}):
+        for rate in sorted({e["flip_rate"] for e in entries if e["regime"] == regime}, reverse=True):
+            table(entries, regime, rate)
+    an = [e for e in entries if "auroc_alpha_flipped" in e or "kl_latent_mean" in e]
+    if an:
+        print("\n#### What the runs believe about the training samples (means over seeds)\n")
+        print("| regime | flip rate | arm | KL(truth, latent) | KL(truth, softmax) | Spearman(alpha, entropy) | "
+              "AUROC(alpha -> flipped) | alpha clean | alpha flipped |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for e in an:
+            print(f"| {e['regime']} | {e['flip_rate']:.0%} | {e['arm']} | {fmt(e.get('kl_latent_mean'), 4)} | "
+                  f"{fmt(e.get('kl_softmax_mean'), 4)} | {fmt(e.get('spearman_alpha_entropy'), 4)} | "
+                  f"{fmt(e.get('auroc_alpha_flipped'), 4)} | {fmt(e.get('alpha_clean_mean'), 3)} | "
+                  f"{fmt(e.get('alpha_flipped_mean'), 3)} |")
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump({"source": args[0], "entries": entries}, f, indent=1)
+            f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
