@@ -285,12 +285,14 @@ pub fn analyze(run: &Path, device: Device) -> Result<Analysis> {
         serde_json::to_string_pretty(&analysis)?.as_bytes(),
     )?;
     if !clean.is_empty() {
+        // alpha is in (0, 1) from the sigmoid; normalised (loss.alpha_norm) it can exceed 1.
+        let top = clean.iter().chain(&flipped).fold(1.0f64, |m, &a| m.max(a));
         crate::plot::histograms(
             &run.join(ALPHA_PNG),
             "confidence alpha of training samples",
             "alpha",
             &[("clean labels", clean), ("flipped labels", flipped)],
-            (0.0, 1.0),
+            (0.0, top),
             25,
         )
         .context("drawing the alpha histograms")?;
