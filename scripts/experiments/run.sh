@@ -68,7 +68,8 @@ run_job() {  # run_job ARM RATE SEED
       --out "$dir" --set "train.seed=$seed" > "$dir.log" 2>&1; then
     echo "FAILED: $arm rate $rate seed $seed (see $dir.log)"; tail -3 "$dir.log"; return 1
   fi
-  if [[ $arm == dmue-* ]]; then "$TRAIN" analyze "$dir" > "$dir.analyze.log" 2>&1 || true; fi
+  # Every arm: DMUE runs give latent distributions and alpha, the others their softmax.
+  "$TRAIN" analyze "$dir" > "$dir.analyze.log" 2>&1 || true
   local secs=$(( $(date +%s) - t0 ))
   python3 - "$dir" "$arm" "$rate" "$seed" "$secs" >> "$OUT/results.jsonl" <<'PY'
 import json, os, sys

@@ -300,6 +300,11 @@ mod tests {
         assert!((c.train.lr_at(10) - 1e-3).abs() < 1e-12);
         assert!((c.train.lr_at(11) - 1e-4).abs() < 1e-12);
         assert!((c.train.lr_at(21) - 1e-5).abs() < 1e-12);
+        // Where the default is not the paper's, on purpose (docs/method.md, docs/results.md):
+        // alpha normalised per class, two samples of each class per batch, no classifier bias.
+        assert_eq!(c.loss.alpha_norm, crate::loss::AlphaNorm::Class);
+        assert_eq!(c.train.min_per_class, 2);
+        assert!(!c.model.classifier_bias);
     }
 
     #[test]

@@ -89,7 +89,7 @@ impl Default for LossConfig {
             similarity_minmax: false,
             similarity_detach: true,
             train_uncertainty: true,
-            alpha_norm: AlphaNorm::None,
+            alpha_norm: AlphaNorm::Class,
             confidence_from_epoch: 1,
             sp_detach_aux: true,
             sp_aux_source: SpSource::Features,
@@ -756,9 +756,17 @@ mod tests {
         let y = labels(&[0, 1, 2, 0, 1, 2]);
         let out = net.forward_train(&x, false);
         let module = net.uncertainty.as_ref().unwrap();
-        // Independently: alpha from the module on S of the detached features.
+        // Independently: alpha from the module on S of the detached features, normalised as
+        // the default says (per class).
+        let cfg = LossConfig::default();
+        assert_eq!(cfg.alpha_norm, AlphaNorm::Class);
         let s = class_similarity(&out.target_feat, &y, 3, false, false);
-        let alpha = module.forward(&similarity_vector(&s, &y, 3));
+        let alpha = normalise_alpha(
+            &module.forward(&similarity_vector(&s, &y, 3)),
+            &y,
+            3,
+            cfg.alpha_norm,
+        );
         let wce = scalar(&weighted_ce(&out.target_logits, &alpha, &y));
         let latent = sharpen(&latent_distribution(&out.aux_logits, &y), 1.2);
         let soft = scalar(&soft_loss(&out.target_logits, &latent, &y));
@@ -769,7 +777,6 @@ mod tests {
             true,
         ));
         let aux = scalar(&aux_ce(&out.aux_logits, &y));
-        let cfg = LossConfig::default();
         // Epoch 3, beta 6: w_u = exp(-0.25) = 0.778801, w_d = 1.
         let t = dmue_loss(&out, Some(module), &y, &cfg, 3);
         let expected = 0.778801 * (wce + 0.5 * soft + 1e3 * sp) + aux;
