@@ -86,6 +86,19 @@ def table(entries, regime, rate):
               f"{fmt(e['paired_diff'], sign=True)} | {ci} | {100 * e['min_class_recall']:.1f} |")
 
 
+def per_seed(rows, regime, rate):
+    """Accuracy of every arm at every seed: the paired data behind the differences."""
+    sel = [r for r in rows if r.get("regime", "scratch") == regime and r["flip_rate"] == rate]
+    seeds = sorted({r["seed"] for r in sel})
+    arms = sorted({r["arm"] for r in sel}, key=lambda a: (a != "baseline", a))
+    acc = {(r["arm"], r["seed"]): 100 * r["accuracy"] for r in sel}
+    print(f"\n#### {regime}, {rate:.0%}: accuracy % per seed\n")
+    print("| arm | " + " | ".join(f"seed {s}" for s in seeds) + " |")
+    print("|---|" + "---|" * len(seeds))
+    for a in arms:
+        print(f"| {a} | " + " | ".join(fmt(acc.get((a, s))) for s in seeds) + " |")
+
+
 def main():
     args = sys.argv[1:]
     json_out = None
@@ -93,11 +106,13 @@ def main():
         i = args.index("--json")
         json_out = args[i + 1]
         del args[i:i + 2]
-    entries = summarise(load(args[0]))
+    rows = load(args[0])
+    entries = summarise(rows)
     for regime in sorted({e["regime"] for e in entries}):
         for rate in sorted({e["flip_rate"] for e in entries if e["regime"] == regime}, reverse=True):
             table(entries, regime, rate)
-    an = [e for e in entries if "auroc_alpha_flipped" in e or "kl_latent_mean" in e]
+            per_seed(rows, regime, rate)
+    an = [e for e in entries if "kl_softmax_mean" in e]
     if an:
         print("\n#### What the runs believe about the training samples (means over seeds)\n")
         print("| regime | flip rate | arm | KL(truth, latent) | KL(truth, softmax) | Spearman(alpha, entropy) | "
