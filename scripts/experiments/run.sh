@@ -87,7 +87,6 @@ PY
 export -f run_job
 
 jobs=()
-max_seeds=0
 while IFS='|' read -r rate seeds arms; do
   [ -z "$rate" ] && continue
   for seed in $seeds; do

@@ -724,15 +724,29 @@ mod tests {
         let vs = tch::nn::VarStore::new(tch::Device::Cpu);
         let module = crate::model::UncertaintyModule::new(&vs.root(), 2);
         for detach in [true, false] {
-            let f = Tensor::randn([4, 3], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+            let f = t2(&[
+                &[1.0, 0.2, 0.0],
+                &[0.1, 1.0, 0.3],
+                &[0.8, 0.5, 0.1],
+                &[0.0, 0.4, 1.0],
+            ])
+            .set_requires_grad(true);
             let cfg = LossConfig {
                 similarity_detach: detach,
                 ..Default::default()
             };
+            // Squared: the plain sum of class-normalised alpha is a constant (the class
+            // counts), whose gradient would be zero even through an attached graph.
             confidence(&f, &y, 2, &module, &cfg)
+                .square()
                 .sum(Kind::Float)
                 .backward();
             assert_eq!(f.grad().defined(), !detach, "similarity_detach = {detach}");
+            if !detach {
+                let g = f.grad().abs().sum(Kind::Float).double_value(&[]);
+                // Measured 0.40 here; the plain sum's rounding noise is about 1e-7.
+                assert!(g > 1e-4, "no gradient reaches the features through S ({g})");
+            }
         }
     }
 
