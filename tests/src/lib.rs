@@ -17,26 +17,48 @@ pub struct Exported {
     pub path: PathBuf,
 }
 
+/// The small networks the end-to-end tests export: width-8 ResNet-18 with torchvision's and
+/// with the authors' stem, and MobileNetV2 at multiplier 0.25.
+pub fn test_configs() -> Vec<ModelConfig> {
+    use dmue_train::model::{Backbone, Stem};
+    vec![
+        ModelConfig {
+            width: Some(8),
+            ..Default::default()
+        },
+        ModelConfig {
+            width: Some(8),
+            stem: Stem::Authors,
+            ..Default::default()
+        },
+        ModelConfig {
+            backbone: Backbone::MobilenetV2,
+            width: Some(8),
+            ..Default::default()
+        },
+    ]
+}
+
 /// Builds a width-8 DMUE ResNet-18 for 64x64 inputs, gives every BatchNorm random running
 /// statistics and affine parameters (so that folding is exercised), and exports it to `dir`.
 pub fn exported_model(dir: &Path, seed: i64) -> Exported {
+    exported_model_with(dir, seed, &test_configs()[0])
+}
+
+/// [`exported_model`] for any backbone configuration.
+pub fn exported_model_with(dir: &Path, seed: i64, config: &ModelConfig) -> Exported {
     tch::manual_seed(seed);
     let vs = nn::VarStore::new(Device::Cpu);
-    let net = MultiBranchNet::new(
-        &vs.root(),
-        &ModelConfig {
-            width: 8,
-            ..Default::default()
-        },
-        CLASSES.len(),
-        true,
-    );
+    let net = MultiBranchNet::new(&vs.root(), config, CLASSES.len(), true);
     tch::no_grad(|| {
         for (name, mut t) in vs.variables() {
-            // Every BatchNorm, the downsample ones (`downsample.1`) included, gets non-trivial
-            // statistics and affine parameters, so that each fold is really exercised.
-            let is_bn =
-                name.contains(".bn") || name.starts_with("bn") || name.contains("downsample.1.");
+            // Every BatchNorm (the only 1-d tensors outside the classifiers and the
+            // uncertainty module: convolutions have no bias) gets non-trivial statistics and
+            // affine parameters, so that each fold is really exercised.
+            let is_bn = t.dim() == 1
+                && !name.ends_with("fc.weight")
+                && !name.ends_with("fc.bias")
+                && !name.starts_with("uncertainty.");
             if !is_bn {
                 continue;
             }
@@ -55,7 +77,7 @@ pub fn exported_model(dir: &Path, seed: i64) -> Exported {
             ..Default::default()
         },
         template_id: dmue_deploy::face::TEMPLATE_ID.into(),
-        backbone: "resnet18 width 8".into(),
+        backbone: config.describe(),
         dataset: "test".into(),
         run_id: "e2e".into(),
         version: "test".into(),

@@ -4,7 +4,7 @@
 //! passes the ONNX checker.
 
 use dmue_deploy::engine::{self, EngineKind};
-use dmue_e2e::{exported_model, max_abs_diff, tch_logits, venv_python};
+use dmue_e2e::{exported_model_with, max_abs_diff, tch_logits, test_configs, venv_python};
 use tch::{Device, Kind, Tensor};
 
 const TOL: f32 = 1e-4;
@@ -39,9 +39,17 @@ fn face_inputs(card: &dmue_deploy::model_card::ModelCard, n: usize) -> Vec<f32> 
     out
 }
 
+/// Every test backbone (ResNet-18 with both stems, MobileNetV2) through one engine.
 fn check_engine(kind: EngineKind) {
+    for config in test_configs() {
+        eprintln!("{}", config.describe());
+        check_model(kind, &config);
+    }
+}
+
+fn check_model(kind: EngineKind, config: &dmue_train::model::ModelConfig) {
     let dir = tempfile::tempdir().unwrap();
-    let m = exported_model(dir.path(), 1);
+    let m = exported_model_with(dir.path(), 1, config);
     let mut engine = engine::load(kind, &m.path, 1).unwrap();
     let mut logits = |x: &[f32], n: usize| engine.run(x, [n, 3, 64, 64]).unwrap().swap_remove(0).1;
     let per = 3 * 64 * 64;
@@ -89,8 +97,14 @@ fn onnx_runtime_matches_tch() {
 
 #[test]
 fn passes_the_onnx_checker_and_carries_the_model_card() {
+    for config in test_configs() {
+        check_file(&config);
+    }
+}
+
+fn check_file(config: &dmue_train::model::ModelConfig) {
     let dir = tempfile::tempdir().unwrap();
-    let m = exported_model(dir.path(), 3);
+    let m = exported_model_with(dir.path(), 3, config);
     let py = venv_python();
     assert!(
         py.exists(),

@@ -110,6 +110,14 @@ pub struct TrainConfig {
     pub threads: usize,
     /// How many epoch checkpoints to keep (the latest ones).
     pub keep_checkpoints: usize,
+    /// Pretrained backbone weights (safetensors) loaded before the first epoch
+    /// (`fit --init`); heads and the uncertainty module start fresh. See `init.rs`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init: Option<PathBuf>,
+    /// Epochs during which the loaded backbone (trunk and every branch stage) is frozen, so
+    /// that only the classifiers (and the uncertainty module) train: a linear warm-up.
+    /// BatchNorm statistics still adapt. Needs `init`.
+    pub freeze_trunk_epochs: usize,
 }
 
 impl Default for TrainConfig {
@@ -130,6 +138,8 @@ impl Default for TrainConfig {
             precision: Precision::Fp32,
             threads: 0,
             keep_checkpoints: 2,
+            init: None,
+            freeze_trunk_epochs: 0,
         }
     }
 }
@@ -203,7 +213,10 @@ impl Config {
         if !(t.gce_q > 0.0 && t.gce_q <= 1.0) {
             bail!("train.gce_q must be in (0, 1], got {}", t.gce_q);
         }
-        if self.model.width < 1 {
+        if t.freeze_trunk_epochs > 0 && t.init.is_none() {
+            bail!("train.freeze_trunk_epochs needs pretrained weights (train.init / --init)");
+        }
+        if self.model.width() < 1 {
             bail!("model.width must be positive");
         }
         if self.loss.temperature <= 0.0 {

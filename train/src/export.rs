@@ -7,9 +7,9 @@
 //! `probabilities` = softmax(logits) `[N, C]`. The model card goes into `metadata_props`.
 //! The auxiliary branches and the uncertainty module are simply never visited.
 
-use crate::model::{
-    BasicBlock, Branch, Layer, MultiBranchNet, Trunk, BN_EPS, STEM_POOL, STEM_STRIDE,
-};
+use crate::model::mobilenet_v2::{self, InvertedResidual};
+use crate::model::resnet::{BasicBlock, Layer};
+use crate::model::{Branch, Conv, MultiBranchNet, Stage, Trunk, BN_EPS};
 use anyhow::{bail, Context, Result};
 use dmue_deploy::model_card::{ModelCard, INPUT_NAME, LOGITS_NAME, PROBABILITIES_NAME};
 use dmue_deploy::onnx::pb;
@@ -142,17 +142,12 @@ impl Graph {
     }
 
     /// Convolution with BatchNorm folded in: `W' = W * g / sqrt(v + eps)` per output channel,
-    /// `b' = beta - mean * g / sqrt(v + eps)` (computed in f64).
-    fn conv_bn(
-        &mut self,
-        x: &str,
-        conv: &nn::Conv2D,
-        bn: &nn::BatchNorm,
-        stride: i64,
-        name: &str,
-    ) -> Result<String> {
-        let w = conv.ws.to_kind(Kind::Double);
-        let (cout, cin, k) = (w.size()[0], w.size()[1], w.size()[2]);
+    /// `b' = beta - mean * g / sqrt(v + eps)` (computed in f64). Stride, padding and groups
+    /// come from the convolution itself.
+    fn conv_bn(&mut self, x: &str, conv: &Conv, bn: &nn::BatchNorm, name: &str) -> Result<String> {
+        let w = conv.inner.ws.to_kind(Kind::Double);
+        let (cout, cin_per_group, k) = (w.size()[0], w.size()[1], w.size()[2]);
+        let (stride, pad, groups) = (conv.stride, k / 2, conv.groups);
         let gamma = bn
             .ws
             .as_ref()
@@ -166,27 +161,29 @@ impl Graph {
         let scale = gamma / (bn.running_var.to_kind(Kind::Double) + BN_EPS).sqrt();
         let folded_w = &w * scale.view([cout, 1, 1, 1]);
         let mut folded_b = beta - bn.running_mean.to_kind(Kind::Double) * &scale;
-        if let Some(b) = &conv.bs {
+        if let Some(b) = &conv.inner.bs {
             folded_b += b.to_kind(Kind::Double) * &scale;
         }
         let wn = self.initializer(&format!("{name}.weight"), &folded_w)?;
         let bn_ = self.initializer(&format!("{name}.bias"), &folded_b)?;
         let [c, h, wd] = self.shape(x);
-        if c != cin {
-            bail!("{name}: input has {c} channels, the convolution expects {cin}");
+        if c != cin_per_group * groups {
+            bail!(
+                "{name}: input has {c} channels, the convolution expects {}",
+                cin_per_group * groups
+            );
         }
-        let pad = k / 2;
         let (ho, wo) = (
             (h + 2 * pad - k) / stride + 1,
             (wd + 2 * pad - k) / stride + 1,
         );
-        self.macs += (cout * cin * k * k * ho * wo) as u64;
+        self.macs += (cout * cin_per_group * k * k * ho * wo) as u64;
         let attrs = vec![
             ints("kernel_shape", &[k, k]),
             ints("strides", &[stride, stride]),
             ints("pads", &[pad; 4]),
             ints("dilations", &[1, 1]),
-            int("group", 1),
+            int("group", groups),
         ];
         Ok(self.node("Conv", name, &[x, &wn, &bn_], attrs, [cout, ho, wo]))
     }
@@ -196,12 +193,45 @@ impl Graph {
         self.node("Relu", name, &[x], vec![], s)
     }
 
+    /// ReLU6 as `Clip(x, 0, 6)` (opset 11+ takes the bounds as inputs: two scalar
+    /// initializers shared by every Clip, not counted as parameters).
+    fn relu6(&mut self, x: &str, name: &str) -> Result<String> {
+        const BOUNDS: [&str; 2] = ["relu6.min", "relu6.max"];
+        if !self
+            .initializers
+            .iter()
+            .any(|t| t.name.as_deref() == Some(BOUNDS[0]))
+        {
+            self.initializer(BOUNDS[0], &Tensor::from(0f32))?;
+            self.initializer(BOUNDS[1], &Tensor::from(6f32))?;
+            self.parameters -= 2;
+        }
+        let s = self.shape(x);
+        Ok(self.node("Clip", name, &[x, BOUNDS[0], BOUNDS[1]], vec![], s))
+    }
+
+    fn max_pool(&mut self, x: &str, (k, s, p): (i64, i64, i64), name: &str) -> String {
+        let [c, h, w] = self.shape(x);
+        let out = [c, (h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1];
+        self.node(
+            "MaxPool",
+            name,
+            &[x],
+            vec![
+                ints("kernel_shape", &[k, k]),
+                ints("strides", &[s, s]),
+                ints("pads", &[p; 4]),
+            ],
+            out,
+        )
+    }
+
     fn block(&mut self, x: &str, b: &BasicBlock, name: &str) -> Result<String> {
-        let y = self.conv_bn(x, &b.conv1, &b.bn1, b.stride, &format!("{name}.conv1"))?;
+        let y = self.conv_bn(x, &b.conv1, &b.bn1, &format!("{name}.conv1"))?;
         let y = self.relu(&y, &format!("{name}.relu1"));
-        let y = self.conv_bn(&y, &b.conv2, &b.bn2, 1, &format!("{name}.conv2"))?;
+        let y = self.conv_bn(&y, &b.conv2, &b.bn2, &format!("{name}.conv2"))?;
         let shortcut = match &b.downsample {
-            Some((c, bn)) => self.conv_bn(x, c, bn, b.stride, &format!("{name}.downsample"))?,
+            Some((c, bn)) => self.conv_bn(x, c, bn, &format!("{name}.downsample"))?,
             None => x.to_string(),
         };
         let s = self.shape(&y);
@@ -217,31 +247,76 @@ impl Graph {
         Ok(y)
     }
 
-    fn trunk(&mut self, x: &str, t: &Trunk) -> Result<String> {
-        let y = self.conv_bn(x, &t.conv1, &t.bn1, STEM_STRIDE, "conv1")?;
-        let y = self.relu(&y, "relu");
-        let (k, s, p) = STEM_POOL;
-        let [c, h, w] = self.shape(&y);
-        let out = [c, (h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1];
-        let y = self.node(
-            "MaxPool",
-            "maxpool",
-            &[&y],
-            vec![
-                ints("kernel_shape", &[k, k]),
-                ints("strides", &[s, s]),
-                ints("pads", &[p; 4]),
-            ],
-            out,
-        );
-        let y = self.layer(&y, &t.layer1, "layer1")?;
-        let y = self.layer(&y, &t.layer2, "layer2")?;
-        self.layer(&y, &t.layer3, "layer3")
+    fn conv_bn_act(&mut self, x: &str, l: &mobilenet_v2::ConvBn, name: &str) -> Result<String> {
+        let y = self.conv_bn(x, &l.conv, &l.bn, name)?;
+        if l.relu6 {
+            self.relu6(&y, &format!("{name}.relu6"))
+        } else {
+            Ok(y)
+        }
     }
 
-    /// Target branch: layer4, global average pooling, flatten, linear classifier -> logits.
+    fn inverted_residual(&mut self, x: &str, b: &InvertedResidual, name: &str) -> Result<String> {
+        let mut y = x.to_string();
+        for (i, l) in b.layers.iter().enumerate() {
+            y = self.conv_bn_act(&y, l, &format!("{name}.conv.{i}"))?;
+        }
+        if b.residual {
+            let s = self.shape(&y);
+            y = self.node("Add", name, &[&y, x], vec![], s);
+        }
+        Ok(y)
+    }
+
+    fn inverted_residuals(
+        &mut self,
+        x: &str,
+        blocks: &[InvertedResidual],
+        first_index: usize,
+    ) -> Result<String> {
+        let mut y = x.to_string();
+        for (i, b) in blocks.iter().enumerate() {
+            y = self.inverted_residual(&y, b, &format!("features.{}", first_index + i))?;
+        }
+        Ok(y)
+    }
+
+    fn trunk(&mut self, x: &str, t: &Trunk) -> Result<String> {
+        match t {
+            Trunk::Resnet(t) => {
+                let y = self.conv_bn(x, &t.conv1, &t.bn1, "conv1")?;
+                let y = if t.stem.relu() {
+                    self.relu(&y, "relu")
+                } else {
+                    y
+                };
+                let y = self.max_pool(&y, t.stem.pool(), "maxpool");
+                let y = self.layer(&y, &t.layer1, "layer1")?;
+                let y = self.layer(&y, &t.layer2, "layer2")?;
+                self.layer(&y, &t.layer3, "layer3")
+            }
+            Trunk::MobilenetV2(t) => {
+                let y = self.conv_bn_act(x, &t.stem, "features.0")?;
+                self.inverted_residuals(&y, &t.blocks, 1)
+            }
+        }
+    }
+
+    fn stage(&mut self, x: &str, s: &Stage) -> Result<String> {
+        match s {
+            Stage::Resnet(l) => self.layer(x, l, "layer4"),
+            Stage::MobilenetV2(t) => {
+                let start = mobilenet_v2::BRANCH_START;
+                let y = self.inverted_residuals(x, &t.blocks, start)?;
+                self.conv_bn_act(&y, &t.last, &format!("features.{}", start + t.blocks.len()))
+            }
+        }
+    }
+
+    /// Target branch: branch stage, global average pooling, flatten, linear classifier ->
+    /// logits.
     fn branch(&mut self, x: &str, b: &Branch) -> Result<String> {
-        let y = self.layer(x, &b.layer4, "layer4")?;
+        let y = self.stage(x, &b.stage)?;
         let [c, ..] = self.shape(&y);
         let y = self.node("GlobalAveragePool", "avgpool", &[&y], vec![], [c, 1, 1]);
         let y = self.node("Flatten", "flatten", &[&y], vec![int("axis", 1)], [c, 1, 1]);
@@ -372,11 +447,51 @@ mod tests {
         assert_eq!(stats.parameters, 11_684_712);
     }
 
+    /// MobileNetV2 (1000 classes, 224x224): 300 M multiply-adds (Sandler et al., Table 3;
+    /// torchvision 0.30 GFLOPS) and 3,504,872 parameters, of which folding removes the 17,056
+    /// BatchNorm channels' second vector.
+    #[test]
+    fn mobilenet_v2_export_has_the_published_size() {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let cfg = ModelConfig {
+            backbone: crate::model::Backbone::MobilenetV2,
+            ..Default::default()
+        };
+        let net = MultiBranchNet::new(&vs.root(), &cfg, 1000, false);
+        let (m, stats) = build(&net, &card(1000, 224)).unwrap();
+        assert!(
+            (stats.macs as f64 / 300e6 - 1.0).abs() < 0.01,
+            "{}",
+            stats.macs
+        );
+        let bn_channels: i64 = vs
+            .variables()
+            .iter()
+            .filter(|(n, _)| n.ends_with("running_mean"))
+            .map(|(_, t)| t.numel() as i64)
+            .sum();
+        assert_eq!(bn_channels, 17_056);
+        // Without the classifier bias (1,000 fewer), folding keeps one vector per channel.
+        assert_eq!(
+            stats.parameters as i64,
+            3_504_872 - 1000 - bn_channels + 1000
+        );
+        let ops: std::collections::BTreeSet<&str> = m
+            .graph
+            .as_ref()
+            .unwrap()
+            .node
+            .iter()
+            .map(|n| n.op_type.as_deref().unwrap())
+            .collect();
+        assert!(ops.contains("Clip") && !ops.contains("Relu"), "{ops:?}");
+    }
+
     /// "No extra cost": the export of a DMUE network equals the export of the plain baseline.
     #[test]
     fn dmue_export_equals_baseline_export() {
         let cfg = ModelConfig {
-            width: 8,
+            width: Some(8),
             ..Default::default()
         };
         let vs = nn::VarStore::new(tch::Device::Cpu);
@@ -420,7 +535,7 @@ pub fn export_run(run: &Path, out: &Path) -> Result<ExportReport> {
         classes: ds.info.classes.clone(),
         preprocess: cfg.data.preprocess,
         template_id: ds.info.template_id.clone(),
-        backbone: format!("{:?} width {}", cfg.model.backbone, cfg.model.width).to_lowercase(),
+        backbone: cfg.model.describe(),
         dataset: ds.info.name.clone(),
         run_id: std::fs::canonicalize(run)
             .unwrap_or_else(|_| run.to_path_buf())

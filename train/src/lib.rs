@@ -7,6 +7,7 @@ pub mod config;
 pub mod data;
 pub mod eval;
 pub mod export;
+pub mod init;
 pub mod loss;
 pub mod model;
 pub mod optim;

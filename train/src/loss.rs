@@ -760,7 +760,7 @@ mod tests {
         let net = crate::model::MultiBranchNet::new(
             &vs.root(),
             &crate::model::ModelConfig {
-                width: 4,
+                width: Some(4),
                 ..Default::default()
             },
             3,

@@ -207,6 +207,18 @@ struct FitArgs {
     /// Shorthand for --set train.device=...
     #[arg(long, value_enum, env = "DMUE_DEVICE")]
     device: Option<DeviceChoice>,
+    /// Shorthand for --set model.backbone=...
+    #[arg(long, value_enum)]
+    backbone: Option<dmue_train::model::Backbone>,
+    /// Start the backbone from pretrained weights (safetensors; convert .pth files with
+    /// scripts/convert-weights.sh). Torchvision ResNet-18 / MobileNetV2 names, the authors'
+    /// MS-Celeb ResNet-18 (with --set model.stem=authors) and `dmue-train pretrain` output
+    /// are recognised; the report goes to OUT/init-report.json. Shorthand for train.init.
+    #[arg(long, value_name = "FILE")]
+    init: Option<PathBuf>,
+    /// Freeze the loaded backbone for the first N epochs (only the classifiers train).
+    #[arg(long, value_name = "N")]
+    freeze_trunk_epochs: Option<usize>,
     /// Continue the run in --out from its newest checkpoint (its config.toml, plus --set).
     #[arg(long)]
     resume: bool,
@@ -317,6 +329,18 @@ fn run(cli: Cli) -> Result<()> {
                     .to_string();
                 sets.push(format!("train.mode=\"{name}\""));
             }
+            if let Some(b) = a.backbone {
+                sets.push(format!("model.backbone=\"{}\"", b.name()));
+            }
+            if let Some(f) = &a.init {
+                sets.push(format!(
+                    "train.init={}",
+                    toml_string(&f.display().to_string())
+                ));
+            }
+            if let Some(n) = a.freeze_trunk_epochs {
+                sets.push(format!("train.freeze_trunk_epochs={n}"));
+            }
             if let Some(d) = a.device {
                 let name = match d {
                     DeviceChoice::Auto => "auto",
@@ -396,6 +420,11 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A TOML string literal (paths with quotes or backslashes survive --set).
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
 }
 
 /// Opens the training split as `--loader` says (timed: the up-front cost), then cuts

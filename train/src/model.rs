@@ -1,50 +1,143 @@
-//! The DMUE multi-branch network, as typed blocks with PyTorch ResNet weight names.
+//! The DMUE multi-branch network, as typed blocks with PyTorch weight names.
 //!
-//! Names: the shared trunk and the target branch use torchvision's names (`conv1`, `bn1`,
-//! `layer1.0.conv1`, ..., `layer4`, `fc`), so the deployed part is a plain ResNet checkpoint;
-//! auxiliary branch j lives under `aux.{j}.layer4` / `aux.{j}.fc`; the uncertainty module
-//! under `uncertainty.{fc1,prelu,fc2}`.
+//! Names: the shared trunk and the target branch use torchvision's names (ResNet-18: `conv1`,
+//! `bn1`, `layer1.0.conv1`, ..., `layer4`; MobileNetV2: `features.0.0`, ..., `features.18.1`),
+//! so the deployed part loads and saves like a plain torchvision checkpoint; the target
+//! classifier is `fc`. Auxiliary branch j lives under `aux.{j}.` with the same names
+//! (`aux.{j}.layer4...`, `aux.{j}.fc`); the uncertainty module under
+//! `uncertainty.{fc1,prelu,fc2}`.
+
+pub mod mobilenet_v2;
+pub mod resnet;
 
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
-/// Backbone family. The branch point is the last stage (layer4).
+/// Backbone family. The branch point is the last stage (paper Tables 6-7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
 pub enum Backbone {
-    /// ResNet-18 (BasicBlock, [2, 2, 2, 2]); width 64 is the standard model.
+    /// ResNet-18 (BasicBlock, [2, 2, 2, 2]); branch stage layer4; width 64 is the standard
+    /// model.
+    #[serde(rename = "resnet18")]
+    #[value(name = "resnet18")]
     Resnet18,
+    /// MobileNetV2 (torchvision); branch stage = the last two stages + the final 1x1
+    /// convolution (`features.14..=18`); width 32 (the stem's channels) is multiplier 1.0.
+    #[serde(rename = "mobilenet_v2")]
+    #[value(name = "mobilenet_v2")]
+    MobilenetV2,
+}
+
+impl Backbone {
+    /// `model.width` of the standard (published) network.
+    pub fn standard_width(self) -> i64 {
+        match self {
+            Backbone::Resnet18 => 64,
+            Backbone::MobilenetV2 => mobilenet_v2::STANDARD_WIDTH,
+        }
+    }
+
+    /// The name used in configs and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backbone::Resnet18 => "resnet18",
+            Backbone::MobilenetV2 => "mobilenet_v2",
+        }
+    }
+
+    /// Whether a weight name (relative to a branch, without `aux.{j}.`) belongs to the branch
+    /// stage, the part every branch has its own copy of.
+    pub fn is_branch_stage(self, name: &str) -> bool {
+        match self {
+            Backbone::Resnet18 => name.starts_with("layer4."),
+            Backbone::MobilenetV2 => name
+                .strip_prefix("features.")
+                .and_then(|r| r.split('.').next())
+                .and_then(|i| i.parse::<usize>().ok())
+                .is_some_and(|i| i >= mobilenet_v2::BRANCH_START),
+        }
+    }
+}
+
+/// ResNet stem: torchvision's (7x7 conv, BatchNorm, ReLU, 3x3 max-pool) or the authors' (no
+/// ReLU, 2x2 max-pool), in which their MS-Celeb-1M weights were trained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stem {
+    #[default]
+    Torchvision,
+    Authors,
 }
 
 /// What the network is built from; saved next to the weights so a run can be rebuilt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
     pub backbone: Backbone,
-    /// Channels of the first stage (64 in ResNet-18; 16 gives a fast CPU variant with the same
-    /// architecture).
-    pub width: i64,
+    /// Channels of the first layer: ResNet-18 64 (16 gives a fast CPU variant with the same
+    /// architecture), MobileNetV2 32 (= width multiplier 1.0; 8 is 0.25). Unset: the standard
+    /// width of the backbone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub width: Option<i64>,
     /// Give every classifier a bias. Off by default, as in the paper's Eq. 9 (`alpha * W^T f`:
     /// the confidence scales the whole logit) and in the authors' code. A bias-free classifier
     /// exports as a Gemm with a zero bias.
     pub classifier_bias: bool,
+    /// ResNet stem (`torchvision` or `authors`); other backbones ignore it.
+    pub stem: Stem,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
         Self {
             backbone: Backbone::Resnet18,
-            width: 64,
+            width: None,
             classifier_bias: false,
+            stem: Stem::Torchvision,
         }
     }
 }
 
-fn conv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, padding: i64) -> nn::Conv2D {
+impl ModelConfig {
+    /// The configured width, or the backbone's standard one.
+    pub fn width(&self) -> i64 {
+        self.width.unwrap_or(self.backbone.standard_width())
+    }
+
+    /// One line for model cards and logs: `resnet18 width 16`, `resnet18 (authors' stem)`.
+    pub fn describe(&self) -> String {
+        let mut s = self.backbone.name().to_string();
+        if self.width() != self.backbone.standard_width() {
+            s += &format!(" width {}", self.width());
+        }
+        if self.backbone == Backbone::Resnet18 && self.stem == Stem::Authors {
+            s += " (authors' stem)";
+        }
+        s
+    }
+}
+
+/// A convolution that remembers its geometry (tch keeps it private); it pads by `k / 2`.
+#[derive(Debug)]
+pub struct Conv {
+    pub inner: nn::Conv2D,
+    pub stride: i64,
+    pub groups: i64,
+}
+
+impl nn::Module for Conv {
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        xs.apply(&self.inner)
+    }
+}
+
+/// Bias-free convolution padded by `k / 2`, with torchvision's initialisation.
+fn conv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, groups: i64) -> Conv {
     let cfg = nn::ConvConfig {
         stride,
-        padding,
+        padding: k / 2,
+        groups,
         bias: false,
         // torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu").
         ws_init: nn::Init::Kaiming {
@@ -54,7 +147,11 @@ fn conv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, padding: i64) -> 
         },
         ..Default::default()
     };
-    nn::conv2d(p, cin, cout, k, cfg)
+    Conv {
+        inner: nn::conv2d(p, cin, cout, k, cfg),
+        stride,
+        groups,
+    }
 }
 
 /// BatchNorm epsilon (PyTorch's default); the exporter folds BatchNorm with this same value.
@@ -71,157 +168,94 @@ fn bn(p: nn::Path, c: i64) -> nn::BatchNorm {
     )
 }
 
-/// ResNet BasicBlock: `[B, cin, H, W] -> [B, cout, H/stride, W/stride]`.
+/// The shared trunk of one backbone.
 #[derive(Debug)]
-pub struct BasicBlock {
-    pub conv1: nn::Conv2D,
-    pub bn1: nn::BatchNorm,
-    pub conv2: nn::Conv2D,
-    pub bn2: nn::BatchNorm,
-    /// 1x1 strided convolution + BatchNorm when the shape changes (`downsample.0`, `.1`).
-    pub downsample: Option<(nn::Conv2D, nn::BatchNorm)>,
-    /// Stride of `conv1` and `downsample.0` (every ResNet conv pads by kernel/2).
-    pub stride: i64,
-}
-
-impl BasicBlock {
-    pub fn new(p: nn::Path, cin: i64, cout: i64, stride: i64) -> Self {
-        let downsample = (stride != 1 || cin != cout).then(|| {
-            (
-                conv(&p / "downsample" / "0", cin, cout, 1, stride, 0),
-                bn(&p / "downsample" / "1", cout),
-            )
-        });
-        Self {
-            conv1: conv(&p / "conv1", cin, cout, 3, stride, 1),
-            bn1: bn(&p / "bn1", cout),
-            conv2: conv(&p / "conv2", cout, cout, 3, 1, 1),
-            bn2: bn(&p / "bn2", cout),
-            downsample,
-            stride,
-        }
-    }
-}
-
-impl ModuleT for BasicBlock {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let ys = xs
-            .apply(&self.conv1)
-            .apply_t(&self.bn1, train)
-            .relu()
-            .apply(&self.conv2)
-            .apply_t(&self.bn2, train);
-        let shortcut = match &self.downsample {
-            Some((c, b)) => xs.apply(c).apply_t(b, train),
-            None => xs.shallow_clone(),
-        };
-        (ys + shortcut).relu()
-    }
-}
-
-/// A ResNet stage: `blocks` BasicBlocks, the first with `stride`.
-#[derive(Debug)]
-pub struct Layer {
-    pub blocks: Vec<BasicBlock>,
-}
-
-impl Layer {
-    pub fn new(p: nn::Path, cin: i64, cout: i64, blocks: usize, stride: i64) -> Self {
-        let blocks = (0..blocks)
-            .map(|i| {
-                BasicBlock::new(
-                    &p / i,
-                    if i == 0 { cin } else { cout },
-                    cout,
-                    if i == 0 { stride } else { 1 },
-                )
-            })
-            .collect();
-        Self { blocks }
-    }
-}
-
-impl ModuleT for Layer {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        self.blocks
-            .iter()
-            .fold(xs.shallow_clone(), |x, b| b.forward_t(&x, train))
-    }
-}
-
-/// Stem geometry (torchvision ResNet): 7x7 convolution with this stride, then max pooling.
-pub const STEM_STRIDE: i64 = 2;
-/// Stem max pooling: kernel, stride, padding.
-pub const STEM_POOL: (i64, i64, i64) = (3, 2, 1);
-
-/// Shared trunk: stem + layer1..layer3. `[B, 3, H, W] -> [B, 4w, H/16, W/16]`.
-#[derive(Debug)]
-pub struct Trunk {
-    pub conv1: nn::Conv2D,
-    pub bn1: nn::BatchNorm,
-    pub layer1: Layer,
-    pub layer2: Layer,
-    pub layer3: Layer,
+pub enum Trunk {
+    Resnet(resnet::Trunk),
+    MobilenetV2(mobilenet_v2::Trunk),
 }
 
 impl Trunk {
-    pub fn new(p: &nn::Path, w: i64) -> Self {
-        Self {
-            conv1: conv(p / "conv1", 3, w, 7, STEM_STRIDE, 3),
-            bn1: bn(p / "bn1", w),
-            layer1: Layer::new(p / "layer1", w, w, 2, 1),
-            layer2: Layer::new(p / "layer2", w, 2 * w, 2, 2),
-            layer3: Layer::new(p / "layer3", 2 * w, 4 * w, 2, 2),
+    pub fn new(p: &nn::Path, cfg: &ModelConfig) -> Self {
+        match cfg.backbone {
+            Backbone::Resnet18 => Trunk::Resnet(resnet::Trunk::new(p, cfg.width(), cfg.stem)),
+            Backbone::MobilenetV2 => Trunk::MobilenetV2(mobilenet_v2::Trunk::new(p, cfg.width())),
         }
     }
 }
 
 impl ModuleT for Trunk {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        xs.apply(&self.conv1)
-            .apply_t(&self.bn1, train)
-            .relu()
-            .max_pool2d(
-                [STEM_POOL.0; 2],
-                [STEM_POOL.1; 2],
-                [STEM_POOL.2; 2],
-                [1, 1],
-                false,
-            )
-            .apply_t(&self.layer1, train)
-            .apply_t(&self.layer2, train)
-            .apply_t(&self.layer3, train)
+        match self {
+            Trunk::Resnet(t) => t.forward_t(xs, train),
+            Trunk::MobilenetV2(t) => t.forward_t(xs, train),
+        }
+    }
+}
+
+/// The branch stage (the part of the backbone every branch has its own copy of).
+#[derive(Debug)]
+pub enum Stage {
+    Resnet(resnet::Layer),
+    MobilenetV2(Box<mobilenet_v2::Tail>),
+}
+
+impl Stage {
+    /// The stage and its output channels.
+    fn new(p: &nn::Path, cfg: &ModelConfig) -> (Self, i64) {
+        let w = cfg.width();
+        match cfg.backbone {
+            Backbone::Resnet18 => (
+                Stage::Resnet(resnet::Layer::branch_stage(p / "layer4", w)),
+                8 * w,
+            ),
+            Backbone::MobilenetV2 => (
+                Stage::MobilenetV2(Box::new(mobilenet_v2::Tail::new(p, w))),
+                mobilenet_v2::channels(w).1,
+            ),
+        }
+    }
+}
+
+impl ModuleT for Stage {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        match self {
+            Stage::Resnet(l) => l.forward_t(xs, train),
+            Stage::MobilenetV2(t) => t.forward_t(xs, train),
+        }
     }
 }
 
 /// A branch: a copy of the last stage, global average pooling, a linear classifier.
 #[derive(Debug)]
 pub struct Branch {
-    pub layer4: Layer,
+    pub stage: Stage,
     pub fc: nn::Linear,
 }
 
 impl Branch {
-    /// `p` is the parent path: the branch's weights are `p/layer4/...` and `p/fc`.
-    pub fn new(p: &nn::Path, w: i64, classes: i64, bias: bool) -> Self {
+    /// `p` is the parent path: the branch's weights are `p/layer4/...` (or `p/features/...`)
+    /// and `p/fc`.
+    pub fn new(p: &nn::Path, cfg: &ModelConfig, classes: i64) -> Self {
+        let (stage, features) = Stage::new(p, cfg);
         Self {
-            layer4: Layer::new(p / "layer4", 4 * w, 8 * w, 2, 2),
+            stage,
             fc: nn::linear(
                 p / "fc",
-                8 * w,
+                features,
                 classes,
                 nn::LinearConfig {
-                    bias,
+                    bias: cfg.classifier_bias,
                     ..Default::default()
                 },
             ),
         }
     }
 
-    /// `[B, 4w, h, w] -> (features [B, 8w], logits [B, classes])`.
+    /// `[B, c, h, w] -> (features [B, F], logits [B, classes])`.
     pub fn forward_t(&self, trunk: &Tensor, train: bool) -> (Tensor, Tensor) {
         let feat = trunk
-            .apply_t(&self.layer4, train)
+            .apply_t(&self.stage, train)
             .adaptive_avg_pool2d([1, 1])
             .flatten(1, -1);
         let logits = feat.apply(&self.fc);
@@ -302,15 +336,14 @@ impl MultiBranchNet {
         multi_branch: bool,
     ) -> Self {
         let c = num_classes as i64;
-        let (w, bias) = (config.width, config.classifier_bias);
         // The deployed part is drawn first, so that for one seed a DMUE run and a baseline run
         // start from the same trunk and target weights (paired experiments).
-        let trunk = Trunk::new(root, w);
-        let target = Branch::new(root, w, c, bias);
+        let trunk = Trunk::new(root, config);
+        let target = Branch::new(root, config, c);
         let (aux, uncertainty) = if multi_branch {
             (
                 (0..c)
-                    .map(|j| Branch::new(&(root / "aux" / j), w, c - 1, bias))
+                    .map(|j| Branch::new(&(root / "aux" / j), config, c - 1))
                     .collect(),
                 Some(UncertaintyModule::new(&(root / "uncertainty"), c)),
             )
@@ -385,7 +418,7 @@ mod tests {
     fn shapes_names_and_deployed_size() {
         let vs = nn::VarStore::new(Device::Cpu);
         let cfg = ModelConfig {
-            width: 8,
+            width: Some(8),
             ..Default::default()
         };
         let net = MultiBranchNet::new(&vs.root(), &cfg, 7, true);
@@ -432,5 +465,84 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let _ = MultiBranchNet::new(&vs.root(), &ModelConfig::default(), 1000, false);
         assert_eq!(count_params(&vs, |_| true), 11_688_512);
+    }
+
+    #[test]
+    fn mobilenet_v2_has_the_torchvision_parameter_count_and_names() {
+        // torchvision.models.mobilenet_v2(num_classes=1000): 3,504,872 parameters.
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = ModelConfig {
+            backbone: Backbone::MobilenetV2,
+            classifier_bias: true,
+            ..Default::default()
+        };
+        let _ = MultiBranchNet::new(&vs.root(), &cfg, 1000, false);
+        assert_eq!(count_params(&vs, |_| true), 3_504_872);
+        let names: Vec<String> = vs.variables().into_keys().collect();
+        for expected in [
+            "features.0.0.weight",
+            "features.0.1.running_var",
+            "features.1.conv.0.0.weight",
+            "features.1.conv.2.bias",
+            "features.2.conv.3.running_mean",
+            "features.13.conv.1.0.weight",
+            "features.17.conv.2.weight",
+            "features.18.1.weight",
+        ] {
+            assert!(names.iter().any(|n| n == expected), "missing {expected}");
+        }
+        // Branch point: features.14 onwards belongs to every branch.
+        let b = Backbone::MobilenetV2;
+        assert!(b.is_branch_stage("features.14.conv.0.0.weight"));
+        assert!(b.is_branch_stage("features.18.1.bias"));
+        assert!(!b.is_branch_stage("features.13.conv.0.0.weight"));
+        assert!(!b.is_branch_stage("features.1.conv.0.0.weight"));
+        assert!(Backbone::Resnet18.is_branch_stage("layer4.0.conv1.weight"));
+        assert!(!Backbone::Resnet18.is_branch_stage("layer3.1.bn2.bias"));
+        // A DMUE MobileNetV2 runs at a small size: trunk stride 16, branch stride 32.
+        let vs = nn::VarStore::new(Device::Cpu);
+        let small = ModelConfig {
+            backbone: Backbone::MobilenetV2,
+            width: Some(8),
+            ..Default::default()
+        };
+        let net = MultiBranchNet::new(&vs.root(), &small, 7, true);
+        let x = Tensor::randn([2, 3, 64, 64], (Kind::Float, Device::Cpu));
+        assert_eq!(net.trunk.forward_t(&x, false).size(), [2, 24, 4, 4]);
+        let out = net.forward_train(&x, true);
+        assert_eq!(out.target_feat.size(), [2, 1280]);
+        assert_eq!(out.aux_logits[3].size(), [2, 6]);
+    }
+
+    #[test]
+    fn authors_stem_has_no_relu_and_a_2x2_pool() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = ModelConfig {
+            width: Some(4),
+            stem: Stem::Authors,
+            ..Default::default()
+        };
+        let net = MultiBranchNet::new(&vs.root(), &cfg, 7, false);
+        let Trunk::Resnet(t) = &net.trunk else {
+            panic!("ResNet trunk expected")
+        };
+        // 64 -> conv stride 2 -> 32 -> 2x2 pool -> 16; layer2, layer3 halve twice: 4x4.
+        let x = Tensor::randn([1, 3, 64, 64], (Kind::Float, Device::Cpu));
+        assert_eq!(net.trunk.forward_t(&x, false).size(), [1, 16, 4, 4]);
+        // The trunk is exactly: conv, BatchNorm, no ReLU, 2x2 pool, layer1..3; with a ReLU
+        // it would differ (the BatchNorm output has negative values).
+        let rest = |y: Tensor| {
+            y.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)
+                .apply_t(&t.layer1, false)
+                .apply_t(&t.layer2, false)
+                .apply_t(&t.layer3, false)
+        };
+        tch::no_grad(|| {
+            let stem = x.apply(&t.conv1).apply_t(&t.bn1, false);
+            let trunk = net.trunk.forward_t(&x, false);
+            assert!(trunk.allclose(&rest(stem.shallow_clone()), 1e-6, 1e-6, false));
+            assert!(!trunk.allclose(&rest(stem.relu()), 1e-3, 1e-3, false));
+        });
+        assert_eq!(cfg.describe(), "resnet18 width 4 (authors' stem)");
     }
 }

@@ -23,6 +23,8 @@ pub const CONFIG_FILE: &str = "config.toml";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const CURVES_FILE: &str = "curves.png";
 pub const SUMMARY_FILE: &str = "summary.json";
+/// What `--init` loaded (see `init.rs`).
+pub const INIT_REPORT_FILE: &str = "init-report.json";
 
 /// One line of `metrics.jsonl`: means over the epoch's training steps, then evaluation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -217,6 +219,16 @@ pub fn fit(cfg: &Config, run: &Path, resume: bool) -> Result<FitSummary> {
         // gradients still flow through it to S when loss.similarity_detach is off).
         net.freeze_uncertainty();
     }
+    if let (Some(path), None) = (&cfg.train.init, &existing) {
+        // A resumed run has these weights (trained further) in its checkpoint already.
+        let report = crate::init::load(&vs, &net, path)?;
+        eprintln!("{report}");
+        crate::util::write_atomic(
+            &run.join(INIT_REPORT_FILE),
+            serde_json::to_string_pretty(&report)?.as_bytes(),
+        )?;
+    }
+    let backbone_vars = crate::init::backbone_variables(&vs);
     let mut opt = Adam::new(&vs, cfg.train.weight_decay);
     let total_params = count_params(&vs, |_| true);
     let deployed_params = count_params(&vs, is_target_param);
@@ -266,6 +278,16 @@ pub fn fit(cfg: &Config, run: &Path, resume: bool) -> Result<FitSummary> {
     let mut images_seen = 0usize;
     for epoch in state.epoch + 1..=cfg.train.epochs {
         let lr = cfg.train.lr_at(epoch);
+        let frozen = epoch <= cfg.train.freeze_trunk_epochs;
+        for t in &backbone_vars {
+            let _ = t.set_requires_grad(!frozen);
+        }
+        if frozen && epoch == state.epoch + 1 {
+            eprintln!(
+                "backbone frozen for epochs 1-{}: only the classifiers and the uncertainty module train",
+                cfg.train.freeze_trunk_epochs
+            );
+        }
         let epoch_start = Instant::now();
         tch::manual_seed(
             (cfg.train.seed as i64)

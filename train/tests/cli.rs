@@ -296,7 +296,7 @@ fn the_authors_preset_keeps_the_uncertainty_module_at_its_initialisation() {
     let tiny_net = || {
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let cfg = dmue_train::model::ModelConfig {
-            width: 4,
+            width: Some(4),
             ..Default::default()
         };
         let _ = dmue_train::model::MultiBranchNet::new(&vs.root(), &cfg, 7, true);

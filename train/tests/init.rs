@@ -8,7 +8,7 @@ use tch::{nn, Device};
 #[test]
 fn one_seed_gives_every_mode_the_same_deployed_weights() {
     let cfg = ModelConfig {
-        width: 4,
+        width: Some(4),
         ..Default::default()
     };
     let build = |multi: bool| {
