@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/fetch-models.sh
+bash scripts/fetch-pretrained.sh
 bash scripts/fetch-test-data.sh
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings

@@ -15,12 +15,18 @@
 #
 #   bash scripts/experiments/run.sh                       # the default grid (see GRID below)
 #   GRID="0.3|1 2|baseline dmue-paper" bash scripts/experiments/run.sh
+#   INIT=runs/exp10/pretrain/backbone.safetensors REGIME=pretrained OUT=runs/exp9-pretrained \
+#     DATA=runs/exp9/data bash scripts/experiments/run.sh   # every arm from pretrained weights
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export TRAIN=${TRAIN:-target/release/dmue-train}
 export OUT=${OUT:-runs/exp9}
 export CONFIG=${CONFIG:-configs/bench-cpu.toml}
 export REGIME=${REGIME:-scratch}
+# Pretrained backbone for every arm (fit --init), and where the rendered data lives (shared
+# between regimes: the same seeds give the same images).
+export INIT=${INIT:-}
+export DATA=${DATA:-$OUT/data}
 NTRAIN=${NTRAIN:-4200}
 NTEST=${NTEST:-2100}
 SIZE=${SIZE:-54}
@@ -33,7 +39,7 @@ GRID=${GRID:-$DEFAULT_GRID}
 export DMUE_NO_PROGRESS=1 DMUE_LOG=warn
 mkdir -p "$OUT"
 
-data_dir() { echo "$OUT/data/r$1-s$2"; }
+data_dir() { echo "$DATA/r$1-s$2"; }
 export -f data_dir
 
 arm_args() {  # arm_args ARM -> fit arguments
@@ -63,9 +69,11 @@ run_job() {  # run_job ARM RATE SEED
   if [ -f "$dir/summary.json" ]; then return 0; fi
   rm -rf "$dir"; mkdir -p "$(dirname "$dir")"
   local t0; t0=$(date +%s)
+  local init=()
+  [ -n "$INIT" ] && init=(--init "$INIT")
   # shellcheck disable=SC2046
   if ! "$TRAIN" fit --data "$(data_dir "$rate" "$seed")" -c "$CONFIG" $(arm_args "$arm") \
-      --out "$dir" --set "train.seed=$seed" > "$dir.log" 2>&1; then
+      "${init[@]}" --out "$dir" --set "train.seed=$seed" > "$dir.log" 2>&1; then
     echo "FAILED: $arm rate $rate seed $seed (see $dir.log)"; tail -3 "$dir.log"; return 1
   fi
   # Every arm: DMUE runs give latent distributions and alpha, the others their softmax.

@@ -25,8 +25,17 @@ fn fixture(config: ServeConfig) -> Fixture {
 /// `detect`: find faces with RetinaFace (models/, from scripts/fetch-models.sh); otherwise
 /// every image is one aligned crop.
 fn fixture_with(config: ServeConfig, detect: bool) -> Fixture {
+    fixture_for(config, detect, &dmue_e2e::test_configs()[0])
+}
+
+/// The fixture for a network of any backbone.
+fn fixture_for(
+    config: ServeConfig,
+    detect: bool,
+    model: &dmue_train::model::ModelConfig,
+) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let m = dmue_e2e::exported_model(dir.path(), 7);
+    let m = dmue_e2e::exported_model_with(dir.path(), 7, model);
     let opts = dmue_train::synth::SynthOptions {
         train: 0,
         test: 3,
@@ -157,6 +166,33 @@ async fn predictions_match_the_training_network() {
     for (i, r) in results.iter().enumerate() {
         assert_eq!(r["image"], format!("{}.png", ["a", "b", "c"][i]));
         assert_eq!(r["faces"][0]["label"], f.expected[i]);
+    }
+}
+
+/// Every backbone (ResNet-18 with both stems, MobileNetV2) serves what the training network
+/// predicts, and its model card names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_backbone_serves_the_training_networks_predictions() {
+    for model in dmue_e2e::test_configs() {
+        let f = fixture_for(ServeConfig::default(), false, &model);
+        let parts: Vec<(&str, &[u8])> =
+            vec![("a", &f.faces[0]), ("b", &f.faces[1]), ("c", &f.faces[2])];
+        let (status, json, text) = call(&f.app, multipart(&parts)).await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        for (i, r) in json["results"].as_array().unwrap().iter().enumerate() {
+            assert_eq!(
+                r["faces"][0]["label"],
+                f.expected[i],
+                "{}",
+                model.describe()
+            );
+        }
+        let (_, card, _) = call(
+            &f.app,
+            Request::get("/v1/model").body(Body::empty()).unwrap(),
+        )
+        .await;
+        assert_eq!(card["card"]["backbone"], model.describe(), "{card}");
     }
 }
 

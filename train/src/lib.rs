@@ -13,6 +13,7 @@ pub mod model;
 pub mod optim;
 pub mod plot;
 pub mod prepare;
+pub mod pretrain;
 pub mod synth;
 pub mod trainer;
 pub mod util;

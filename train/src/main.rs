@@ -35,6 +35,11 @@ enum Command {
     Prepare(PrepareArgs),
     /// Train DMUE (or the baseline) on a dataset directory.
     Fit(FitArgs),
+    /// Pretrain the backbone as a face-recognition network (softmax over identities, as the
+    /// authors' MS-Celeb-1M step) on an identity-labelled dataset (`synth --identities`, or
+    /// `prepare --format folder` on `<identity>/*.jpg`). Writes OUT/backbone.safetensors for
+    /// `fit --init` and reports identity accuracy on the held-out images of the same people.
+    Pretrain(PretrainArgs),
     /// Evaluate a run's newest checkpoint: accuracy, per-class recall, confusion matrix.
     Eval(EvalArgs),
     /// What a trained run believes about each training sample, against the synthetic
@@ -181,6 +186,17 @@ struct SynthArgs {
     /// Also write OUT/preview.png: a grid of samples per class.
     #[arg(long)]
     preview: bool,
+    /// Identity mode, for `pretrain`: render this many people (classes are people, not
+    /// expressions; --train, --test, --flip-rate and --mode do not apply).
+    #[arg(long, value_name = "K")]
+    identities: Option<usize>,
+    /// Identity mode: images per person (random expression, pose, lighting, background).
+    #[arg(long, value_name = "M", default_value_t = 20)]
+    per_identity: usize,
+    /// Identity mode: images per person held out as the test split (default: M / 5, at
+    /// least 1).
+    #[arg(long, value_name = "N")]
+    test_per_identity: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -225,6 +241,30 @@ struct FitArgs {
 }
 
 #[derive(clap::Args)]
+struct PretrainArgs {
+    /// Identity-labelled dataset directory (classes are people).
+    #[arg(long)]
+    data: PathBuf,
+    /// TOML configuration (repeatable, as for fit); train.mode is always baseline here.
+    #[arg(long, short)]
+    config: Vec<PathBuf>,
+    #[arg(long, short, default_value = "runs/pretrain")]
+    out: PathBuf,
+    /// Override any config field (repeatable).
+    #[arg(long = "set", value_name = "SECTION.FIELD=VALUE")]
+    sets: Vec<String>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long, value_enum)]
+    backbone: Option<dmue_train::model::Backbone>,
+    #[arg(long, value_enum, env = "DMUE_DEVICE")]
+    device: Option<DeviceChoice>,
+    /// Continue the run in --out from its newest checkpoint.
+    #[arg(long)]
+    resume: bool,
+}
+
+#[derive(clap::Args)]
 struct EvalArgs {
     /// Run directory written by `fit`.
     run: PathBuf,
@@ -248,6 +288,28 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Synth(a) if a.identities.is_some() => {
+            let opts = synth::IdentityOptions {
+                identities: a.identities.unwrap_or_default(),
+                per_identity: a.per_identity,
+                test_per_identity: a.test_per_identity.unwrap_or((a.per_identity / 5).max(1)),
+                seed: a.seed,
+                size: a.size,
+                mixture: MixtureConfig {
+                    ambiguous_share: a.ambiguity,
+                    min_intensity: a.min_intensity,
+                    ..Default::default()
+                },
+            };
+            let s = synth::generate_identities(&opts, &a.out)?;
+            println!(
+                "wrote {} images of {} people ({} per person held out for test) to {}",
+                s.images,
+                opts.identities,
+                opts.test_per_identity,
+                s.out.display()
+            );
+        }
         Command::Synth(a) => {
             let opts = SynthOptions {
                 train: a.train,
@@ -342,12 +404,7 @@ fn run(cli: Cli) -> Result<()> {
                 sets.push(format!("train.freeze_trunk_epochs={n}"));
             }
             if let Some(d) = a.device {
-                let name = match d {
-                    DeviceChoice::Auto => "auto",
-                    DeviceChoice::Cpu => "cpu",
-                    DeviceChoice::Cuda => "cuda",
-                };
-                sets.push(format!("train.device=\"{name}\""));
+                sets.push(format!("train.device={}", toml_string(device_name(d))));
             }
             // A resumed run keeps its own configuration; --set may still change it (e.g. epochs).
             let run_config = a.out.join(trainer::CONFIG_FILE);
@@ -370,6 +427,58 @@ fn run(cli: Cli) -> Result<()> {
                 print!("{r}");
                 println!("chance level {:.2}%", 100.0 / r.classes.len() as f64);
             }
+        }
+        Command::Pretrain(a) => {
+            let mut sets = vec![
+                format!(
+                    "data.dataset={}",
+                    toml_string(&a.data.display().to_string())
+                ),
+                // Hundreds of identities: no per-class quota in a batch.
+                "train.min_per_class=0".to_string(),
+            ];
+            sets.extend(a.sets.iter().cloned());
+            sets.push("train.mode=\"baseline\"".into());
+            if let Some(e) = a.epochs {
+                sets.push(format!("train.epochs={e}"));
+            }
+            if let Some(b) = a.backbone {
+                sets.push(format!("model.backbone=\"{}\"", b.name()));
+            }
+            if let Some(d) = a.device {
+                sets.push(format!("train.device={}", toml_string(device_name(d))));
+            }
+            let run_config = a.out.join(trainer::CONFIG_FILE);
+            let files = if a.resume && run_config.exists() {
+                vec![run_config]
+            } else {
+                a.config.clone()
+            };
+            let cfg = Config::load(&files, &sets)?;
+            let (s, path) = dmue_train::pretrain::pretrain(&cfg, &a.out, a.resume)?;
+            println!(
+                "pretrained {} epochs in {:.1}s ({:.0} img/s) on {}; run directory {}",
+                s.epochs,
+                s.train_seconds,
+                s.images_per_second,
+                s.device,
+                s.run_dir.display()
+            );
+            if let Some(r) = &s.final_eval {
+                println!(
+                    "identity accuracy on held-out images of the same people: {:.2}% ({} images, {} identities, chance {:.2}%)",
+                    100.0 * r.accuracy,
+                    r.images,
+                    r.classes.len(),
+                    100.0 / r.classes.len() as f64
+                );
+            }
+            println!(
+                "wrote {} (backbone without the identity classifier)\nstart DMUE from it: dmue-train fit --init {} --set model.width={} ...",
+                path.display(),
+                path.display(),
+                cfg.model.width()
+            );
         }
         Command::Eval(a) => {
             let device = trainer::resolve_device(a.device)?;
@@ -420,6 +529,14 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn device_name(d: DeviceChoice) -> &'static str {
+    match d {
+        DeviceChoice::Auto => "auto",
+        DeviceChoice::Cpu => "cpu",
+        DeviceChoice::Cuda => "cuda",
+    }
 }
 
 /// A TOML string literal (paths with quotes or backslashes survive --set).

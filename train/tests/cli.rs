@@ -337,6 +337,146 @@ fn the_authors_preset_keeps_the_uncertainty_module_at_its_initialisation() {
     }
 }
 
+fn tensors(path: &Path) -> std::collections::HashMap<String, tch::Tensor> {
+    tch::Tensor::read_safetensors(path)
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// The paper's pipeline on faces we render: pretrain on synthetic identities, then DMUE from
+/// that checkpoint with a frozen first epoch.
+#[test]
+fn pretrain_on_synthetic_identities_then_fit_from_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ids, pre, run_dir) = (
+        tmp.path().join("ids"),
+        tmp.path().join("pre"),
+        tmp.path().join("run"),
+    );
+    let out = ok(&[
+        "synth",
+        "--identities",
+        "6",
+        "--per-identity",
+        "8",
+        "--size",
+        "48",
+        "--out",
+        ids.to_str().unwrap(),
+    ]);
+    assert!(
+        out.contains("wrote 48 images of 6 people (1 per person held out"),
+        "{out}"
+    );
+    let mut args = vec![
+        "pretrain",
+        "--data",
+        ids.to_str().unwrap(),
+        "--out",
+        pre.to_str().unwrap(),
+        "--epochs",
+        "2",
+        "--device",
+        "cpu",
+    ];
+    args.extend_from_slice(&TINY);
+    let out = ok(&args);
+    assert!(
+        out.contains("identity accuracy on held-out images of the same people")
+            && out.contains("6 identities"),
+        "{out}"
+    );
+    let backbone = pre.join("backbone.safetensors");
+    let b = tensors(&backbone);
+    assert!(b.contains_key("layer4.1.bn2.running_var") && !b.contains_key("fc.weight"));
+
+    let o = fit(
+        dataset(),
+        &run_dir,
+        &[
+            "--epochs",
+            "2",
+            "--init",
+            backbone.to_str().unwrap(),
+            "--freeze-trunk-epochs",
+            "1",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("backbone frozen for epochs 1-1"),
+        "{}",
+        text(&o)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("init-report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["branch_copies"], 8, "{report}");
+    assert_eq!(report["left_at_init"].as_array().unwrap().len(), 13);
+    // Epoch 1 kept the loaded (frozen) weights, epoch 2 trained them; the heads train in both.
+    let e1 = tensors(&run_dir.join("checkpoints/epoch-0001/model.safetensors"));
+    let e2 = tensors(&run_dir.join("checkpoints/epoch-0002/model.safetensors"));
+    for n in ["layer1.0.conv1.weight", "aux.3.layer4.0.conv2.weight"] {
+        let file_name = n.strip_prefix("aux.3.").unwrap_or(n);
+        assert!(e1[n].equal(&b[file_name]), "{n} moved while frozen");
+        assert!(
+            !e2[n].equal(&b[file_name]),
+            "{n} did not train after the freeze"
+        );
+    }
+
+    // A checkpoint of another width is refused with the tensor and both shapes.
+    let err = text(&fit(
+        dataset(),
+        &tmp.path().join("wide"),
+        &[
+            "--epochs",
+            "1",
+            "--init",
+            backbone.to_str().unwrap(),
+            "--set",
+            "model.width=8",
+        ],
+    ));
+    assert!(
+        err.contains("conv1.weight: file [4, 3, 7, 7] vs network [8, 3, 7, 7]"),
+        "{err}"
+    );
+    let err = text(&fit(
+        dataset(),
+        &tmp.path().join("nofile"),
+        &["--epochs", "1", "--freeze-trunk-epochs", "1"],
+    ));
+    assert!(err.contains("needs pretrained weights"), "{err}");
+}
+
+/// MobileNetV2 (the paper's Table 6 backbone) trains as DMUE, exports and evaluates.
+#[test]
+fn mobilenet_v2_trains_and_exports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run_dir = tmp.path().join("mnv2");
+    let o = fit(
+        dataset(),
+        &run_dir,
+        &[
+            "--epochs",
+            "1",
+            "--backbone",
+            "mobilenet_v2",
+            "--set",
+            "model.width=8",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let cfg = std::fs::read_to_string(run_dir.join("config.toml")).unwrap();
+    assert!(cfg.contains("backbone = \"mobilenet_v2\""), "{cfg}");
+    let out = ok(&["export", run_dir.to_str().unwrap()]);
+    assert!(out.contains("7 auxiliary branches"), "{out}");
+    let card = dmue_deploy::model_card::ModelCard::from_onnx(&run_dir.join("target.onnx")).unwrap();
+    assert_eq!(card.backbone, "mobilenet_v2 width 8");
+}
+
 #[test]
 fn corrupt_and_missing_images_are_skipped_and_listed() {
     let tmp = tempfile::tempdir().unwrap();

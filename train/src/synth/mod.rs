@@ -108,13 +108,24 @@ struct Rendered {
 
 /// Renders one face in aligned position on a `size` x `size` crop.
 fn render_aligned(opts: &SynthOptions, rng: &mut ChaCha8Rng) -> Result<Rendered> {
+    render_aligned_as(opts, rng, None)
+}
+
+/// [`render_aligned`] with a fixed person (identity mode); the random draws happen in the same
+/// order either way, so the benchmark's images do not depend on this option.
+fn render_aligned_as(
+    opts: &SynthOptions,
+    rng: &mut ChaCha8Rng,
+    person: Option<&Identity>,
+) -> Result<Rendered> {
     let size = opts.size;
     let mut pixmap = Pixmap::new(size, size).context("bad image size")?;
     let nuisance = Nuisance::sample(rng);
     draw_background(&mut pixmap, &nuisance, rng);
     let sample = sample_expression(&opts.mixture, rng);
     let annotated = annotate(&sample.mixture, rng);
-    let identity = Identity::sample(rng);
+    let sampled = Identity::sample(rng);
+    let identity = person.unwrap_or(&sampled);
     let k = size as f32 / dmue_deploy::face::ALIGNED_SIZE as f32;
     let pose = Pose {
         angle_deg: rng.gen_range(-3.0..3.0),
@@ -122,7 +133,7 @@ fn render_aligned(opts: &SynthOptions, rng: &mut ChaCha8Rng) -> Result<Rendered>
         cx: size as f32 * 0.5 + rng.gen_range(-3.0..3.0) * k,
         cy: size as f32 * 0.5 + rng.gen_range(-3.0..3.0) * k,
     };
-    let landmarks = draw_face(&mut pixmap, &sample.expr, &identity, &pose);
+    let landmarks = draw_face(&mut pixmap, &sample.expr, identity, &pose);
     apply_lighting(&mut pixmap, &nuisance);
     let image = finish(&pixmap, &nuisance, rng);
     Ok(Rendered {
@@ -345,6 +356,105 @@ pub fn generate(opts: &SynthOptions, out: &Path) -> Result<Summary> {
         images: rendered.len(),
         faces: n_faces,
         flipped: flipped_idx.len(),
+        out: out.to_path_buf(),
+    })
+}
+
+/// Identity mode (`synth --identities K --per-identity M`): a face-recognition stand-in for
+/// MS-Celeb-1M, for `dmue-train pretrain`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IdentityOptions {
+    pub identities: usize,
+    pub per_identity: usize,
+    /// Images of each person held out for the test split (identity accuracy on new images of
+    /// the same people).
+    pub test_per_identity: usize,
+    pub seed: u64,
+    pub size: u32,
+    pub mixture: MixtureConfig,
+}
+
+/// Random streams of identity mode: disjoint from the benchmark's (`image_rng` uses streams
+/// below 3 << 40, and the seed is mixed with a constant of its own).
+fn identity_rng(seed: u64, stream: u64) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x1D_E271_7135);
+    rng.set_stream(stream);
+    rng
+}
+
+/// Renders K people (face geometry, skin, hair, eyes, clothes, glasses fixed per person) with
+/// M random expressions, poses and nuisances each; classes are the people (`id0000`, ...).
+pub fn generate_identities(opts: &IdentityOptions, out: &Path) -> Result<Summary> {
+    if opts.identities < 2 {
+        bail!("--identities must be at least 2");
+    }
+    if opts.test_per_identity >= opts.per_identity {
+        bail!(
+            "--per-identity ({}) must exceed the held-out images per person ({})",
+            opts.per_identity,
+            opts.test_per_identity
+        );
+    }
+    if opts.size < 32 {
+        bail!("--size must be at least 32 pixels, got {}", opts.size);
+    }
+    let people: Vec<Identity> = (0..opts.identities)
+        .map(|k| Identity::sample(&mut identity_rng(opts.seed, (3 << 40) | k as u64)))
+        .collect();
+    for split in ["train", "test"] {
+        std::fs::create_dir_all(out.join("images").join(split))
+            .with_context(|| format!("cannot create {}", out.display()))?;
+    }
+    let synth_opts = SynthOptions {
+        size: opts.size,
+        mixture: opts.mixture.clone(),
+        ..Default::default()
+    };
+    let jobs: Vec<(usize, usize)> = (0..opts.identities)
+        .flat_map(|k| (0..opts.per_identity).map(move |i| (k, i)))
+        .collect();
+    let pb = crate::util::progress(jobs.len() as u64, "render identities");
+    let rows: Vec<ManifestRow> = jobs
+        .par_iter()
+        .map(|&(k, i)| {
+            let index = (k * opts.per_identity + i) as u64;
+            let mut rng = identity_rng(opts.seed, (4 << 40) | index);
+            let r = render_aligned_as(&synth_opts, &mut rng, Some(&people[k]))?;
+            let split = if i < opts.per_identity - opts.test_per_identity {
+                Split::Train
+            } else {
+                Split::Test
+            };
+            let rel = format!("images/{split}/id{k:05}-{i:04}.png");
+            r.image
+                .save(out.join(&rel))
+                .with_context(|| format!("cannot write {}", out.join(&rel).display()))?;
+            pb.inc(1);
+            Ok(ManifestRow {
+                path: rel,
+                label: k,
+                split,
+                source: Some(format!("synth-identities:seed={}", opts.seed)),
+                landmarks: Some(r.faces[0].landmarks),
+                truth: None,
+                votes: None,
+                original_label: None,
+            })
+        })
+        .collect::<Result<_>>()?;
+    pb.finish_and_clear();
+    let info = DatasetInfo {
+        name: "synth-identities".into(),
+        classes: (0..opts.identities).map(|k| format!("id{k:05}")).collect(),
+        image_size: opts.size,
+        template_id: dmue_deploy::face::TEMPLATE_ID.to_string(),
+        source: serde_json::json!({ "format": "synth-identities", "options": opts }),
+    };
+    Dataset::write(out, &info, &rows)?;
+    Ok(Summary {
+        images: rows.len(),
+        faces: rows.len(),
+        flipped: 0,
         out: out.to_path_buf(),
     })
 }
