@@ -407,7 +407,7 @@ pub fn generate_identities(opts: &IdentityOptions, out: &Path) -> Result<Summary
     }
     let synth_opts = SynthOptions {
         size: opts.size,
-        mixture: opts.mixture.clone(),
+        mixture: opts.mixture,
         ..Default::default()
     };
     let jobs: Vec<(usize, usize)> = (0..opts.identities)
