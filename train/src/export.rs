@@ -8,7 +8,7 @@
 //! The auxiliary branches and the uncertainty module are simply never visited.
 
 use crate::model::mobilenet_v2::{self, InvertedResidual};
-use crate::model::resnet::{BasicBlock, Layer};
+use crate::model::resnet::{BasicBlock, Block, Bottleneck, Ibn, Layer, Norm};
 use crate::model::{Branch, Conv, MultiBranchNet, Stage, Trunk, BN_EPS};
 use anyhow::{bail, Context, Result};
 use dmue_deploy::model_card::{ModelCard, INPUT_NAME, LOGITS_NAME, PROBABILITIES_NAME};
@@ -141,13 +141,9 @@ impl Graph {
         out
     }
 
-    /// Convolution with BatchNorm folded in: `W' = W * g / sqrt(v + eps)` per output channel,
-    /// `b' = beta - mean * g / sqrt(v + eps)` (computed in f64). Stride, padding and groups
-    /// come from the convolution itself.
-    fn conv_bn(&mut self, x: &str, conv: &Conv, bn: &nn::BatchNorm, name: &str) -> Result<String> {
-        let w = conv.inner.ws.to_kind(Kind::Double);
-        let (cout, cin_per_group, k) = (w.size()[0], w.size()[1], w.size()[2]);
-        let (stride, pad, groups) = (conv.stride, k / 2, conv.groups);
+    /// BatchNorm as a per-channel affine map: `scale = g / sqrt(v + eps)`,
+    /// `shift = beta - mean * scale` (f64).
+    fn bn_affine(bn: &nn::BatchNorm) -> Result<(Tensor, Tensor)> {
         let gamma = bn
             .ws
             .as_ref()
@@ -159,10 +155,34 @@ impl Graph {
             .context("BatchNorm without bias")?
             .to_kind(Kind::Double);
         let scale = gamma / (bn.running_var.to_kind(Kind::Double) + BN_EPS).sqrt();
+        let shift = beta - bn.running_mean.to_kind(Kind::Double) * &scale;
+        Ok((scale, shift))
+    }
+
+    /// Convolution with BatchNorm folded in: `W' = W * g / sqrt(v + eps)` per output channel,
+    /// `b' = beta - mean * g / sqrt(v + eps)` (computed in f64). Stride, padding and groups
+    /// come from the convolution itself.
+    fn conv_bn(&mut self, x: &str, conv: &Conv, bn: &nn::BatchNorm, name: &str) -> Result<String> {
+        let (scale, shift) = Self::bn_affine(bn)?;
+        self.conv_affine(x, conv, &scale, &shift, name)
+    }
+
+    /// Convolution followed by a per-output-channel affine map, folded into its weights.
+    fn conv_affine(
+        &mut self,
+        x: &str,
+        conv: &Conv,
+        scale: &Tensor,
+        shift: &Tensor,
+        name: &str,
+    ) -> Result<String> {
+        let w = conv.inner.ws.to_kind(Kind::Double);
+        let (cout, cin_per_group, k) = (w.size()[0], w.size()[1], w.size()[2]);
+        let (stride, pad, groups) = (conv.stride, k / 2, conv.groups);
         let folded_w = &w * scale.view([cout, 1, 1, 1]);
-        let mut folded_b = beta - bn.running_mean.to_kind(Kind::Double) * &scale;
+        let mut folded_b = shift.shallow_clone();
         if let Some(b) = &conv.inner.bs {
-            folded_b += b.to_kind(Kind::Double) * &scale;
+            folded_b = folded_b + b.to_kind(Kind::Double) * scale;
         }
         let wn = self.initializer(&format!("{name}.weight"), &folded_w)?;
         let bn_ = self.initializer(&format!("{name}.bias"), &folded_b)?;
@@ -186,6 +206,65 @@ impl Graph {
             int("group", groups),
         ];
         Ok(self.node("Conv", name, &[x, &wn, &bn_], attrs, [cout, ho, wo]))
+    }
+
+    /// Convolution + IBN-a: the BatchNorm half folded into the convolution, the InstanceNorm
+    /// half (which a per-channel affine map before it would not commute with, because of its
+    /// epsilon) left as `Split -> InstanceNormalization -> Concat`.
+    fn conv_ibn(&mut self, x: &str, conv: &Conv, ibn: &Ibn, name: &str) -> Result<String> {
+        let (bs, bb) = Self::bn_affine(&ibn.bn)?;
+        let ones = Tensor::ones([ibn.half], (Kind::Double, tch::Device::Cpu));
+        let scale = Tensor::cat(&[ones.shallow_clone(), bs], 0);
+        let shift = Tensor::cat(&[ones.zeros_like(), bb], 0);
+        let y = self.conv_affine(x, conv, &scale, &shift, name)?;
+        let [c, h, w] = self.shape(&y);
+        let sizes = format!("{name}.split");
+        self.int64_initializer(&sizes, &[ibn.half, c - ibn.half]);
+        let (a, b) = (format!("{name}_in_part"), format!("{name}_bn_part"));
+        self.nodes.push(pb::NodeProto {
+            name: Some(format!("{name}/Split")),
+            op_type: Some("Split".into()),
+            input: vec![y, sizes],
+            output: vec![a.clone(), b.clone()],
+            attribute: vec![int("axis", 1)],
+            ..Default::default()
+        });
+        self.shapes.insert(a.clone(), [ibn.half, h, w]);
+        self.shapes.insert(b.clone(), [c - ibn.half, h, w]);
+        let sc = self.initializer(&format!("{name}.IN.weight"), &ibn.in_weight)?;
+        let bi = self.initializer(&format!("{name}.IN.bias"), &ibn.in_bias)?;
+        let eps = pb::AttributeProto {
+            name: Some("epsilon".into()),
+            r#type: Some(AttributeType::Float as i32),
+            f: Some(BN_EPS as f32),
+            ..Default::default()
+        };
+        let a = self.node(
+            "InstanceNormalization",
+            name,
+            &[&a, &sc, &bi],
+            vec![eps],
+            [ibn.half, h, w],
+        );
+        Ok(self.node("Concat", name, &[&a, &b], vec![int("axis", 1)], [c, h, w]))
+    }
+
+    /// An int64 constant (shapes and split sizes), not counted as a parameter.
+    fn int64_initializer(&mut self, name: &str, values: &[i64]) {
+        self.initializers.push(pb::TensorProto {
+            name: Some(name.into()),
+            dims: vec![values.len() as i64],
+            data_type: Some(pb::tensor_proto::DataType::Int64 as i32),
+            raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            ..Default::default()
+        });
+    }
+
+    fn conv_norm(&mut self, x: &str, conv: &Conv, norm: &Norm, name: &str) -> Result<String> {
+        match norm {
+            Norm::Bn(bn) => self.conv_bn(x, conv, bn, name),
+            Norm::Ibn(ibn) => self.conv_ibn(x, conv, ibn, name),
+        }
     }
 
     fn relu(&mut self, x: &str, name: &str) -> String {
@@ -226,7 +305,29 @@ impl Graph {
         )
     }
 
-    fn block(&mut self, x: &str, b: &BasicBlock, name: &str) -> Result<String> {
+    fn block(&mut self, x: &str, b: &Block, name: &str) -> Result<String> {
+        match b {
+            Block::Basic(b) => self.basic_block(x, b, name),
+            Block::Bottleneck(b) => self.bottleneck(x, b, name),
+        }
+    }
+
+    fn bottleneck(&mut self, x: &str, b: &Bottleneck, name: &str) -> Result<String> {
+        let y = self.conv_norm(x, &b.conv1, &b.bn1, &format!("{name}.conv1"))?;
+        let y = self.relu(&y, &format!("{name}.relu1"));
+        let y = self.conv_bn(&y, &b.conv2, &b.bn2, &format!("{name}.conv2"))?;
+        let y = self.relu(&y, &format!("{name}.relu2"));
+        let y = self.conv_bn(&y, &b.conv3, &b.bn3, &format!("{name}.conv3"))?;
+        let shortcut = match &b.downsample {
+            Some((c, bn)) => self.conv_bn(x, c, bn, &format!("{name}.downsample"))?,
+            None => x.to_string(),
+        };
+        let s = self.shape(&y);
+        let sum = self.node("Add", name, &[&y, &shortcut], vec![], s);
+        Ok(self.relu(&sum, &format!("{name}.relu3")))
+    }
+
+    fn basic_block(&mut self, x: &str, b: &BasicBlock, name: &str) -> Result<String> {
         let y = self.conv_bn(x, &b.conv1, &b.bn1, &format!("{name}.conv1"))?;
         let y = self.relu(&y, &format!("{name}.relu1"));
         let y = self.conv_bn(&y, &b.conv2, &b.bn2, &format!("{name}.conv2"))?;
@@ -485,6 +586,39 @@ mod tests {
             .map(|n| n.op_type.as_deref().unwrap())
             .collect();
         assert!(ops.contains("Clip") && !ops.contains("Relu"), "{ops:?}");
+    }
+
+    /// ResNet-50 (1000 classes, 224x224): torchvision documents 4.09 GFLOPS (multiply-adds);
+    /// IBN-a adds no convolution.
+    #[test]
+    fn resnet50_ibn_export_has_the_resnet50_size() {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let cfg = ModelConfig {
+            backbone: crate::model::Backbone::Resnet50Ibn,
+            ..Default::default()
+        };
+        let net = MultiBranchNet::new(&vs.root(), &cfg, 1000, false);
+        let (m, stats) = build(&net, &card(1000, 224)).unwrap();
+        assert!(
+            (stats.macs as f64 / 4.09e9 - 1.0).abs() < 0.01,
+            "{}",
+            stats.macs
+        );
+        let ops: Vec<&str> = m
+            .graph
+            .as_ref()
+            .unwrap()
+            .node
+            .iter()
+            .map(|n| n.op_type.as_deref().unwrap())
+            .collect();
+        // One IBN per block of layer1..3: 3 + 4 + 6.
+        assert_eq!(
+            ops.iter()
+                .filter(|o| **o == "InstanceNormalization")
+                .count(),
+            13
+        );
     }
 
     /// "No extra cost": the export of a DMUE network equals the export of the plain baseline.

@@ -27,13 +27,18 @@ pub enum Backbone {
     #[serde(rename = "mobilenet_v2")]
     #[value(name = "mobilenet_v2")]
     MobilenetV2,
+    /// ResNet-50-IBN-a (Bottleneck, [3, 4, 6, 3], half InstanceNorm in layer1..3, IBN-Net's
+    /// names); branch stage layer4; width 64 is the standard model.
+    #[serde(rename = "resnet50_ibn")]
+    #[value(name = "resnet50_ibn")]
+    Resnet50Ibn,
 }
 
 impl Backbone {
     /// `model.width` of the standard (published) network.
     pub fn standard_width(self) -> i64 {
         match self {
-            Backbone::Resnet18 => 64,
+            Backbone::Resnet18 | Backbone::Resnet50Ibn => 64,
             Backbone::MobilenetV2 => mobilenet_v2::STANDARD_WIDTH,
         }
     }
@@ -43,6 +48,7 @@ impl Backbone {
         match self {
             Backbone::Resnet18 => "resnet18",
             Backbone::MobilenetV2 => "mobilenet_v2",
+            Backbone::Resnet50Ibn => "resnet50_ibn",
         }
     }
 
@@ -50,7 +56,7 @@ impl Backbone {
     /// stage, the part every branch has its own copy of.
     pub fn is_branch_stage(self, name: &str) -> bool {
         match self {
-            Backbone::Resnet18 => name.starts_with("layer4."),
+            Backbone::Resnet18 | Backbone::Resnet50Ibn => name.starts_with("layer4."),
             Backbone::MobilenetV2 => name
                 .strip_prefix("features.")
                 .and_then(|r| r.split('.').next())
@@ -84,7 +90,7 @@ pub struct ModelConfig {
     /// the confidence scales the whole logit) and in the authors' code. A bias-free classifier
     /// exports as a Gemm with a zero bias.
     pub classifier_bias: bool,
-    /// ResNet stem (`torchvision` or `authors`); other backbones ignore it.
+    /// ResNet-18 stem (`torchvision` or `authors`); other backbones ignore it.
     pub stem: Stem,
 }
 
@@ -178,7 +184,18 @@ pub enum Trunk {
 impl Trunk {
     pub fn new(p: &nn::Path, cfg: &ModelConfig) -> Self {
         match cfg.backbone {
-            Backbone::Resnet18 => Trunk::Resnet(resnet::Trunk::new(p, cfg.width(), cfg.stem)),
+            Backbone::Resnet18 => Trunk::Resnet(resnet::Trunk::new(
+                p,
+                resnet::Depth::R18,
+                cfg.width(),
+                cfg.stem,
+            )),
+            Backbone::Resnet50Ibn => Trunk::Resnet(resnet::Trunk::new(
+                p,
+                resnet::Depth::R50Ibn,
+                cfg.width(),
+                Stem::Torchvision,
+            )),
             Backbone::MobilenetV2 => Trunk::MobilenetV2(mobilenet_v2::Trunk::new(p, cfg.width())),
         }
     }
@@ -205,10 +222,17 @@ impl Stage {
     fn new(p: &nn::Path, cfg: &ModelConfig) -> (Self, i64) {
         let w = cfg.width();
         match cfg.backbone {
-            Backbone::Resnet18 => (
-                Stage::Resnet(resnet::Layer::branch_stage(p / "layer4", w)),
-                8 * w,
-            ),
+            Backbone::Resnet18 | Backbone::Resnet50Ibn => {
+                let depth = if cfg.backbone == Backbone::Resnet18 {
+                    resnet::Depth::R18
+                } else {
+                    resnet::Depth::R50Ibn
+                };
+                (
+                    Stage::Resnet(resnet::Layer::branch_stage(p / "layer4", depth, w)),
+                    depth.stage_channels(3, w),
+                )
+            }
             Backbone::MobilenetV2 => (
                 Stage::MobilenetV2(Box::new(mobilenet_v2::Tail::new(p, w))),
                 mobilenet_v2::channels(w).1,
@@ -544,5 +568,42 @@ mod tests {
             assert!(!trunk.allclose(&rest(stem.relu()), 1e-3, 1e-3, false));
         });
         assert_eq!(cfg.describe(), "resnet18 width 4 (authors' stem)");
+    }
+
+    #[test]
+    fn resnet50_ibn_has_the_resnet50_parameter_count_and_ibn_names() {
+        // torchvision.models.resnet50(num_classes=1000): 25,557,032 parameters; IBN-a swaps
+        // BatchNorm(planes) for InstanceNorm(planes/2, affine) + BatchNorm(planes/2): the same
+        // number of affine parameters.
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = ModelConfig {
+            backbone: Backbone::Resnet50Ibn,
+            classifier_bias: true,
+            ..Default::default()
+        };
+        let _ = MultiBranchNet::new(&vs.root(), &cfg, 1000, false);
+        assert_eq!(count_params(&vs, |_| true), 25_557_032);
+        let vars = vs.variables();
+        assert_eq!(vars["layer1.0.bn1.IN.weight"].size(), [32]);
+        assert_eq!(vars["layer3.5.bn1.BN.running_var"].size(), [128]);
+        assert_eq!(vars["layer4.2.conv3.weight"].size(), [2048, 512, 1, 1]);
+        assert!(vars.contains_key("layer4.0.bn1.running_mean"));
+        assert!(!vars
+            .keys()
+            .any(|n| n.starts_with("layer4") && n.contains(".IN.")));
+        // A small DMUE version runs: 2048 = 32 * width features.
+        let vs = nn::VarStore::new(Device::Cpu);
+        let small = ModelConfig {
+            backbone: Backbone::Resnet50Ibn,
+            width: Some(4),
+            ..Default::default()
+        };
+        let net = MultiBranchNet::new(&vs.root(), &small, 7, true);
+        let out = net.forward_train(
+            &Tensor::randn([2, 3, 64, 64], (Kind::Float, Device::Cpu)),
+            true,
+        );
+        assert_eq!(out.target_feat.size(), [2, 128]);
+        assert_eq!(out.aux_logits[6].size(), [2, 6]);
     }
 }

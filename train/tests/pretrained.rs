@@ -126,6 +126,37 @@ fn authors_stem_resnet18_file_computes_what_torch_computes() {
     assert!(max_abs_diff(&feat, &read_f32(&dir.path().join("output.bin"))) > 1e-2);
 }
 
+/// An IBN-Net-named ResNet-50-IBN-a (InstanceNorm halves included) loads into every branch.
+#[test]
+fn ibn_net_resnet50_file_computes_what_torch_computes() {
+    let dir = tempfile::tempdir().unwrap();
+    torch_reference(&["resnet50_ibn", "4", dir.path().to_str().unwrap()]);
+    let st = dir.path().join("weights.safetensors");
+    run(Command::new("bash")
+        .arg(repo().join("scripts/convert-weights.sh"))
+        .arg(dir.path().join("weights.pth"))
+        .arg(&st));
+    let vs = nn::VarStore::new(Device::Cpu);
+    let cfg = ModelConfig {
+        backbone: Backbone::Resnet50Ibn,
+        width: Some(4),
+        ..Default::default()
+    };
+    let net = MultiBranchNet::new(&vs.root(), &cfg, 7, true);
+    let report = dmue_train::init::load(&vs, &net, &st).unwrap();
+    assert_eq!(report.branch_copies, 8);
+    assert_eq!(report.unused, ["fc.bias", "fc.weight"]);
+    let x = Tensor::from_slice(&read_f32(&dir.path().join("input.bin"))).view([2, 3, 64, 64]);
+    let reference = read_f32(&dir.path().join("output.bin"));
+    tch::no_grad(|| {
+        let out = net.forward_train(&x, false);
+        let d = max_abs_diff(&out.target_feat, &reference);
+        eprintln!("resnet50_ibn: target features vs torch {d:.2e}");
+        assert!(d <= 1e-4, "target branch: {d}");
+        assert!(max_abs_diff(&out.aux_feat[6], &reference) <= 1e-4);
+    });
+}
+
 /// torchvision's ImageNet MobileNetV2: our trunk + branch stage with the checkpoint's own
 /// classifier reproduce the checkpoint's logits.
 #[test]

@@ -4,6 +4,8 @@
                             and BatchNorm statistics (stem: torchvision | authors), saved as
                             OUT/weights.pth (under "state_dict", keys prefixed "module."),
                             plus OUT/input.bin and the pooled layer4 features OUT/output.bin.
+  resnet50_ibn WIDTH OUT    the same for an IBN-Net-named ResNet-50-IBN-a (bn1.IN / bn1.BN in
+                            layer1..3), without prefixes.
   mobilenet_v2 PTH OUT      torchvision's ImageNet MobileNetV2 checkpoint run by a functional
                             forward written here: OUT/input.bin and the 1000 logits OUT/output.bin.
 
@@ -57,17 +59,88 @@ class ResNet18(nn.Module):
         return x.mean(dim=(2, 3))
 
 
+class IBN(nn.Module):
+    def __init__(self, planes):
+        super().__init__()
+        self.half = planes // 2
+        self.IN = nn.InstanceNorm2d(self.half, affine=True)
+        self.BN = nn.BatchNorm2d(planes - self.half)
+
+    def forward(self, x):
+        a, b = torch.split(x, [self.half, x.shape[1] - self.half], 1)
+        return torch.cat([self.IN(a.contiguous()), self.BN(b.contiguous())], 1)
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, cin, planes, stride, ibn):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+        self.bn1 = IBN(planes) if ibn else nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.downsample = None
+        if stride != 1 or cin != planes * 4:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4))
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = F.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return F.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class ResNet50IBN(nn.Module):
+    def __init__(self, w):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, w, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(w)
+        cin = w
+        for i, n in enumerate([3, 4, 6, 3]):
+            planes = w * 2 ** i
+            blocks = []
+            for b in range(n):
+                blocks.append(Bottleneck(cin, planes, 2 if (b == 0 and i > 0) else 1, i < 3))
+                cin = planes * 4
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+        self.fc = nn.Linear(cin, 1000)
+
+    def features(self, x):
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
+        for i in range(4):
+            x = getattr(self, f"layer{i + 1}")(x)
+        return x.mean(dim=(2, 3))
+
+
+def randomise(net):
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d)):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.2)
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+
+
+def resnet50_ibn(width, out):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 64, 64)
+    net = ResNet50IBN(width)
+    randomise(net)
+    net.eval()
+    with torch.no_grad():
+        y = net.features(x)
+    torch.save(net.state_dict(), f"{out}/weights.pth")
+    return x, y
+
+
 def resnet18(width, stem, out):
     torch.manual_seed(0)
     x = torch.randn(2, 3, 64, 64)
     net = ResNet18(width, stem)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.2)
-                m.running_mean.normal_(0, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
+    randomise(net)
     net.eval()
     with torch.no_grad():
         y = net.features(x)
@@ -114,6 +187,9 @@ def main():
     if arch == "resnet18":
         out = sys.argv[4]
         x, y = resnet18(int(sys.argv[2]), sys.argv[3], out)
+    elif arch == "resnet50_ibn":
+        out = sys.argv[3]
+        x, y = resnet50_ibn(int(sys.argv[2]), out)
     elif arch == "mobilenet_v2":
         out = sys.argv[3]
         x, y = mobilenet_v2(sys.argv[2], out)

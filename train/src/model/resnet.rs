@@ -1,9 +1,170 @@
-//! ResNet-18 with torchvision's weight names: trunk = stem + layer1..layer3, branch stage =
-//! layer4.
+//! ResNet-18 and ResNet-50-IBN-a with torchvision's (and IBN-Net's) weight names: trunk =
+//! stem + layer1..layer3, branch stage = layer4.
 
-use super::{bn, conv, Conv, Stem};
+use super::{bn, conv, Conv, Stem, BN_EPS};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
+
+/// Which ResNet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// BasicBlock, [2, 2, 2, 2], stage channels w, 2w, 4w, 8w.
+    R18,
+    /// Bottleneck (expansion 4), [3, 4, 6, 3]; IBN-a (Pan et al., ECCV 2018): in layer1..3 the
+    /// first normalisation of every block is half InstanceNorm, half BatchNorm; layer4 is
+    /// plain. Stage outputs 4w, 8w, 16w, 32w.
+    R50Ibn,
+}
+
+impl Depth {
+    fn blocks(self) -> [usize; 4] {
+        match self {
+            Depth::R18 => [2, 2, 2, 2],
+            Depth::R50Ibn => [3, 4, 6, 3],
+        }
+    }
+
+    /// Output channels of stage `i` (0-based) for width `w`.
+    pub fn stage_channels(self, i: usize, w: i64) -> i64 {
+        let planes = w << i;
+        match self {
+            Depth::R18 => planes,
+            Depth::R50Ibn => 4 * planes,
+        }
+    }
+}
+
+/// InstanceNorm on the first `half` channels (affine, no running statistics: IBN-Net's `IN`)
+/// and BatchNorm on the rest (`BN`).
+#[derive(Debug)]
+pub struct Ibn {
+    pub half: i64,
+    pub in_weight: Tensor,
+    pub in_bias: Tensor,
+    pub bn: nn::BatchNorm,
+}
+
+impl Ibn {
+    fn new(p: nn::Path, c: i64) -> Self {
+        let half = c / 2;
+        let inp = &p / "IN";
+        Self {
+            half,
+            in_weight: inp.var("weight", &[half], nn::Init::Const(1.0)),
+            in_bias: inp.var("bias", &[half], nn::Init::Const(0.0)),
+            bn: bn(&p / "BN", c - half),
+        }
+    }
+}
+
+impl ModuleT for Ibn {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let c = xs.size()[1];
+        let a = xs.narrow(1, 0, self.half).instance_norm(
+            Some(&self.in_weight),
+            Some(&self.in_bias),
+            None::<&Tensor>,
+            None::<&Tensor>,
+            true,
+            0.1,
+            BN_EPS,
+            false,
+        );
+        let b = xs
+            .narrow(1, self.half, c - self.half)
+            .apply_t(&self.bn, train);
+        Tensor::cat(&[a, b], 1)
+    }
+}
+
+/// A normalisation after a convolution: BatchNorm, or IBN-a's split.
+#[derive(Debug)]
+pub enum Norm {
+    Bn(nn::BatchNorm),
+    Ibn(Ibn),
+}
+
+impl ModuleT for Norm {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        match self {
+            Norm::Bn(b) => xs.apply_t(b, train),
+            Norm::Ibn(i) => i.forward_t(xs, train),
+        }
+    }
+}
+
+/// ResNet Bottleneck (torchvision v1.5: the stride on the 3x3 convolution):
+/// 1x1 (planes) -> 3x3 (planes, stride) -> 1x1 (4 planes), residual.
+#[derive(Debug)]
+pub struct Bottleneck {
+    pub conv1: Conv,
+    pub bn1: Norm,
+    pub conv2: Conv,
+    pub bn2: nn::BatchNorm,
+    pub conv3: Conv,
+    pub bn3: nn::BatchNorm,
+    pub downsample: Option<(Conv, nn::BatchNorm)>,
+}
+
+impl Bottleneck {
+    fn new(p: nn::Path, cin: i64, planes: i64, stride: i64, ibn: bool) -> Self {
+        let cout = 4 * planes;
+        let downsample = (stride != 1 || cin != cout).then(|| {
+            (
+                conv(&p / "downsample" / "0", cin, cout, 1, stride, 1),
+                bn(&p / "downsample" / "1", cout),
+            )
+        });
+        Self {
+            conv1: conv(&p / "conv1", cin, planes, 1, 1, 1),
+            bn1: if ibn {
+                Norm::Ibn(Ibn::new(&p / "bn1", planes))
+            } else {
+                Norm::Bn(bn(&p / "bn1", planes))
+            },
+            conv2: conv(&p / "conv2", planes, planes, 3, stride, 1),
+            bn2: bn(&p / "bn2", planes),
+            conv3: conv(&p / "conv3", planes, cout, 1, 1, 1),
+            bn3: bn(&p / "bn3", cout),
+            downsample,
+        }
+    }
+}
+
+impl ModuleT for Bottleneck {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let ys = xs
+            .apply(&self.conv1)
+            .apply_t(&self.bn1, train)
+            .relu()
+            .apply(&self.conv2)
+            .apply_t(&self.bn2, train)
+            .relu()
+            .apply(&self.conv3)
+            .apply_t(&self.bn3, train);
+        let shortcut = match &self.downsample {
+            Some((c, b)) => xs.apply(c).apply_t(b, train),
+            None => xs.shallow_clone(),
+        };
+        (ys + shortcut).relu()
+    }
+}
+
+/// One residual block of either kind.
+#[derive(Debug)]
+pub enum Block {
+    Basic(BasicBlock),
+    Bottleneck(Bottleneck),
+}
+
+impl ModuleT for Block {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        match self {
+            Block::Basic(b) => b.forward_t(xs, train),
+            Block::Bottleneck(b) => b.forward_t(xs, train),
+        }
+    }
+}
 
 /// ResNet BasicBlock: `[B, cin, H, W] -> [B, cout, H/stride, W/stride]`.
 #[derive(Debug)]
@@ -50,30 +211,39 @@ impl ModuleT for BasicBlock {
     }
 }
 
-/// A ResNet stage: `blocks` BasicBlocks, the first with `stride`.
+/// A ResNet stage: its blocks, the first with the stage's stride.
 #[derive(Debug)]
 pub struct Layer {
-    pub blocks: Vec<BasicBlock>,
+    pub blocks: Vec<Block>,
 }
 
 impl Layer {
-    pub fn new(p: nn::Path, cin: i64, cout: i64, blocks: usize, stride: i64) -> Self {
-        let blocks = (0..blocks)
-            .map(|i| {
-                BasicBlock::new(
-                    &p / i,
-                    if i == 0 { cin } else { cout },
-                    cout,
-                    if i == 0 { stride } else { 1 },
-                )
+    /// Stage `i` (0-based: `layer{i+1}`) of a ResNet of `depth` and width `w`.
+    pub fn new(p: nn::Path, depth: Depth, i: usize, w: i64) -> Self {
+        let stride = if i == 0 { 1 } else { 2 };
+        let cin = if i == 0 {
+            w
+        } else {
+            depth.stage_channels(i - 1, w)
+        };
+        let cout = depth.stage_channels(i, w);
+        let blocks = (0..depth.blocks()[i])
+            .map(|b| {
+                let (bin, s) = if b == 0 { (cin, stride) } else { (cout, 1) };
+                match depth {
+                    Depth::R18 => Block::Basic(BasicBlock::new(&p / b, bin, cout, s)),
+                    Depth::R50Ibn => {
+                        Block::Bottleneck(Bottleneck::new(&p / b, bin, w << i, s, i < 3))
+                    }
+                }
             })
             .collect();
         Self { blocks }
     }
 
-    /// layer4 of a ResNet-18 of width `w`: `[B, 4w, h, w] -> [B, 8w, h/2, w/2]`.
-    pub fn branch_stage(p: nn::Path, w: i64) -> Self {
-        Self::new(p, 4 * w, 8 * w, 2, 2)
+    /// layer4: `[B, c3, h, w] -> [B, c4, h/2, w/2]`.
+    pub fn branch_stage(p: nn::Path, depth: Depth, w: i64) -> Self {
+        Self::new(p, depth, 3, w)
     }
 }
 
@@ -103,7 +273,7 @@ impl Stem {
     }
 }
 
-/// Shared trunk: stem + layer1..layer3. `[B, 3, H, W] -> [B, 4w, H/16, W/16]`.
+/// Shared trunk: stem + layer1..layer3. `[B, 3, H, W] -> [B, c3, H/16, W/16]`.
 #[derive(Debug)]
 pub struct Trunk {
     pub stem: Stem,
@@ -115,15 +285,15 @@ pub struct Trunk {
 }
 
 impl Trunk {
-    pub fn new(p: &nn::Path, w: i64, stem: Stem) -> Self {
+    pub fn new(p: &nn::Path, depth: Depth, w: i64, stem: Stem) -> Self {
         let (k, s) = STEM_CONV;
         Self {
             stem,
             conv1: conv(p / "conv1", 3, w, k, s, 1),
             bn1: bn(p / "bn1", w),
-            layer1: Layer::new(p / "layer1", w, w, 2, 1),
-            layer2: Layer::new(p / "layer2", w, 2 * w, 2, 2),
-            layer3: Layer::new(p / "layer3", 2 * w, 4 * w, 2, 2),
+            layer1: Layer::new(p / "layer1", depth, 0, w),
+            layer2: Layer::new(p / "layer2", depth, 1, w),
+            layer3: Layer::new(p / "layer3", depth, 2, w),
         }
     }
 }
