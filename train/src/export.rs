@@ -180,9 +180,9 @@ impl Graph {
         let (cout, cin_per_group, k) = (w.size()[0], w.size()[1], w.size()[2]);
         let (stride, pad, groups) = (conv.stride, k / 2, conv.groups);
         let folded_w = &w * scale.view([cout, 1, 1, 1]);
-        let mut folded_b = shift.shallow_clone();
+        let mut folded_b = shift.copy();
         if let Some(b) = &conv.inner.bs {
-            folded_b = folded_b + b.to_kind(Kind::Double) * scale;
+            folded_b += b.to_kind(Kind::Double) * scale;
         }
         let wn = self.initializer(&format!("{name}.weight"), &folded_w)?;
         let bn_ = self.initializer(&format!("{name}.bias"), &folded_b)?;

@@ -153,8 +153,8 @@ impl ModuleT for Bottleneck {
 /// One residual block of either kind.
 #[derive(Debug)]
 pub enum Block {
-    Basic(BasicBlock),
-    Bottleneck(Bottleneck),
+    Basic(Box<BasicBlock>),
+    Bottleneck(Box<Bottleneck>),
 }
 
 impl ModuleT for Block {
@@ -231,9 +231,9 @@ impl Layer {
             .map(|b| {
                 let (bin, s) = if b == 0 { (cin, stride) } else { (cout, 1) };
                 match depth {
-                    Depth::R18 => Block::Basic(BasicBlock::new(&p / b, bin, cout, s)),
+                    Depth::R18 => Block::Basic(Box::new(BasicBlock::new(&p / b, bin, cout, s))),
                     Depth::R50Ibn => {
-                        Block::Bottleneck(Bottleneck::new(&p / b, bin, w << i, s, i < 3))
+                        Block::Bottleneck(Box::new(Bottleneck::new(&p / b, bin, w << i, s, i < 3)))
                     }
                 }
             })
