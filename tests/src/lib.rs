@@ -18,7 +18,7 @@ pub struct Exported {
 }
 
 /// The small networks the end-to-end tests export: width-8 ResNet-18 with torchvision's and
-/// with the authors' stem, MobileNetV2 at multiplier 0.25, width-4 ResNet-50-IBN-a.
+/// with the authors' stem, MobileNetV2 at multiplier 0.25, width-4 ResNet-50-IBN-a, ShuffleNetV1 0.5x.
 pub fn test_configs() -> Vec<ModelConfig> {
     use dmue_train::model::{Backbone, Stem};
     vec![
@@ -39,6 +39,11 @@ pub fn test_configs() -> Vec<ModelConfig> {
         ModelConfig {
             backbone: Backbone::Resnet50Ibn,
             width: Some(4),
+            ..Default::default()
+        },
+        ModelConfig {
+            backbone: Backbone::ShufflenetV1,
+            width: Some(120),
             ..Default::default()
         },
     ]

@@ -216,9 +216,7 @@ impl Config {
         if t.freeze_trunk_epochs > 0 && t.init.is_none() {
             bail!("train.freeze_trunk_epochs needs pretrained weights (train.init / --init)");
         }
-        if self.model.width() < 1 {
-            bail!("model.width must be positive");
-        }
+        self.model.backbone.validate_width(self.model.width())?;
         if self.loss.temperature <= 0.0 {
             bail!("loss.temperature must be positive");
         }

@@ -9,6 +9,7 @@
 
 use crate::model::mobilenet_v2::{self, InvertedResidual};
 use crate::model::resnet::{BasicBlock, Block, Bottleneck, Ibn, Layer, Norm};
+use crate::model::shufflenet_v1;
 use crate::model::{Branch, Conv, MultiBranchNet, Stage, Trunk, BN_EPS};
 use anyhow::{bail, Context, Result};
 use dmue_deploy::model_card::{ModelCard, INPUT_NAME, LOGITS_NAME, PROBABILITIES_NAME};
@@ -400,12 +401,99 @@ impl Graph {
                 let y = self.conv_bn_act(x, &t.stem, "features.0")?;
                 self.inverted_residuals(&y, &t.blocks, 1)
             }
+            Trunk::ShufflenetV1(t) => {
+                let y = self.conv_bn(x, &t.conv, &t.bn, "first_conv")?;
+                let y = self.relu(&y, "first_conv.relu");
+                let y = self.max_pool(&y, shufflenet_v1::STEM_POOL, "maxpool");
+                self.shuffle_units(&y, &t.units, 0)
+            }
         }
+    }
+
+    /// Megvii's channel shuffle: `Reshape [N, C/g, g, H, W] -> Transpose -> Reshape`.
+    fn channel_shuffle(&mut self, x: &str, groups: i64, name: &str) -> String {
+        let [c, h, w] = self.shape(x);
+        let split = format!("{name}.shuffle_shape");
+        let merged = format!("{name}.merged_shape");
+        // 0 copies the (symbolic) batch dimension.
+        self.int64_initializer(&split, &[0, c / groups, groups, h, w]);
+        self.int64_initializer(&merged, &[0, c, h, w]);
+        let y = self.node(
+            "Reshape",
+            &format!("{name}.split"),
+            &[x, &split],
+            vec![],
+            [c, h, w],
+        );
+        let y = self.node(
+            "Transpose",
+            name,
+            &[&y],
+            vec![ints("perm", &[0, 2, 1, 3, 4])],
+            [c, h, w],
+        );
+        self.node(
+            "Reshape",
+            &format!("{name}.merge"),
+            &[&y, &merged],
+            vec![],
+            [c, h, w],
+        )
+    }
+
+    fn shuffle_unit(&mut self, x: &str, u: &shufflenet_v1::Unit, name: &str) -> Result<String> {
+        let y = self.conv_bn(x, &u.conv1, &u.bn1, &format!("{name}.branch_main_1.0"))?;
+        let y = self.relu(&y, &format!("{name}.relu1"));
+        let y = self.conv_bn(&y, &u.conv2, &u.bn2, &format!("{name}.branch_main_1.3"))?;
+        let y = self.channel_shuffle(&y, shufflenet_v1::GROUPS, name);
+        let y = self.conv_bn(&y, &u.conv3, &u.bn3, &format!("{name}.branch_main_2.0"))?;
+        if u.stride == 1 {
+            let s = self.shape(&y);
+            let sum = self.node("Add", name, &[&y, x], vec![], s);
+            return Ok(self.relu(&sum, &format!("{name}.relu2")));
+        }
+        let (k, s, p) = shufflenet_v1::SHORTCUT_POOL;
+        let [cx, h, w] = self.shape(x);
+        let pooled = self.node(
+            "AveragePool",
+            name,
+            &[x],
+            vec![
+                ints("kernel_shape", &[k, k]),
+                ints("strides", &[s, s]),
+                ints("pads", &[p; 4]),
+                int("count_include_pad", 1),
+            ],
+            [cx, (h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1],
+        );
+        let y = self.relu(&y, &format!("{name}.relu2"));
+        let [cy, ho, wo] = self.shape(&y);
+        Ok(self.node(
+            "Concat",
+            name,
+            &[&pooled, &y],
+            vec![int("axis", 1)],
+            [cx + cy, ho, wo],
+        ))
+    }
+
+    fn shuffle_units(
+        &mut self,
+        x: &str,
+        units: &[shufflenet_v1::Unit],
+        first_index: usize,
+    ) -> Result<String> {
+        let mut y = x.to_string();
+        for (i, u) in units.iter().enumerate() {
+            y = self.shuffle_unit(&y, u, &format!("features.{}", first_index + i))?;
+        }
+        Ok(y)
     }
 
     fn stage(&mut self, x: &str, s: &Stage) -> Result<String> {
         match s {
             Stage::Resnet(l) => self.layer(x, l, "layer4"),
+            Stage::ShufflenetV1(t) => self.shuffle_units(x, &t.units, shufflenet_v1::BRANCH_START),
             Stage::MobilenetV2(t) => {
                 let start = mobilenet_v2::BRANCH_START;
                 let y = self.inverted_residuals(x, &t.blocks, start)?;
@@ -619,6 +707,41 @@ mod tests {
                 .count(),
             13
         );
+    }
+
+    /// ShuffleNetV1 2.0x, groups 3 (1000 classes, 224x224): 524 M multiply-adds and 5.4 M
+    /// parameters (Zhang et al., Table 2 "ShuffleNet 2x"; Megvii's release lists the same).
+    #[test]
+    fn shufflenet_v1_export_has_the_published_size() {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let cfg = ModelConfig {
+            backbone: crate::model::Backbone::ShufflenetV1,
+            ..Default::default()
+        };
+        let net = MultiBranchNet::new(&vs.root(), &cfg, 1000, false);
+        let (m, stats) = build(&net, &card(1000, 224)).unwrap();
+        let params = crate::model::count_params(&vs, |_| true);
+        eprintln!(
+            "shufflenet_v1 2.0x: {} MACs, {params} parameters",
+            stats.macs
+        );
+        assert!(
+            (stats.macs as f64 / 524e6 - 1.0).abs() < 0.02,
+            "{}",
+            stats.macs
+        );
+        assert!((params as f64 / 5.4e6 - 1.0).abs() < 0.01, "{params}");
+        let ops: Vec<&str> = m
+            .graph
+            .as_ref()
+            .unwrap()
+            .node
+            .iter()
+            .map(|n| n.op_type.as_deref().unwrap())
+            .collect();
+        // One shuffle per unit (16), one average-pooled shortcut per stage (3).
+        assert_eq!(ops.iter().filter(|o| **o == "Transpose").count(), 16);
+        assert_eq!(ops.iter().filter(|o| **o == "AveragePool").count(), 3);
     }
 
     /// "No extra cost": the export of a DMUE network equals the export of the plain baseline.

@@ -9,6 +9,7 @@
 
 pub mod mobilenet_v2;
 pub mod resnet;
+pub mod shufflenet_v1;
 
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
@@ -32,6 +33,11 @@ pub enum Backbone {
     #[serde(rename = "resnet50_ibn")]
     #[value(name = "resnet50_ibn")]
     Resnet50Ibn,
+    /// ShuffleNetV1, groups 3 (Megvii's names); branch stage = the last stage
+    /// (`features.12..=15`); width 480 (first-stage channels) is the paper's 2.0x.
+    #[serde(rename = "shufflenet_v1")]
+    #[value(name = "shufflenet_v1")]
+    ShufflenetV1,
 }
 
 impl Backbone {
@@ -40,6 +46,7 @@ impl Backbone {
         match self {
             Backbone::Resnet18 | Backbone::Resnet50Ibn => 64,
             Backbone::MobilenetV2 => mobilenet_v2::STANDARD_WIDTH,
+            Backbone::ShufflenetV1 => shufflenet_v1::STANDARD_WIDTH,
         }
     }
 
@@ -49,6 +56,7 @@ impl Backbone {
             Backbone::Resnet18 => "resnet18",
             Backbone::MobilenetV2 => "mobilenet_v2",
             Backbone::Resnet50Ibn => "resnet50_ibn",
+            Backbone::ShufflenetV1 => "shufflenet_v1",
         }
     }
 
@@ -57,13 +65,30 @@ impl Backbone {
     pub fn is_branch_stage(self, name: &str) -> bool {
         match self {
             Backbone::Resnet18 | Backbone::Resnet50Ibn => name.starts_with("layer4."),
-            Backbone::MobilenetV2 => name
-                .strip_prefix("features.")
-                .and_then(|r| r.split('.').next())
-                .and_then(|i| i.parse::<usize>().ok())
-                .is_some_and(|i| i >= mobilenet_v2::BRANCH_START),
+            Backbone::MobilenetV2 => features_index(name) >= Some(mobilenet_v2::BRANCH_START),
+            Backbone::ShufflenetV1 => features_index(name) >= Some(shufflenet_v1::BRANCH_START),
         }
     }
+
+    /// Checks that `model.width` is one this backbone can be built with.
+    pub fn validate_width(self, w: i64) -> anyhow::Result<()> {
+        if w < 1 {
+            anyhow::bail!("model.width must be positive");
+        }
+        if self == Backbone::ShufflenetV1 {
+            shufflenet_v1::stem_channels(w)?;
+        }
+        Ok(())
+    }
+}
+
+/// N of a `features.N....` weight name.
+fn features_index(name: &str) -> Option<usize> {
+    name.strip_prefix("features.")?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// ResNet stem: torchvision's (7x7 conv, BatchNorm, ReLU, 3x3 max-pool) or the authors' (no
@@ -179,6 +204,7 @@ fn bn(p: nn::Path, c: i64) -> nn::BatchNorm {
 pub enum Trunk {
     Resnet(resnet::Trunk),
     MobilenetV2(mobilenet_v2::Trunk),
+    ShufflenetV1(shufflenet_v1::Trunk),
 }
 
 impl Trunk {
@@ -197,6 +223,9 @@ impl Trunk {
                 Stem::Torchvision,
             )),
             Backbone::MobilenetV2 => Trunk::MobilenetV2(mobilenet_v2::Trunk::new(p, cfg.width())),
+            Backbone::ShufflenetV1 => {
+                Trunk::ShufflenetV1(shufflenet_v1::Trunk::new(p, cfg.width()))
+            }
         }
     }
 }
@@ -206,6 +235,7 @@ impl ModuleT for Trunk {
         match self {
             Trunk::Resnet(t) => t.forward_t(xs, train),
             Trunk::MobilenetV2(t) => t.forward_t(xs, train),
+            Trunk::ShufflenetV1(t) => t.forward_t(xs, train),
         }
     }
 }
@@ -215,6 +245,7 @@ impl ModuleT for Trunk {
 pub enum Stage {
     Resnet(resnet::Layer),
     MobilenetV2(Box<mobilenet_v2::Tail>),
+    ShufflenetV1(shufflenet_v1::Tail),
 }
 
 impl Stage {
@@ -237,6 +268,7 @@ impl Stage {
                 Stage::MobilenetV2(Box::new(mobilenet_v2::Tail::new(p, w))),
                 mobilenet_v2::channels(w).1,
             ),
+            Backbone::ShufflenetV1 => (Stage::ShufflenetV1(shufflenet_v1::Tail::new(p, w)), 4 * w),
         }
     }
 }
@@ -246,6 +278,7 @@ impl ModuleT for Stage {
         match self {
             Stage::Resnet(l) => l.forward_t(xs, train),
             Stage::MobilenetV2(t) => t.forward_t(xs, train),
+            Stage::ShufflenetV1(t) => t.forward_t(xs, train),
         }
     }
 }
@@ -605,5 +638,40 @@ mod tests {
         );
         assert_eq!(out.target_feat.size(), [2, 128]);
         assert_eq!(out.aux_logits[6].size(), [2, 6]);
+    }
+
+    #[test]
+    fn shufflenet_v1_names_branch_point_and_widths() {
+        let e = Backbone::ShufflenetV1.validate_width(100).unwrap_err();
+        assert!(e.to_string().contains("120, 240, 360 or 480"), "{e}");
+        assert!(Backbone::ShufflenetV1.validate_width(480).is_ok());
+        assert!(Backbone::Resnet18.validate_width(0).is_err());
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = ModelConfig {
+            backbone: Backbone::ShufflenetV1,
+            width: Some(120),
+            ..Default::default()
+        };
+        let net = MultiBranchNet::new(&vs.root(), &cfg, 7, true);
+        let vars = vs.variables();
+        // The first unit's 1x1 convolution is not grouped (24 -> 30 channels), the others are.
+        assert_eq!(
+            vars["features.0.branch_main_1.0.weight"].size(),
+            [30, 12, 1, 1]
+        );
+        assert_eq!(
+            vars["features.1.branch_main_1.0.weight"].size(),
+            [30, 40, 1, 1]
+        );
+        assert_eq!(
+            vars["aux.2.features.15.branch_main_2.1.running_var"].size(),
+            [480]
+        );
+        assert!(Backbone::ShufflenetV1.is_branch_stage("features.12.branch_main_1.0.weight"));
+        assert!(!Backbone::ShufflenetV1.is_branch_stage("features.11.branch_main_1.0.weight"));
+        assert!(!Backbone::ShufflenetV1.is_branch_stage("first_conv.0.weight"));
+        let x = Tensor::randn([2, 3, 64, 64], (Kind::Float, Device::Cpu));
+        assert_eq!(net.trunk.forward_t(&x, false).size(), [2, 240, 4, 4]);
+        assert_eq!(net.forward_train(&x, true).target_feat.size(), [2, 480]);
     }
 }

@@ -6,6 +6,8 @@
                             plus OUT/input.bin and the pooled layer4 features OUT/output.bin.
   resnet50_ibn WIDTH OUT    the same for an IBN-Net-named ResNet-50-IBN-a (bn1.IN / bn1.BN in
                             layer1..3), without prefixes.
+  shufflenet_v1 WIDTH OUT   the same for a ShuffleNetV1 (groups 3) with Megvii's names and
+                            unit layout (first_conv, features.N.branch_main_1/2).
   mobilenet_v2 PTH OUT      torchvision's ImageNet MobileNetV2 checkpoint run by a functional
                             forward written here: OUT/input.bin and the 1000 logits OUT/output.bin.
 
@@ -113,6 +115,58 @@ class ResNet50IBN(nn.Module):
         return x.mean(dim=(2, 3))
 
 
+class ShuffleUnit(nn.Module):
+    def __init__(self, cin, cout, stride, first, g=3):
+        super().__init__()
+        mid, self.stride, self.g = cout // 4, stride, g
+        out = cout - cin if stride == 2 else cout
+        self.branch_main_1 = nn.Sequential(
+            nn.Conv2d(cin, mid, 1, groups=1 if first else g, bias=False), nn.BatchNorm2d(mid), nn.ReLU(),
+            nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False), nn.BatchNorm2d(mid))
+        self.branch_main_2 = nn.Sequential(nn.Conv2d(mid, out, 1, groups=g, bias=False), nn.BatchNorm2d(out))
+
+    def forward(self, x):
+        y = self.branch_main_1(x)
+        b, c, h, w = y.shape
+        y = y.reshape(b, c // self.g, self.g, h, w).permute(0, 2, 1, 3, 4).reshape(b, c, h, w)
+        y = self.branch_main_2(y)
+        if self.stride == 1:
+            return F.relu(x + y)
+        return torch.cat([F.avg_pool2d(x, 3, 2, 1), F.relu(y)], 1)
+
+
+class ShuffleNetV1(nn.Module):
+    STEM = {120: 12, 240: 24, 360: 24, 480: 48}
+
+    def __init__(self, w):
+        super().__init__()
+        cin = self.STEM[w]
+        self.first_conv = nn.Sequential(nn.Conv2d(3, cin, 3, 2, 1, bias=False), nn.BatchNorm2d(cin), nn.ReLU())
+        units = []
+        for stage, n in enumerate([4, 8, 4]):
+            for i in range(n):
+                units.append(ShuffleUnit(cin, w * 2 ** stage, 2 if i == 0 else 1, stage == 0 and i == 0))
+                cin = w * 2 ** stage
+        self.features = nn.Sequential(*units)
+        self.classifier = nn.Sequential(nn.Linear(cin, 1000, bias=False))
+
+    def features_out(self, x):
+        x = F.max_pool2d(self.first_conv(x), 3, 2, 1)
+        return self.features(x).mean(dim=(2, 3))
+
+
+def shufflenet_v1(width, out):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 64, 64)
+    net = ShuffleNetV1(width)
+    randomise(net)
+    net.eval()
+    with torch.no_grad():
+        y = net.features_out(x)
+    torch.save({"state_dict": net.state_dict()}, f"{out}/weights.pth")
+    return x, y
+
+
 def randomise(net):
     with torch.no_grad():
         for m in net.modules():
@@ -190,6 +244,9 @@ def main():
     elif arch == "resnet50_ibn":
         out = sys.argv[3]
         x, y = resnet50_ibn(int(sys.argv[2]), out)
+    elif arch == "shufflenet_v1":
+        out = sys.argv[3]
+        x, y = shufflenet_v1(int(sys.argv[2]), out)
     elif arch == "mobilenet_v2":
         out = sys.argv[3]
         x, y = mobilenet_v2(sys.argv[2], out)
