@@ -142,6 +142,12 @@ pub fn load(vs: &nn::VarStore, net: &MultiBranchNet, path: &Path) -> Result<Init
             .into_iter()
             .filter(|n| vars.contains_key(n) && !is_fresh(n))
             .collect();
+        // A DMUE checkpoint of ours names its auxiliary branches itself: keep their own copies.
+        for n in &targets {
+            if let Some((j, _)) = strip_aux(n) {
+                explicit_aux.insert(j);
+            }
+        }
         if targets.is_empty() {
             if name.ends_with("num_batches_tracked") {
                 ignored_counters += 1;
@@ -350,6 +356,22 @@ mod tests {
         }
         // The auxiliary branches really differ from each other in the source.
         assert!(!a["aux.0.layer4.0.conv1.weight"].equal(&a["aux.1.layer4.0.conv1.weight"]));
+    }
+
+    #[test]
+    fn a_dmue_checkpoint_keeps_each_auxiliary_branch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src_vs, _) = net(4, Backbone::Resnet18, true);
+        let path = write(dir.path(), &src_vs, |n| Some(n.to_string()));
+        let (vs, dst) = net(4, Backbone::Resnet18, true);
+        let report = load(&vs, &dst, &path).unwrap();
+        assert_eq!(report.branch_copies, 5);
+        let (a, b) = (src_vs.variables(), vs.variables());
+        for (n, t) in &b {
+            if !is_fresh(n) {
+                assert!(t.equal(&a[n]), "{n} was not loaded from its own copy");
+            }
+        }
     }
 
     #[test]
