@@ -1,13 +1,15 @@
 """Paired summary of scripts/experiments/run.sh's results.jsonl.
 
-    python3 scripts/experiments/summarize.py runs/exp9/results.jsonl [--json docs/results-summary.json]
+    python3 scripts/experiments/summarize.py runs/exp9/results.jsonl [MORE.jsonl ...] [--json docs/results-summary.json]
 
 Prints markdown tables (stdout). For every regime x flip rate x arm: mean and sample std of the
 clean-test accuracy over seeds, and the paired difference to the baseline of the same seeds
 with a 95 % confidence interval (Student t over the seeds' differences), the smallest per-class
 recall of any run (an arm that never predicts a class is broken), and, for DMUE arms, the
 analysis (KL to the true mixtures, Spearman of alpha with ambiguity, AUROC of alpha for flips).
-With --json the same figures go to a file a program can check.
+With several files (for instance the scratch and the pretrained grids), also the paired effect
+of the regime on each arm (same seeds, same data). With --json the same figures go to a file a
+program can check.
 """
 import json
 import math
@@ -25,13 +27,37 @@ def t975(df):
     return T975[df - 1] if df <= len(T975) else 1.96
 
 
-def load(path):
+def load(paths):
     latest = {}
-    for line in open(path):
-        if line.strip():
-            r = json.loads(line)
-            latest[(r.get("regime", "scratch"), r["arm"], r["flip_rate"], r["seed"])] = r
+    for path in paths:
+        for line in open(path):
+            if line.strip():
+                r = json.loads(line)
+                latest[(r.get("regime", "scratch"), r["arm"], r["flip_rate"], r["seed"])] = r
     return list(latest.values())
+
+
+def regime_effects(rows):
+    """Paired difference between regimes (e.g. pretrained - scratch) per arm and flip rate."""
+    acc = {(r.get("regime", "scratch"), r["arm"], r["flip_rate"], r["seed"]): 100 * r["accuracy"] for r in rows}
+    regimes = sorted({k[0] for k in acc})
+    out = []
+    if len(regimes) < 2:
+        return out
+    ref = "scratch" if "scratch" in regimes else regimes[0]
+    for other in (g for g in regimes if g != ref):
+        for arm, rate in sorted({(k[1], k[2]) for k in acc if k[0] == other}):
+            d = [acc[(other, arm, rate, s)] - acc[(ref, arm, rate, s)]
+                 for (g, a, fr, s) in acc if g == other and a == arm and fr == rate and (ref, arm, rate, s) in acc]
+            if not d:
+                continue
+            e = {"regime": other, "reference": ref, "arm": arm, "flip_rate": rate, "n": len(d),
+                 "diff": st.mean(d), "ci95_low": None, "ci95_high": None}
+            if len(d) > 1:
+                half = t975(len(d) - 1) * st.stdev(d) / math.sqrt(len(d))
+                e["ci95_low"], e["ci95_high"] = e["diff"] - half, e["diff"] + half
+            out.append(e)
+    return out
 
 
 def summarise(rows):
@@ -106,7 +132,7 @@ def main():
         i = args.index("--json")
         json_out = args[i + 1]
         del args[i:i + 2]
-    rows = load(args[0])
+    rows = load(args)
     entries = summarise(rows)
     for regime in sorted({e["regime"] for e in entries}):
         for rate in sorted({e["flip_rate"] for e in entries if e["regime"] == regime}, reverse=True):
@@ -123,9 +149,18 @@ def main():
                   f"{fmt(e.get('kl_softmax_mean'), 4)} | {fmt(e.get('spearman_alpha_entropy'), 4)} | "
                   f"{fmt(e.get('auroc_alpha_flipped'), 4)} | {fmt(e.get('alpha_clean_mean'), 3)} | "
                   f"{fmt(e.get('alpha_flipped_mean'), 3)} |")
+    effects = regime_effects(rows)
+    if effects:
+        print("\n#### Effect of the regime on each arm (paired by seed)\n")
+        print("| regime - reference | flip rate | arm | n | difference | 95 % interval |")
+        print("|---|---|---|---|---|---|")
+        for e in effects:
+            ci = "-" if e["ci95_low"] is None else f"{e['ci95_low']:+.2f} to {e['ci95_high']:+.2f}"
+            print(f"| {e['regime']} - {e['reference']} | {e['flip_rate']:.0%} | {e['arm']} | {e['n']} | "
+                  f"{fmt(e['diff'], sign=True)} | {ci} |")
     if json_out:
         with open(json_out, "w") as f:
-            json.dump({"source": args[0], "entries": entries}, f, indent=1)
+            json.dump({"source": args, "entries": entries, "regime_effects": effects}, f, indent=1)
             f.write("\n")
 
 
