@@ -451,30 +451,37 @@ fn pretrain_on_synthetic_identities_then_fit_from_it() {
     assert!(err.contains("needs pretrained weights"), "{err}");
 }
 
-/// MobileNetV2 (the paper's Table 6 backbone) trains as DMUE, exports and evaluates.
+/// The paper's other backbones (Tables 6-7) train as DMUE (auxiliary branches included) and
+/// export; parity and serving of each are in tests/tests/{parity,serve}.rs.
 #[test]
-fn mobilenet_v2_trains_and_exports() {
+fn every_backbone_trains_as_dmue_and_exports() {
     let tmp = tempfile::tempdir().unwrap();
-    let run_dir = tmp.path().join("mnv2");
-    let o = fit(
-        dataset(),
-        &run_dir,
-        &[
-            "--epochs",
-            "1",
-            "--backbone",
-            "mobilenet_v2",
-            "--set",
-            "model.width=8",
-        ],
-    );
-    assert!(o.status.success(), "{}", text(&o));
-    let cfg = std::fs::read_to_string(run_dir.join("config.toml")).unwrap();
-    assert!(cfg.contains("backbone = \"mobilenet_v2\""), "{cfg}");
-    let out = ok(&["export", run_dir.to_str().unwrap()]);
-    assert!(out.contains("7 auxiliary branches"), "{out}");
-    let card = dmue_deploy::model_card::ModelCard::from_onnx(&run_dir.join("target.onnx")).unwrap();
-    assert_eq!(card.backbone, "mobilenet_v2 width 8");
+    for (backbone, width, card) in [
+        ("mobilenet_v2", "8", "mobilenet_v2 width 8"),
+        ("resnet50_ibn", "4", "resnet50_ibn width 4"),
+        ("shufflenet_v1", "120", "shufflenet_v1 width 120"),
+    ] {
+        let run_dir = tmp.path().join(backbone);
+        let width = format!("model.width={width}");
+        let o = fit(
+            dataset(),
+            &run_dir,
+            &["--epochs", "1", "--backbone", backbone, "--set", &width],
+        );
+        assert!(o.status.success(), "{backbone}: {}", text(&o));
+        let cfg = std::fs::read_to_string(run_dir.join("config.toml")).unwrap();
+        assert!(cfg.contains(&format!("backbone = \"{backbone}\"")), "{cfg}");
+        let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+        assert!(
+            metrics.contains("\"aux\""),
+            "{backbone}: no auxiliary loss logged"
+        );
+        let out = ok(&["export", run_dir.to_str().unwrap()]);
+        assert!(out.contains("7 auxiliary branches"), "{out}");
+        let model_card =
+            dmue_deploy::model_card::ModelCard::from_onnx(&run_dir.join("target.onnx")).unwrap();
+        assert_eq!(model_card.backbone, card);
+    }
 }
 
 #[test]
