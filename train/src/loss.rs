@@ -318,7 +318,11 @@ pub struct LossTerms {
     pub soft: Option<Tensor>,
     pub sp: Option<Tensor>,
     pub aux: Option<Tensor>,
+    /// The confidence that weighted the CE (after `alpha_norm`).
     pub alpha: Option<Tensor>,
+    /// The uncertainty module's own output, before `alpha_norm` (what is logged: under the
+    /// class normalisation the weights average 1 by construction).
+    pub alpha_raw: Option<Tensor>,
     pub w_u: f64,
     pub w_d: f64,
 }
@@ -347,6 +351,22 @@ pub fn confidence(
     module: &crate::model::UncertaintyModule,
     cfg: &LossConfig,
 ) -> Tensor {
+    normalise_alpha(
+        &raw_confidence(target_feat, labels, c, module, cfg),
+        labels,
+        c,
+        cfg.alpha_norm,
+    )
+}
+
+/// The uncertainty module's output `[N]` before `cfg.alpha_norm` (see [`confidence`]).
+pub fn raw_confidence(
+    target_feat: &Tensor,
+    labels: &Tensor,
+    c: i64,
+    module: &crate::model::UncertaintyModule,
+    cfg: &LossConfig,
+) -> Tensor {
     let feat = if cfg.similarity_detach {
         target_feat.detach()
     } else {
@@ -359,8 +379,7 @@ pub fn confidence(
         cfg.similarity_include_self,
         cfg.similarity_minmax,
     );
-    let alpha = module.forward(&similarity_vector(&s, labels, c));
-    normalise_alpha(&alpha, labels, c, cfg.alpha_norm)
+    module.forward(&similarity_vector(&s, labels, c))
 }
 
 /// The latent distribution L_soft pulls towards: auxiliary branch y's softmax, sharpened
@@ -383,12 +402,17 @@ pub fn dmue_loss(
         ramp_up(epoch as f64, cfg.beta),
         ramp_down(epoch as f64, cfg.beta),
     );
-    let (target, alpha) = match (cfg.confidence, uncertainty) {
+    let (target, alpha, alpha_raw) = match (cfg.confidence, uncertainty) {
         (true, Some(module)) if epoch >= cfg.confidence_from_epoch => {
-            let alpha = confidence(&out.target_feat, labels, c, module, cfg);
-            (weighted_ce(&out.target_logits, &alpha, labels), Some(alpha))
+            let raw = raw_confidence(&out.target_feat, labels, c, module, cfg);
+            let alpha = normalise_alpha(&raw, labels, c, cfg.alpha_norm);
+            (
+                weighted_ce(&out.target_logits, &alpha, labels),
+                Some(alpha),
+                Some(raw),
+            )
         }
-        _ => (cross_entropy(&out.target_logits, labels), None),
+        _ => (cross_entropy(&out.target_logits, labels), None, None),
     };
     let has_aux = !out.aux_logits.is_empty();
     let soft = (cfg.latent && has_aux).then(|| {
@@ -429,6 +453,7 @@ pub fn dmue_loss(
         sp,
         aux,
         alpha,
+        alpha_raw,
         w_u,
         w_d,
     }
@@ -793,6 +818,17 @@ mod tests {
         let aux = scalar(&aux_ce(&out.aux_logits, &y));
         // Epoch 3, beta 6: w_u = exp(-0.25) = 0.778801, w_d = 1.
         let t = dmue_loss(&out, Some(module), &y, &cfg, 3);
+        // What is logged is the module's own output; the CE weights are that divided by the
+        // mean of each class (so they average 1 per class, and the raw values do not).
+        let raw = Vec::<f32>::try_from(t.alpha_raw.as_ref().unwrap()).unwrap();
+        let weights = Vec::<f32>::try_from(t.alpha.as_ref().unwrap()).unwrap();
+        let raw_ref = Vec::<f32>::try_from(&module.forward(&similarity_vector(&s, &y, 3))).unwrap();
+        for i in 0..6 {
+            let class_mean = (raw[i % 3] + raw[i % 3 + 3]) / 2.0;
+            assert!((raw[i] - raw_ref[i]).abs() < 1e-6);
+            assert!((weights[i] - raw[i] / class_mean).abs() < 1e-5);
+        }
+        assert!((raw.iter().sum::<f32>() / 6.0 - 1.0).abs() > 1e-3);
         let expected = 0.778801 * (wce + 0.5 * soft + 1e3 * sp) + aux;
         assert!(
             (scalar(&t.total) - expected).abs() < 1e-4 * expected.abs().max(1.0),

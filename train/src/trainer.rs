@@ -103,6 +103,7 @@ fn single_branch_loss(out: &TrainOutput, labels: &Tensor, cfg: &Config) -> LossT
         sp: None,
         aux: None,
         alpha: None,
+        alpha_raw: None,
         w_u: 1.0,
         w_d: 0.0,
     }
@@ -384,7 +385,8 @@ pub fn fit(cfg: &Config, run: &Path, resume: bool) -> Result<FitSummary> {
                 for (n, v) in &values {
                     *acc.sums.entry(n).or_default() += v;
                 }
-                if let Some(alpha) = &terms.alpha {
+                // The module's own output: the normalised weights average 1 by construction.
+                if let Some(alpha) = &terms.alpha_raw {
                     *acc.sums.entry("alpha").or_default() +=
                         alpha.mean(Kind::Float).double_value(&[]);
                 }
@@ -552,7 +554,9 @@ fn plot_curves(path: &Path, history: &[EpochMetrics]) -> Result<()> {
         ),
         ("L_sp (similarity preserving)", &|m: &EpochMetrics| m.sp),
         ("L_aux (auxiliary branches)", &|m: &EpochMetrics| m.aux),
-        ("mean confidence alpha", &|m: &EpochMetrics| m.alpha_mean),
+        ("mean alpha (module output)", &|m: &EpochMetrics| {
+            m.alpha_mean
+        }),
     ] {
         let s = series(f);
         if !s.is_empty() {
