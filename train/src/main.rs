@@ -199,6 +199,17 @@ struct SynthArgs {
     test_per_identity: Option<usize>,
 }
 
+impl SynthArgs {
+    /// The expression mixtures both synth modes draw from.
+    fn mixture(&self) -> MixtureConfig {
+        MixtureConfig {
+            ambiguous_share: self.ambiguity,
+            min_intensity: self.min_intensity,
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(clap::Args)]
 struct FitArgs {
     /// Dataset directory (overrides data.dataset).
@@ -295,11 +306,7 @@ fn run(cli: Cli) -> Result<()> {
                 test_per_identity: a.test_per_identity.unwrap_or((a.per_identity / 5).max(1)),
                 seed: a.seed,
                 size: a.size,
-                mixture: MixtureConfig {
-                    ambiguous_share: a.ambiguity,
-                    min_intensity: a.min_intensity,
-                    ..Default::default()
-                },
+                mixture: a.mixture(),
             };
             let s = synth::generate_identities(&opts, &a.out)?;
             println!(
@@ -319,11 +326,7 @@ fn run(cli: Cli) -> Result<()> {
                 mode: a.mode,
                 size: a.size,
                 max_faces: a.max_faces,
-                mixture: MixtureConfig {
-                    ambiguous_share: a.ambiguity,
-                    min_intensity: a.min_intensity,
-                    ..Default::default()
-                },
+                mixture: a.mixture(),
             };
             let s = synth::generate(&opts, &a.out)?;
             println!(
@@ -406,14 +409,7 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(d) = a.device {
                 sets.push(format!("train.device={}", toml_string(device_name(d))));
             }
-            // A resumed run keeps its own configuration; --set may still change it (e.g. epochs).
-            let run_config = a.out.join(trainer::CONFIG_FILE);
-            let files = if a.resume && run_config.exists() {
-                vec![run_config]
-            } else {
-                a.config.clone()
-            };
-            let cfg = Config::load(&files, &sets)?;
+            let cfg = run_config(&a.out, a.resume, &a.config, &sets)?;
             let s = trainer::fit(&cfg, &a.out, a.resume)?;
             println!(
                 "trained {} epochs in {:.1}s ({:.0} img/s) on {}; run directory {}",
@@ -448,13 +444,7 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(d) = a.device {
                 sets.push(format!("train.device={}", toml_string(device_name(d))));
             }
-            let run_config = a.out.join(trainer::CONFIG_FILE);
-            let files = if a.resume && run_config.exists() {
-                vec![run_config]
-            } else {
-                a.config.clone()
-            };
-            let cfg = Config::load(&files, &sets)?;
+            let cfg = run_config(&a.out, a.resume, &a.config, &sets)?;
             let (s, path) = dmue_train::pretrain::pretrain(&cfg, &a.out, a.resume)?;
             println!(
                 "pretrained {} epochs in {:.1}s ({:.0} img/s) on {}; run directory {}",
@@ -529,6 +519,22 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The configuration of a run in `out`: a resumed run keeps its own `config.toml` (`--set`
+/// may still change it, e.g. epochs); a new one reads the `--config` files.
+fn run_config(
+    out: &std::path::Path,
+    resume: bool,
+    files: &[PathBuf],
+    sets: &[String],
+) -> Result<Config> {
+    let own = out.join(trainer::CONFIG_FILE);
+    if resume && own.exists() {
+        Config::load(&[own], sets)
+    } else {
+        Config::load(files, sets)
+    }
 }
 
 fn device_name(d: DeviceChoice) -> &'static str {

@@ -55,15 +55,20 @@ fn torch_reference(args: &[&str]) {
         .args(args));
 }
 
+/// `scripts/convert-weights.sh pth st`.
+fn convert(pth: &Path, st: &Path) {
+    run(Command::new("bash")
+        .arg(repo().join("scripts/convert-weights.sh"))
+        .arg(pth)
+        .arg(st));
+}
+
 fn resnet18_round_trip(stem: Stem, stem_name: &str) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
     torch_reference(&["resnet18", "8", stem_name, d]);
     let st = dir.path().join("weights.safetensors");
-    run(Command::new("bash")
-        .arg(repo().join("scripts/convert-weights.sh"))
-        .arg(dir.path().join("weights.pth"))
-        .arg(&st));
+    convert(&dir.path().join("weights.pth"), &st);
 
     let vs = nn::VarStore::new(Device::Cpu);
     let cfg = ModelConfig {
@@ -110,10 +115,7 @@ fn authors_stem_resnet18_file_computes_what_torch_computes() {
     let d = dir.path().to_str().unwrap();
     torch_reference(&["resnet18", "8", "authors", d]);
     let st = dir.path().join("w.safetensors");
-    run(Command::new("bash")
-        .arg(repo().join("scripts/convert-weights.sh"))
-        .arg(dir.path().join("weights.pth"))
-        .arg(&st));
+    convert(&dir.path().join("weights.pth"), &st);
     let vs = nn::VarStore::new(Device::Cpu);
     let cfg = ModelConfig {
         width: Some(8),
@@ -132,10 +134,7 @@ fn features_match(arch: &str, backbone: Backbone, width: i64) {
     let dir = tempfile::tempdir().unwrap();
     torch_reference(&[arch, &width.to_string(), dir.path().to_str().unwrap()]);
     let st = dir.path().join("weights.safetensors");
-    run(Command::new("bash")
-        .arg(repo().join("scripts/convert-weights.sh"))
-        .arg(dir.path().join("weights.pth"))
-        .arg(&st));
+    convert(&dir.path().join("weights.pth"), &st);
     let vs = nn::VarStore::new(Device::Cpu);
     let cfg = ModelConfig {
         backbone,

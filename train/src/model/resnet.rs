@@ -109,12 +109,7 @@ pub struct Bottleneck {
 impl Bottleneck {
     fn new(p: nn::Path, cin: i64, planes: i64, stride: i64, ibn: bool) -> Self {
         let cout = 4 * planes;
-        let downsample = (stride != 1 || cin != cout).then(|| {
-            (
-                conv(&p / "downsample" / "0", cin, cout, 1, stride, 1),
-                bn(&p / "downsample" / "1", cout),
-            )
-        });
+        let downsample = downsample(&p, cin, cout, stride);
         Self {
             conv1: conv(&p / "conv1", cin, planes, 1, 1, 1),
             bn1: if ibn {
@@ -142,11 +137,7 @@ impl ModuleT for Bottleneck {
             .relu()
             .apply(&self.conv3)
             .apply_t(&self.bn3, train);
-        let shortcut = match &self.downsample {
-            Some((c, b)) => xs.apply(c).apply_t(b, train),
-            None => xs.shallow_clone(),
-        };
-        (ys + shortcut).relu()
+        residual(xs, ys, self.downsample.as_ref(), train)
     }
 }
 
@@ -166,6 +157,31 @@ impl ModuleT for Block {
     }
 }
 
+/// The 1x1 strided convolution + BatchNorm (`downsample.0`, `.1`) a block needs when its shape
+/// changes.
+fn downsample(p: &nn::Path, cin: i64, cout: i64, stride: i64) -> Option<(Conv, nn::BatchNorm)> {
+    (stride != 1 || cin != cout).then(|| {
+        (
+            conv(p / "downsample" / "0", cin, cout, 1, stride, 1),
+            bn(p / "downsample" / "1", cout),
+        )
+    })
+}
+
+/// `relu(ys + shortcut(xs))`, the shortcut projected when the block has a downsample.
+fn residual(
+    xs: &Tensor,
+    ys: Tensor,
+    downsample: Option<&(Conv, nn::BatchNorm)>,
+    train: bool,
+) -> Tensor {
+    let shortcut = match downsample {
+        Some((c, b)) => xs.apply(c).apply_t(b, train),
+        None => xs.shallow_clone(),
+    };
+    (ys + shortcut).relu()
+}
+
 /// ResNet BasicBlock: `[B, cin, H, W] -> [B, cout, H/stride, W/stride]`.
 #[derive(Debug)]
 pub struct BasicBlock {
@@ -179,12 +195,7 @@ pub struct BasicBlock {
 
 impl BasicBlock {
     pub fn new(p: nn::Path, cin: i64, cout: i64, stride: i64) -> Self {
-        let downsample = (stride != 1 || cin != cout).then(|| {
-            (
-                conv(&p / "downsample" / "0", cin, cout, 1, stride, 1),
-                bn(&p / "downsample" / "1", cout),
-            )
-        });
+        let downsample = downsample(&p, cin, cout, stride);
         Self {
             conv1: conv(&p / "conv1", cin, cout, 3, stride, 1),
             bn1: bn(&p / "bn1", cout),
@@ -203,11 +214,7 @@ impl ModuleT for BasicBlock {
             .relu()
             .apply(&self.conv2)
             .apply_t(&self.bn2, train);
-        let shortcut = match &self.downsample {
-            Some((c, b)) => xs.apply(c).apply_t(b, train),
-            None => xs.shallow_clone(),
-        };
-        (ys + shortcut).relu()
+        residual(xs, ys, self.downsample.as_ref(), train)
     }
 }
 
