@@ -55,9 +55,22 @@ pub fn exported_model(dir: &Path, seed: i64) -> Exported {
     exported_model_with(dir, seed, &test_configs()[0])
 }
 
+/// Runs `f` right after `tch::manual_seed(seed)`, holding a lock: libtorch's generator is
+/// process-wide, so without it tests running in parallel draw from each other's streams and a
+/// seed no longer fixes the weights or inputs it makes.
+pub fn seeded<T>(seed: i64, f: impl FnOnce() -> T) -> T {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(seed);
+    f()
+}
+
 /// [`exported_model`] for any backbone configuration.
 pub fn exported_model_with(dir: &Path, seed: i64, config: &ModelConfig) -> Exported {
-    tch::manual_seed(seed);
+    seeded(seed, || build_randomised(dir, config))
+}
+
+fn build_randomised(dir: &Path, config: &ModelConfig) -> Exported {
     let vs = nn::VarStore::new(Device::Cpu);
     let net = MultiBranchNet::new(&vs.root(), config, CLASSES.len(), true);
     tch::no_grad(|| {

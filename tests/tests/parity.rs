@@ -10,12 +10,13 @@ use tch::{Device, Kind, Tensor};
 const TOL: f32 = 1e-4;
 
 fn random_inputs(n: usize, seed: i64) -> Vec<f32> {
-    tch::manual_seed(seed);
-    Vec::<f32>::try_from(&Tensor::randn(
-        [n as i64 * 3 * 64 * 64],
-        (Kind::Float, Device::Cpu),
-    ))
-    .unwrap()
+    dmue_e2e::seeded(seed, || {
+        Vec::<f32>::try_from(&Tensor::randn(
+            [n as i64 * 3 * 64 * 64],
+            (Kind::Float, Device::Cpu),
+        ))
+        .unwrap()
+    })
 }
 
 /// Rendered synthetic faces through the model card's evaluation transform.
