@@ -22,14 +22,17 @@ impl Default for DecodeLimits {
     }
 }
 
+/// The image formats this build decodes (the `image` crate's features in the workspace).
+pub const SUPPORTED_FORMATS: &str = "PNG, JPEG";
+
 pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage> {
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| Error::BadInput(format!("cannot read image: {e}")))?;
     if reader.format().is_none() {
-        return Err(Error::BadInput(
-            "not an image in a supported format (JPEG, PNG, WebP, BMP, GIF, TIFF)".into(),
-        ));
+        return Err(Error::Unsupported(format!(
+            "not an image in a supported format ({SUPPORTED_FORMATS})"
+        )));
     }
     let mut l = image::Limits::default();
     l.max_image_width = Some(limits.max_side);
@@ -41,7 +44,7 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage> {
             "image exceeds the decode limits ({} px per side): {l}",
             limits.max_side
         )),
-        other => Error::BadInput(format!("cannot decode image: {other}")),
+        other => Error::Undecodable(format!("cannot decode image: {other}")),
     };
     let mut decoder = reader.into_decoder().map_err(classify)?;
     let orientation = decoder.orientation().map_err(classify)?;
@@ -120,12 +123,12 @@ mod tests {
     }
 
     #[test]
-    fn garbage_is_bad_input_and_huge_is_too_large() {
+    fn garbage_is_unsupported_damage_undecodable_and_huge_too_large() {
         assert_eq!(
             decode(b"hello", &DecodeLimits::default())
                 .unwrap_err()
                 .kind(),
-            "bad_input"
+            "unsupported_media_type"
         );
         let big = png(DynamicImage::ImageRgb8(RgbImage::new(300, 10)));
         let err = decode(
@@ -143,7 +146,7 @@ mod tests {
             decode(&truncated, &DecodeLimits::default())
                 .unwrap_err()
                 .kind(),
-            "bad_input"
+            "undecodable"
         );
     }
 }

@@ -18,3 +18,5 @@ pub mod pipeline;
 pub mod preprocess;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
+pub mod web;

@@ -6,11 +6,9 @@ use dmue_deploy::error::Error;
 use dmue_deploy::face::detect::{Detector, DetectorConfig};
 use dmue_deploy::image_io::{decode, DecodeLimits};
 use dmue_deploy::pipeline::{face_crops, Classifier};
-use dmue_deploy::server::{self, AppState, Batcher, ServeConfig};
+use dmue_deploy::server::{self, AppState, ServeConfig};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -212,19 +210,7 @@ fn serve(
     addr: SocketAddr,
     config: ServeConfig,
 ) -> Result<(), Error> {
-    let card = classifier.card.clone();
-    let engine = classifier.engine_name();
-    let (batcher, worker) = Batcher::start(classifier, config.max_batch, config.queue);
-    let state = Arc::new(AppState {
-        card,
-        engine,
-        batcher,
-        config,
-        ready: AtomicBool::new(true),
-        metrics: server::metrics_handle(),
-        detector: detector.map(std::sync::Mutex::new),
-        save_crops,
-    });
+    let (state, worker) = AppState::start(classifier, detector, config, save_crops);
     let rt = tokio::runtime::Runtime::new()
         .map_err(|e| Error::Model(format!("cannot start the async runtime: {e}")))?;
     rt.block_on(async {
@@ -236,15 +222,10 @@ fn serve(
             .map_err(|e| Error::BadInput(e.to_string()))?;
         // The first line on stdout is the address, so scripts and tests can find a port-0 server.
         println!("listening on http://{bound}");
-        tracing::info!(classes = ?state.card.classes, engine, "dmue-serve ready");
-        let app = server::router(state.clone());
-        let shutdown_state = state.clone();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                server::shutdown_signal().await;
-                shutdown_state.ready.store(false, Ordering::Relaxed);
-                tracing::info!("shutting down: finishing requests in flight");
-            })
+        // Nothing else goes to stdout: a reader may close it after that first line.
+        tracing::info!(classes = ?state.card.classes, engine = state.engine, "dmue-serve ready");
+        tracing::info!("open http://{bound}/ in a browser to try the model on a photo");
+        server::serve_on(listener, state.clone(), server::shutdown_signal())
             .await
             .map_err(|e| Error::Engine(format!("server error: {e}")))
     })?;
@@ -329,7 +310,8 @@ fn bench(
 }
 
 fn collect_images(paths: &[PathBuf]) -> Vec<PathBuf> {
-    const EXT: [&str; 8] = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"];
+    // The formats the decoder has (image_io::SUPPORTED_FORMATS).
+    const EXT: [&str; 3] = ["jpg", "jpeg", "png"];
     let mut out = Vec::new();
     for p in paths {
         if p.is_dir() {

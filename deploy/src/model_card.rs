@@ -47,6 +47,12 @@ impl ModelCard {
         )
     }
 
+    /// Whether the model learnt from dmue's synthetic benchmark (`dmue-train synth`, whose
+    /// datasets, raw or prepared, are all named `synth-...`): it only knows drawn faces.
+    pub fn trained_on_synthetic(&self) -> bool {
+        self.dataset.starts_with("synth-")
+    }
+
     /// The card as `metadata_props` entries (one readable key per fact, `dmue.*`).
     pub fn to_props(&self) -> Vec<(String, String)> {
         vec![

@@ -19,6 +19,20 @@ pub struct Prediction {
     pub score: f32,
     /// Probability of every class, in the model card's class order.
     pub probabilities: serde_json::Map<String, serde_json::Value>,
+    /// How spread the probabilities are: their entropy divided by ln(number of classes), from 0
+    /// (all mass on one class) to 1 (uniform). See [`ambiguity`].
+    pub ambiguity: f32,
+}
+
+/// Normalised entropy of a probability vector, `-sum p ln p / ln C`, in [0, 1]: 0 when one
+/// class has all the mass, 1 when every class is equally likely. It measures how much the
+/// model hesitates between classes, whatever the top class is.
+pub fn ambiguity(p: &[f32]) -> f32 {
+    if p.len() < 2 {
+        return 0.0;
+    }
+    let h: f32 = p.iter().filter(|&&v| v > 0.0).map(|&v| -v * v.ln()).sum();
+    (h / (p.len() as f32).ln()).clamp(0.0, 1.0)
 }
 
 pub struct Classifier {
@@ -88,6 +102,7 @@ impl Classifier {
                 .zip(&p)
                 .map(|(c, v)| (c.clone(), serde_json::json!(v)))
                 .collect(),
+            ambiguity: ambiguity(&p),
         }
     }
 
@@ -161,5 +176,15 @@ mod tests {
         assert!((p[0] - 0.5).abs() < 1e-6 && p[2] < 1e-30);
         let q = softmax(&[0.0, 2f32.ln()]);
         assert!((q[1] - 2.0 / 3.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn ambiguity_is_normalised_entropy() {
+        assert_eq!(ambiguity(&[1.0, 0.0, 0.0, 0.0]), 0.0);
+        assert!((ambiguity(&[0.25; 4]) - 1.0).abs() < 1e-6);
+        // Two of four classes at 0.5: entropy ln 2 over ln 4 = 1/2.
+        assert!((ambiguity(&[0.5, 0.5, 0.0, 0.0]) - 0.5).abs() < 1e-6);
+        // 0.7/0.2/0.1 over 3 classes, by hand: 0.8018 nats / ln 3 = 0.7298.
+        assert!((ambiguity(&[0.7, 0.2, 0.1]) - 0.7298).abs() < 1e-3);
     }
 }

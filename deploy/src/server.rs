@@ -5,8 +5,9 @@
 //! batch ran (up to `max_batch`) and runs it as one batch. The queue is bounded: when it is full
 //! the request is refused with 429 instead of waiting forever.
 //!
-//! Status codes: 200 ok; 400 bad input (not an image, empty body); 413 body or image too large;
-//! 429 queue full; 503 not ready / shutting down; 504 request timed out; 500 engine failure.
+//! Status codes: 200 ok; 400 bad request (empty body, bad multipart); 413 body or image too
+//! large; 415 not an image in a supported format; 422 a damaged image; 429 queue full; 503 not
+//! ready / shutting down; 504 request timed out; 500 engine failure.
 //! Every error body is `{"error": "...", "kind": "..."}`.
 
 use crate::error::Error;
@@ -55,6 +56,9 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = match &self {
             Error::BadInput(_) | Error::Preprocess(_) => StatusCode::BAD_REQUEST,
+            Error::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Error::Undecodable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -200,6 +204,49 @@ pub struct AppState {
     pub save_crops: Option<std::path::PathBuf>,
 }
 
+impl AppState {
+    /// Starts the inference worker for `classifier` and builds the service's state around it.
+    /// The worker thread ends once the state (and every clone of its queue) is dropped.
+    pub fn start(
+        classifier: Classifier,
+        detector: Option<crate::face::detect::Detector>,
+        config: ServeConfig,
+        save_crops: Option<std::path::PathBuf>,
+    ) -> (Arc<Self>, std::thread::JoinHandle<()>) {
+        let card = classifier.card.clone();
+        let engine = classifier.engine_name();
+        let (batcher, worker) = Batcher::start(classifier, config.max_batch, config.queue);
+        let state = Arc::new(AppState {
+            card,
+            engine,
+            batcher,
+            config,
+            ready: AtomicBool::new(true),
+            metrics: metrics_handle(),
+            detector: detector.map(std::sync::Mutex::new),
+            save_crops,
+        });
+        (state, worker)
+    }
+}
+
+/// Serves `state` on `listener` until `shutdown` resolves; then readiness turns false, new
+/// predictions get 503, and the requests in flight finish before this returns.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            state.ready.store(false, Ordering::Relaxed);
+            tracing::info!("shutting down: finishing requests in flight");
+        })
+        .await
+}
+
 /// The process-wide Prometheus recorder (installed once, shared by every router in a process).
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -239,6 +286,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .merge(crate::web::routes())
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }
@@ -264,8 +312,28 @@ async fn metrics_text(State(s): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
+/// The model card and how this instance serves it (the web page's model panel reads this).
 async fn model(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "card": s.card, "crop_rule": s.card.crop_rule(), "engine": s.engine }))
+    let detector = s.detector.as_ref().and_then(|d| {
+        d.lock().ok().map(|d| {
+            serde_json::json!({
+                "input_size": d.config.input_size,
+                "score_threshold": d.config.score_threshold,
+            })
+        })
+    });
+    Json(serde_json::json!({
+        "card": s.card,
+        "crop_rule": s.card.crop_rule(),
+        "engine": s.engine,
+        "synthetic": s.card.trained_on_synthetic(),
+        "detector": detector,
+        "limits": {
+            "max_body_bytes": s.config.max_body,
+            "max_side": s.config.limits.max_side,
+            "timeout_ms": s.config.timeout.as_millis() as u64,
+        },
+    }))
 }
 
 /// One face of one image.
@@ -375,7 +443,7 @@ async fn predict_inner(
     return_crops: bool,
 ) -> Result<Vec<ImageResult>, Error> {
     if !s.ready.load(Ordering::Relaxed) {
-        return Err(Error::Overloaded("the service is shutting down".into()));
+        return Err(Error::Unavailable("the service is shutting down".into()));
     }
     let images = images_of(req).await?;
     // All images of a request are decoded and queued together, so they can share batches.
@@ -420,6 +488,8 @@ async fn predict_image(
     .map_err(|e| Error::Engine(format!("decode task failed: {e}")))?
     .map_err(|e| match e {
         Error::BadInput(m) => Error::BadInput(format!("{name}: {m}")),
+        Error::Unsupported(m) => Error::Unsupported(format!("{name}: {m}")),
+        Error::Undecodable(m) => Error::Undecodable(format!("{name}: {m}")),
         Error::TooLarge(m) => Error::TooLarge(format!("{name}: {m}")),
         other => other,
     })?;

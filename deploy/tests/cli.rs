@@ -180,7 +180,7 @@ fn predict_prints_rows_and_reports_bad_files() {
     };
     assert_eq!(by_name("white.png")["faces"][0]["label"], "bright");
     assert_eq!(by_name("black.jpg")["faces"][0]["label"], "dark");
-    assert_eq!(by_name("broken.png")["kind"], "bad_input");
+    assert_eq!(by_name("broken.png")["kind"], "unsupported_media_type");
 
     let out = serve()
         .args([

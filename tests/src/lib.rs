@@ -67,10 +67,15 @@ pub fn seeded<T>(seed: i64, f: impl FnOnce() -> T) -> T {
 
 /// [`exported_model`] for any backbone configuration.
 pub fn exported_model_with(dir: &Path, seed: i64, config: &ModelConfig) -> Exported {
-    seeded(seed, || build_randomised(dir, config))
+    seeded(seed, || build_randomised(dir, config, "test"))
 }
 
-fn build_randomised(dir: &Path, config: &ModelConfig) -> Exported {
+/// [`exported_model`] whose model card names `dataset` as its training data.
+pub fn exported_model_trained_on(dir: &Path, seed: i64, dataset: &str) -> Exported {
+    seeded(seed, || build_randomised(dir, &test_configs()[0], dataset))
+}
+
+fn build_randomised(dir: &Path, config: &ModelConfig, dataset: &str) -> Exported {
     let vs = nn::VarStore::new(Device::Cpu);
     let net = MultiBranchNet::new(&vs.root(), config, CLASSES.len(), true);
     tch::no_grad(|| {
@@ -101,7 +106,7 @@ fn build_randomised(dir: &Path, config: &ModelConfig) -> Exported {
         },
         template_id: dmue_deploy::face::TEMPLATE_ID.into(),
         backbone: config.describe(),
-        dataset: "test".into(),
+        dataset: dataset.into(),
         run_id: "e2e".into(),
         version: "test".into(),
     };

@@ -5,15 +5,15 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use dmue_deploy::engine::EngineKind;
 use dmue_deploy::pipeline::Classifier;
-use dmue_deploy::server::{self, AppState, Batcher, ServeConfig};
+use dmue_deploy::server::{self, AppState, ServeConfig};
 use http_body_util::BodyExt;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use tower::ServiceExt;
 
 struct Fixture {
     _dir: tempfile::TempDir,
     app: axum::Router,
+    state: Arc<AppState>,
     faces: Vec<Vec<u8>>,
     expected: Vec<String>,
 }
@@ -64,20 +64,11 @@ fn fixture_for(
         })
         .collect();
     let classifier = Classifier::load(&m.path, EngineKind::Tract, 1).unwrap();
-    let (batcher, _worker) = Batcher::start(classifier, config.max_batch, config.queue);
-    let state = Arc::new(AppState {
-        card: m.card.clone(),
-        engine: "tract",
-        batcher,
-        config,
-        ready: AtomicBool::new(true),
-        metrics: server::metrics_handle(),
-        detector: detect.then(|| std::sync::Mutex::new(detector())),
-        save_crops: None,
-    });
+    let (state, _worker) = AppState::start(classifier, detect.then(detector), config, None);
     Fixture {
         _dir: dir,
-        app: server::router(state),
+        app: server::router(state.clone()),
+        state,
         faces,
         expected,
     }
@@ -211,7 +202,25 @@ async fn errors_have_documented_status_codes_and_one_body() {
     .await;
     assert_eq!(
         (status, json["kind"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("bad_input"))
+        (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Some("unsupported_media_type")
+        )
+    );
+    // A PNG cut after its header: the format is known, the image is damaged.
+    let mut png = Vec::new();
+    image::RgbImage::new(20, 20)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    png.truncate(40);
+    let (status, json, _) = call(
+        &f.app,
+        Request::post("/v1/predict").body(Body::from(png)).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, json["kind"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("undecodable"))
     );
     let (status, json, _) = call(
         &f.app,
@@ -234,6 +243,19 @@ async fn errors_have_documented_status_codes_and_one_body() {
         "{text}"
     );
     assert!(json["error"].as_str().unwrap().contains("limit"));
+    // Shutting down (readiness off): 503, as /readyz says.
+    f.state
+        .ready
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    let (status, json, _) = call(
+        &f.app,
+        Request::post("/v1/predict").body(Body::from("x")).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, json["kind"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

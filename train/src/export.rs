@@ -785,6 +785,16 @@ pub struct ExportReport {
     pub dropped_parameters: i64,
 }
 
+/// The run's name for the model card: its directory's name, never the training machine's
+/// absolute path (the card travels with the model).
+pub fn run_id(run: &Path) -> String {
+    std::fs::canonicalize(run)
+        .unwrap_or_else(|_| run.to_path_buf())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "run".into())
+}
+
 /// Exports a run's newest checkpoint (trunk + target branch) to `out`.
 pub fn export_run(run: &Path, out: &Path) -> Result<ExportReport> {
     let (cfg, ds, vs, net) = crate::trainer::load_run(run, tch::Device::Cpu)?;
@@ -794,10 +804,7 @@ pub fn export_run(run: &Path, out: &Path) -> Result<ExportReport> {
         template_id: ds.info.template_id.clone(),
         backbone: cfg.model.describe(),
         dataset: ds.info.name.clone(),
-        run_id: std::fs::canonicalize(run)
-            .unwrap_or_else(|_| run.to_path_buf())
-            .display()
-            .to_string(),
+        run_id: run_id(run),
         version: env!("CARGO_PKG_VERSION").into(),
     };
     let (model, exported) = tch::no_grad(|| build(&net, &card))?;

@@ -481,6 +481,11 @@ fn every_backbone_trains_as_dmue_and_exports() {
         let model_card =
             dmue_deploy::model_card::ModelCard::from_onnx(&run_dir.join("target.onnx")).unwrap();
         assert_eq!(model_card.backbone, card);
+        // The card names the run, not where it lay on the training machine.
+        assert_eq!(
+            model_card.run_id,
+            run_dir.file_name().unwrap().to_str().unwrap()
+        );
     }
 }
 
