@@ -29,6 +29,10 @@ pub struct ModelCard {
     pub run_id: String,
     /// dmue version that exported the model.
     pub version: String,
+    /// Calibration temperature T: probabilities are `softmax(logits / T)` (1 = uncalibrated;
+    /// `dmue-train export --calibrate SPLIT` fits it on held-out data). The exported graph's
+    /// `probabilities` output applies it too.
+    pub temperature: f32,
 }
 
 impl ModelCard {
@@ -45,6 +49,12 @@ impl ModelCard {
             self.preprocess.crop,
             self.preprocess.crop
         )
+    }
+
+    /// The calibrated class probabilities of one row of logits: `softmax(logits / T)`.
+    pub fn probabilities(&self, logits: &[f32]) -> Vec<f32> {
+        let scaled: Vec<f32> = logits.iter().map(|v| v / self.temperature).collect();
+        crate::pipeline::softmax(&scaled)
     }
 
     /// Whether the model learnt from dmue's synthetic benchmark (`dmue-train synth`, whose
@@ -70,6 +80,7 @@ impl ModelCard {
             ("dmue.dataset".into(), self.dataset.clone()),
             ("dmue.run_id".into(), self.run_id.clone()),
             ("dmue.version".into(), self.version.clone()),
+            ("dmue.temperature".into(), self.temperature.to_string()),
         ]
     }
 
@@ -104,12 +115,27 @@ impl ModelCard {
             dataset: prop(props, "dmue.dataset")?,
             run_id: prop(props, "dmue.run_id")?,
             version: prop(props, "dmue.version")?,
+            temperature: temperature(props)?,
         })
     }
 
     pub fn from_onnx(path: &Path) -> Result<Self> {
         Self::from_props(&crate::onnx::metadata(&crate::onnx::read_model(path)?))
     }
+}
+
+/// `dmue.temperature`, 1 when absent (models exported before calibration existed).
+fn temperature(props: &[(String, String)]) -> Result<f32> {
+    if !props.iter().any(|(k, _)| k == "dmue.temperature") {
+        return Ok(1.0);
+    }
+    let t: f32 = prop(props, "dmue.temperature")?;
+    if !(t.is_finite() && t > 0.0) {
+        return Err(Error::Model(format!(
+            "metadata dmue.temperature must be a positive number, got {t}"
+        )));
+    }
+    Ok(t)
 }
 
 /// JSON text of plain data (cannot fail for the card's types).
@@ -151,7 +177,30 @@ mod tests {
             dataset: "synth-aligned".into(),
             run_id: "runs/demo".into(),
             version: "0.1.0".into(),
+            temperature: 1.5,
         }
+    }
+
+    #[test]
+    fn temperature_scales_logits_and_defaults_to_one() {
+        let c = card();
+        // softmax([ln 3, 0, 0] / 1.5) = [3^(2/3), 1, 1] / (3^(2/3) + 2), by hand.
+        let p = c.probabilities(&[3f32.ln(), 0.0, 0.0]);
+        let a = 3f32.powf(2.0 / 3.0);
+        assert!((p[0] - a / (a + 2.0)).abs() < 1e-6, "{p:?}");
+        let mut props = c.to_props();
+        props.retain(|(k, _)| k != "dmue.temperature");
+        assert_eq!(ModelCard::from_props(&props).unwrap().temperature, 1.0);
+        let mut props = c.to_props();
+        props
+            .iter_mut()
+            .find(|(k, _)| k == "dmue.temperature")
+            .unwrap()
+            .1 = "0".into();
+        assert!(ModelCard::from_props(&props)
+            .unwrap_err()
+            .to_string()
+            .contains("temperature"));
     }
 
     #[test]

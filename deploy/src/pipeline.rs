@@ -17,7 +17,8 @@ pub struct Prediction {
     pub class_index: usize,
     /// Probability of the top class.
     pub score: f32,
-    /// Probability of every class, in the model card's class order.
+    /// Probability of every class, in the model card's class order: `softmax(logits / T)`
+    /// with the card's calibration temperature T.
     pub probabilities: serde_json::Map<String, serde_json::Value>,
     /// How spread the probabilities are: their entropy divided by ln(number of classes), from 0
     /// (all mass on one class) to 1 (uniform). See [`ambiguity`].
@@ -84,7 +85,7 @@ impl Classifier {
 
     /// Turns one row of logits into a prediction.
     pub fn prediction(&self, logits: &[f32]) -> Prediction {
-        let p = softmax(logits);
+        let p = self.card.probabilities(logits);
         let best = p
             .iter()
             .enumerate()

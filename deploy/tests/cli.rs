@@ -68,6 +68,7 @@ fn write_model(path: &Path, with_card: bool) {
         dataset: "test".into(),
         run_id: "test".into(),
         version: "test".into(),
+        temperature: 1.0,
     };
     let model = pb::ModelProto {
         ir_version: Some(8),

@@ -92,6 +92,9 @@ async function loadModel() {
     ["Input size", `${card.preprocess.crop} × ${card.preprocess.crop} px face crops`],
     ["Trained on", card.dataset + (m.synthetic ? " (synthetic benchmark)" : "")],
     ["Engine", m.engine],
+    ["Probabilities", card.temperature === 1
+      ? "softmax of the model's scores (not calibrated)"
+      : `calibrated: softmax of the scores / ${card.temperature.toFixed(2)} (temperature fitted on held-out data)`],
     ["Face detector", detector],
     ["Limits", `${(m.limits.max_body_bytes / 1048576).toFixed(0)} MiB per request, ${m.limits.max_side} px per side`],
     ["Version", `dmue ${card.version}, run ${card.run_id}`],

@@ -67,15 +67,18 @@ pub fn seeded<T>(seed: i64, f: impl FnOnce() -> T) -> T {
 
 /// [`exported_model`] for any backbone configuration.
 pub fn exported_model_with(dir: &Path, seed: i64, config: &ModelConfig) -> Exported {
-    seeded(seed, || build_randomised(dir, config, "test"))
+    seeded(seed, || build_randomised(dir, config, "test", 1.0))
 }
 
-/// [`exported_model`] whose model card names `dataset` as its training data.
-pub fn exported_model_trained_on(dir: &Path, seed: i64, dataset: &str) -> Exported {
-    seeded(seed, || build_randomised(dir, &test_configs()[0], dataset))
+/// [`exported_model`] whose model card names `dataset` as its training data and carries the
+/// calibration `temperature`.
+pub fn exported_model_card(dir: &Path, seed: i64, dataset: &str, temperature: f32) -> Exported {
+    seeded(seed, || {
+        build_randomised(dir, &test_configs()[0], dataset, temperature)
+    })
 }
 
-fn build_randomised(dir: &Path, config: &ModelConfig, dataset: &str) -> Exported {
+fn build_randomised(dir: &Path, config: &ModelConfig, dataset: &str, temperature: f32) -> Exported {
     let vs = nn::VarStore::new(Device::Cpu);
     let net = MultiBranchNet::new(&vs.root(), config, CLASSES.len(), true);
     tch::no_grad(|| {
@@ -109,6 +112,7 @@ fn build_randomised(dir: &Path, config: &ModelConfig, dataset: &str) -> Exported
         dataset: dataset.into(),
         run_id: "e2e".into(),
         version: "test".into(),
+        temperature,
     };
     let (model, _) = tch::no_grad(|| dmue_train::export::build(&net, &card)).expect("export");
     let path = dir.join("target.onnx");

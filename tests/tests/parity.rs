@@ -96,6 +96,57 @@ fn onnx_runtime_matches_tch() {
     check_engine(EngineKind::Ort);
 }
 
+/// A calibrated export (T = 2.5): the graph's `probabilities` and dmue-serve's predictions are
+/// softmax(tch logits / T), computed here in f64; `logits` stay raw.
+#[test]
+fn calibrated_probabilities_follow_the_temperature() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = 2.5f64;
+    let m = dmue_e2e::exported_model_card(dir.path(), 4, "test", t as f32);
+    let inputs = random_inputs(3, 6);
+    let reference = tch_logits(&m.net, &inputs, 3, 64);
+    let expected: Vec<f32> = reference
+        .chunks(7)
+        .flat_map(|row| {
+            let e: Vec<f64> = row.iter().map(|&v| (v as f64 / t).exp()).collect();
+            let s: f64 = e.iter().sum();
+            e.into_iter().map(move |v| (v / s) as f32)
+        })
+        .collect();
+    for kind in [EngineKind::Tract, EngineKind::Ort] {
+        let mut engine = engine::load(kind, &m.path, 1).unwrap();
+        let outputs = engine.run(&inputs, [3, 3, 64, 64]).unwrap();
+        let d = max_abs_diff(&outputs[0].1, &reference);
+        assert!(d <= TOL, "{kind:?} logits: {d}");
+        let d = max_abs_diff(&outputs[1].1, &expected);
+        assert!(
+            d <= 1e-5,
+            "{kind:?} probabilities vs softmax(logits / T): {d}"
+        );
+    }
+    // The server's path: Classifier::prediction with the card read back from the file.
+    let classifier =
+        dmue_deploy::pipeline::Classifier::load(&m.path, EngineKind::Tract, 1).unwrap();
+    assert_eq!(classifier.card.temperature, 2.5);
+    let p = classifier.prediction(&reference[..7]);
+    let served: Vec<f32> = m
+        .card
+        .classes
+        .iter()
+        .map(|c| p.probabilities[c].as_f64().unwrap() as f32)
+        .collect();
+    let d = max_abs_diff(&served, &expected[..7]);
+    assert!(
+        d <= 1e-6,
+        "served probabilities vs softmax(logits / T): {d}"
+    );
+    // Flatter than the uncalibrated softmax: the temperature really is applied.
+    let raw_top = dmue_deploy::pipeline::softmax(&reference[..7])
+        .into_iter()
+        .fold(0f32, f32::max);
+    assert!(p.score < raw_top, "{} vs {raw_top}", p.score);
+}
+
 #[test]
 fn passes_the_onnx_checker_and_carries_the_model_card() {
     for config in test_configs() {

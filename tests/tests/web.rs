@@ -107,7 +107,7 @@ fn the_page_works_in_a_real_browser() {
     let dir = tempfile::tempdir().unwrap();
     let mut det = detector();
     make_photos(dir.path(), &mut det);
-    let model = dmue_e2e::exported_model_trained_on(dir.path(), 7, "synth-photo-prepared");
+    let model = dmue_e2e::exported_model_card(dir.path(), 7, "synth-photo-prepared", 1.3);
     let classifier = Classifier::load(&model.path, EngineKind::Tract, 1).unwrap();
     let config = ServeConfig {
         max_body: 1 << 20,

@@ -119,6 +119,8 @@ try {
   const info = await page.textContent("#model-info");
   check(info.includes(model.card.backbone) && info.includes(model.engine) && info.includes(model.card.dataset),
     "model panel shows backbone, engine and dataset", info.slice(0, 160));
+  const calibration = model.card.temperature === 1 ? "not calibrated" : model.card.temperature.toFixed(2);
+  check(info.includes(calibration), "model panel says whether the probabilities are calibrated", calibration);
   check(await page.isVisible("#synthetic-warning") === model.synthetic,
     "synthetic warning shown exactly when the model card says so", `synthetic=${model.synthetic}`);
   await shot("01-start.png");

@@ -22,6 +22,30 @@ pub struct EvalReport {
     pub confusion: Vec<Vec<u64>>,
 }
 
+/// Target-branch logits of every image of `data` (centre crop), row-major `[N, C]`.
+pub fn logits(
+    net: &MultiBranchNet,
+    data: &SplitImages,
+    pre: &Preprocess,
+    device: Device,
+    batch: usize,
+) -> Vec<f32> {
+    let mut out = Vec::new();
+    let all: Vec<usize> = (0..data.len()).collect();
+    tch::no_grad(|| {
+        for idx in all.chunks(batch.max(1)) {
+            let (x, _) = eval_batch(data, idx, pre).to_device(pre.crop, device);
+            let l = net
+                .forward_target(&x)
+                .to_kind(Kind::Float)
+                .to_device(Device::Cpu)
+                .flatten(0, -1);
+            out.extend(Vec::<f32>::try_from(&l).expect("float logits"));
+        }
+    });
+    out
+}
+
 /// Predicted class of every image of `data` (target branch, centre crop).
 pub fn predict(
     net: &MultiBranchNet,
@@ -30,25 +54,13 @@ pub fn predict(
     device: Device,
     batch: usize,
 ) -> Vec<usize> {
-    let mut preds = Vec::with_capacity(data.len());
-    let all: Vec<usize> = (0..data.len()).collect();
-    tch::no_grad(|| {
-        for idx in all.chunks(batch.max(1)) {
-            let (x, _) = eval_batch(data, idx, pre).to_device(pre.crop, device);
-            let p = net
-                .forward_target(&x)
-                .argmax(1, false)
-                .to_kind(Kind::Int64)
-                .to_device(Device::Cpu);
-            preds.extend(
-                Vec::<i64>::try_from(&p)
-                    .expect("int64 predictions")
-                    .into_iter()
-                    .map(|v| v as usize),
-            );
-        }
-    });
-    preds
+    let l = logits(net, data, pre, device, batch);
+    let c = if data.is_empty() {
+        1
+    } else {
+        l.len() / data.len()
+    };
+    l.chunks(c.max(1)).map(crate::calibrate::argmax).collect()
 }
 
 /// Accuracy, recall per class and the confusion matrix of `preds` against `labels`.

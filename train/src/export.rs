@@ -4,7 +4,8 @@
 //!
 //! BatchNorm is folded into the preceding convolution; the batch dimension is symbolic (`N`);
 //! opset 17, IR version 8 (read by tract and ONNX Runtime). Outputs: `logits` `[N, C]` and
-//! `probabilities` = softmax(logits) `[N, C]`. The model card goes into `metadata_props`.
+//! `probabilities` = softmax(logits / T) `[N, C]`, T the card's calibration temperature (1 unless
+//! `export --calibrate`). The model card goes into `metadata_props`.
 //! The auxiliary branches and the uncertainty module are simply never visited.
 
 use crate::model::mobilenet_v2::{self, InvertedResidual};
@@ -540,10 +541,24 @@ pub fn build(net: &MultiBranchNet, card: &ModelCard) -> Result<(pb::ModelProto, 
     g.branch(&trunk, &net.target)?;
     // The classifier's output is the graph output `logits`, as the card documents.
     g.nodes.last_mut().context("empty graph")?.output = vec![LOGITS_NAME.into()];
+    // `probabilities` = softmax(logits / T), the card's calibration (no Div when T = 1).
+    let mut scores = LOGITS_NAME.to_string();
+    if card.temperature != 1.0 {
+        g.initializer("calibration.temperature", &Tensor::from(card.temperature))?;
+        g.parameters -= 1;
+        scores = "calibrated_logits".into();
+        g.nodes.push(pb::NodeProto {
+            name: Some("calibration/Div".into()),
+            op_type: Some("Div".into()),
+            input: vec![LOGITS_NAME.into(), "calibration.temperature".into()],
+            output: vec![scores.clone()],
+            ..Default::default()
+        });
+    }
     g.nodes.push(pb::NodeProto {
         name: Some("softmax/Softmax".into()),
         op_type: Some("Softmax".into()),
-        input: vec![LOGITS_NAME.into()],
+        input: vec![scores],
         output: vec![PROBABILITIES_NAME.into()],
         attribute: vec![int("axis", 1)],
         ..Default::default()
@@ -617,6 +632,7 @@ mod tests {
             dataset: "test".into(),
             run_id: "test".into(),
             version: "0".into(),
+            temperature: 1.0,
         }
     }
 
@@ -783,6 +799,8 @@ pub struct ExportReport {
     pub plain_backbone: ExportStats,
     /// Trainable parameters of the auxiliary branches and the uncertainty module, not exported.
     pub dropped_parameters: i64,
+    /// Temperature scaling, with `--calibrate`.
+    pub calibration: Option<crate::calibrate::CalibrationReport>,
 }
 
 /// The run's name for the model card: its directory's name, never the training machine's
@@ -796,8 +814,16 @@ pub fn run_id(run: &Path) -> String {
 }
 
 /// Exports a run's newest checkpoint (trunk + target branch) to `out`.
-pub fn export_run(run: &Path, out: &Path) -> Result<ExportReport> {
+pub fn export_run(
+    run: &Path,
+    out: &Path,
+    calibrate: Option<crate::data::manifest::Split>,
+) -> Result<ExportReport> {
     let (cfg, ds, vs, net) = crate::trainer::load_run(run, tch::Device::Cpu)?;
+    let calibration = match calibrate {
+        Some(split) => Some(calibrate_run(run, &cfg, &ds, &net, split)?),
+        None => None,
+    };
     let card = ModelCard {
         classes: ds.info.classes.clone(),
         preprocess: cfg.data.preprocess,
@@ -806,6 +832,7 @@ pub fn export_run(run: &Path, out: &Path) -> Result<ExportReport> {
         dataset: ds.info.name.clone(),
         run_id: run_id(run),
         version: env!("CARGO_PKG_VERSION").into(),
+        temperature: calibration.as_ref().map_or(1.0, |c| c.temperature as f32),
     };
     let (model, exported) = tch::no_grad(|| build(&net, &card))?;
     write(&model, out)?;
@@ -819,7 +846,83 @@ pub fn export_run(run: &Path, out: &Path) -> Result<ExportReport> {
         exported,
         plain_backbone,
         dropped_parameters,
+        calibration,
     })
+}
+
+/// Calibration results of a run (`export --calibrate`).
+pub const CALIBRATION_FILE: &str = "calibration.json";
+/// Reliability diagrams before and after, on the evaluation split.
+pub const RELIABILITY_PNG: &str = "reliability.png";
+
+/// Fits the temperature on `split` and measures it on the test split (or, without one, on
+/// `split` itself, which the report says); writes `RUN/calibration.json` and
+/// `RUN/reliability.png`.
+fn calibrate_run(
+    run: &Path,
+    cfg: &crate::config::Config,
+    ds: &crate::data::manifest::Dataset,
+    net: &MultiBranchNet,
+    split: crate::data::manifest::Split,
+) -> Result<crate::calibrate::CalibrationReport> {
+    use crate::calibrate::{fit_temperature, measure, CalibrationReport, ECE_BINS};
+    use crate::data::loader::SplitImages;
+    use crate::data::manifest::Split;
+    if split == Split::Test {
+        bail!(
+            "--calibrate test is refused: the test split is where calibration is measured. \
+             Fit it on held-out labelled data: `synth --val N`, or `prepare --val-share F`"
+        );
+    }
+    let pre = &cfg.data.preprocess;
+    let c = ds.num_classes();
+    let fit_on = SplitImages::load(ds, split, pre)?;
+    if fit_on.is_empty() {
+        bail!(
+            "the dataset has no {split} images to calibrate on (carve them with `synth --val N` \
+             or `prepare --val-share F`)"
+        );
+    }
+    let logits = crate::eval::logits(net, &fit_on, pre, tch::Device::Cpu, 128);
+    let temperature = fit_temperature(&logits, &fit_on.labels, c)?;
+    let test = SplitImages::load(ds, Split::Test, pre)?;
+    let (eval_on, eval_logits, eval_labels) = if test.is_empty() {
+        (split, logits, fit_on.labels.clone())
+    } else {
+        let l = crate::eval::logits(net, &test, pre, tch::Device::Cpu, 128);
+        (Split::Test, l, test.labels.clone())
+    };
+    let before = measure(&eval_logits, &eval_labels, c, 1.0, ECE_BINS);
+    let after = measure(&eval_logits, &eval_labels, c, temperature, ECE_BINS);
+    crate::plot::reliability_png(
+        &run.join(RELIABILITY_PNG),
+        &[
+            (
+                format!("{eval_on}, uncalibrated: ECE {:.1} %", 100.0 * before.ece),
+                before.bins.clone(),
+            ),
+            (
+                format!(
+                    "{eval_on}, T = {temperature:.2}: ECE {:.1} %",
+                    100.0 * after.ece
+                ),
+                after.bins.clone(),
+            ),
+        ],
+    )?;
+    let report = CalibrationReport {
+        fitted_on: split.to_string(),
+        fitted_images: fit_on.len(),
+        temperature,
+        evaluated_on: eval_on.to_string(),
+        before,
+        after,
+    };
+    crate::util::write_atomic(
+        &run.join(CALIBRATION_FILE),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
+    Ok(report)
 }
 
 impl std::fmt::Display for ExportReport {
@@ -858,6 +961,10 @@ impl std::fmt::Display for ExportReport {
             "  not exported: {c} auxiliary branches + uncertainty module ({} parameters)",
             self.dropped_parameters
         )?;
-        write!(f, "  classes: {}", self.card.classes.join(", "))
+        write!(f, "  classes: {}", self.card.classes.join(", "))?;
+        if let Some(c) = &self.calibration {
+            write!(f, "\n{c}")?;
+        }
+        Ok(())
     }
 }

@@ -2,6 +2,7 @@
 //! training on libtorch through tch.
 
 pub mod analyze;
+pub mod calibrate;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

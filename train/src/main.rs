@@ -103,6 +103,10 @@ struct PrepareArgs {
     /// Move this share of each class to the test split (sources without one).
     #[arg(long, default_value_t = 0.0)]
     test_share: f32,
+    /// Then move this share of each class's training images to a validation split (for
+    /// `export --calibrate val`).
+    #[arg(long, default_value_t = 0.0)]
+    val_share: f32,
     /// Flip this share of training labels to another uniformly random class (recorded).
     #[arg(long, default_value_t = 0.0)]
     flip_rate: f32,
@@ -151,6 +155,11 @@ struct ExportArgs {
     /// Output file (default: RUN/target.onnx).
     #[arg(long, short)]
     out: Option<PathBuf>,
+    /// Fit a calibration temperature on this held-out split (`val`; never `test`), store it in
+    /// the model card, and report NLL and ECE before and after on the test split
+    /// (RUN/calibration.json, RUN/reliability.png).
+    #[arg(long, value_name = "SPLIT")]
+    calibrate: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -164,6 +173,9 @@ struct SynthArgs {
     /// Number of test images (clean labels).
     #[arg(long, default_value_t = 700)]
     test: usize,
+    /// Number of validation images (clean labels), for `export --calibrate val`.
+    #[arg(long, default_value_t = 0)]
+    val: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Fraction of training labels flipped to another uniformly random class.
@@ -321,6 +333,7 @@ fn run(cli: Cli) -> Result<()> {
             let opts = SynthOptions {
                 train: a.train,
                 test: a.test,
+                val: a.val,
                 seed: a.seed,
                 flip_rate: a.flip_rate,
                 mode: a.mode,
@@ -353,6 +366,7 @@ fn run(cli: Cli) -> Result<()> {
                 det_threshold: a.det_threshold,
                 classes: a.classes,
                 test_share: a.test_share,
+                val_share: a.val_share,
                 flip_rate: a.flip_rate,
                 seed: a.seed,
                 format_options: match a.format {
@@ -514,8 +528,16 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Export(a) => {
             let out = a.out.unwrap_or_else(|| a.run.join("target.onnx"));
-            let report = dmue_train::export::export_run(&a.run, &out)?;
+            let split = a.calibrate.as_deref().map(str::parse).transpose()?;
+            let report = dmue_train::export::export_run(&a.run, &out, split)?;
             println!("{report}");
+            if report.calibration.is_some() {
+                println!(
+                    "wrote {} and {}",
+                    a.run.join(dmue_train::export::CALIBRATION_FILE).display(),
+                    a.run.join(dmue_train::export::RELIABILITY_PNG).display()
+                );
+            }
         }
     }
     Ok(())

@@ -270,3 +270,66 @@ pub fn histograms(
     root.present().map_err(err)?;
     Ok(())
 }
+
+/// Reliability diagrams side by side (one per panel: title and bins): accuracy per confidence
+/// bin as bars, the diagonal of perfect calibration, and each bin's share of images as a line.
+pub fn reliability_png(path: &Path, panels: &[(String, Vec<crate::calibrate::Bin>)]) -> Result<()> {
+    ensure_font();
+    let root =
+        BitMapBackend::new(path, (440 * panels.len().max(1) as u32, 440)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let areas = root.split_evenly((1, panels.len().max(1)));
+    for ((title, bins), area) in panels.iter().zip(areas.iter()) {
+        let total = bins.iter().map(|b| b.count).sum::<usize>().max(1) as f64;
+        let mut chart = ChartBuilder::on(area)
+            .caption(title, (FONT, 16))
+            .margin(10)
+            .x_label_area_size(32)
+            .y_label_area_size(44)
+            .build_cartesian_2d(0.0..1.0, 0.0..1.0)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("confidence (top-class probability)")
+            .y_desc("accuracy")
+            .label_style((FONT, 11))
+            .draw()
+            .map_err(err)?;
+        chart
+            .draw_series(
+                bins.iter().filter(|b| b.count > 0).map(|b| {
+                    Rectangle::new([(b.lo, 0.0), (b.hi, b.accuracy)], BLUE.mix(0.5).filled())
+                }),
+            )
+            .map_err(err)?
+            .label("accuracy in the bin")
+            .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], BLUE.mix(0.5).filled()));
+        chart
+            .draw_series(LineSeries::new(
+                [(0.0, 0.0), (1.0, 1.0)],
+                BLACK.stroke_width(1),
+            ))
+            .map_err(err)?
+            .label("perfect calibration")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK.stroke_width(1)));
+        chart
+            .draw_series(LineSeries::new(
+                bins.iter()
+                    .map(|b| ((b.lo + b.hi) / 2.0, b.count as f64 / total)),
+                RED.stroke_width(2),
+            ))
+            .map_err(err)?
+            .label("share of images")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], RED.stroke_width(2)));
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font((FONT, 11))
+            .draw()
+            .map_err(err)?;
+    }
+    root.present().map_err(err)?;
+    Ok(())
+}

@@ -490,6 +490,75 @@ fn every_backbone_trains_as_dmue_and_exports() {
 }
 
 #[test]
+fn export_calibrates_on_the_validation_split_and_refuses_the_test_split() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = tmp.path().join("ds");
+    let d = ds.to_str().unwrap();
+    ok(&[
+        "synth",
+        "--out",
+        d,
+        "--train",
+        "84",
+        "--test",
+        "28",
+        "--val",
+        "28",
+        "--size",
+        "48",
+        "--seed",
+        "3",
+        "--flip-rate",
+        "0.2",
+    ]);
+    // Validation images are drawn from streams of their own: train and test are unchanged.
+    let rows = |dir: &Path| -> Vec<String> {
+        std::fs::read_to_string(dir.join("manifest.jsonl"))
+            .unwrap()
+            .lines()
+            .filter(|l| !l.contains("\"split\":\"val\""))
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(rows(&ds), rows(dataset()));
+    let manifest = std::fs::read_to_string(ds.join("manifest.jsonl")).unwrap();
+    assert_eq!(manifest.matches("\"split\":\"val\"").count(), 28);
+
+    let run_dir = tmp.path().join("run");
+    let o = fit(&ds, &run_dir, &["--epochs", "1", "--mode", "baseline"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let r = run_dir.to_str().unwrap();
+    let msg = fails(&["export", r, "--calibrate", "test"]);
+    assert!(
+        msg.contains("test split is where calibration is measured"),
+        "{msg}"
+    );
+    let out = ok(&["export", r, "--calibrate", "val"]);
+    assert!(out.contains("temperature") && out.contains("ECE"), "{out}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("calibration.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["fitted_on"], "val");
+    assert_eq!(report["fitted_images"], 28);
+    assert_eq!(report["evaluated_on"], "test");
+    // Temperature scaling never changes the top class, only how sure it is.
+    assert_eq!(report["before"]["accuracy"], report["after"]["accuracy"]);
+    assert!(run_dir.join("reliability.png").exists());
+    let card = dmue_deploy::model_card::ModelCard::from_onnx(&run_dir.join("target.onnx")).unwrap();
+    let t = report["temperature"].as_f64().unwrap();
+    assert!(
+        (card.temperature as f64 - t).abs() < 1e-5 * t,
+        "{} vs {t}",
+        card.temperature
+    );
+    assert!(card.temperature != 1.0);
+    // Without --calibrate the card says uncalibrated.
+    ok(&["export", r]);
+    let card = dmue_deploy::model_card::ModelCard::from_onnx(&run_dir.join("target.onnx")).unwrap();
+    assert_eq!(card.temperature, 1.0);
+}
+
+#[test]
 fn corrupt_and_missing_images_are_skipped_and_listed() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = tmp.path().join("ds");

@@ -54,7 +54,23 @@ pub fn read(opts: &PrepareOptions) -> Result<Source> {
         if source.items.iter().any(|i| i.split == Split::Test) {
             bail!("--test-share: the dataset already has a test split");
         }
-        move_to_test(&mut source.items, opts.test_share, opts.seed);
+        move_share(
+            &mut source.items,
+            opts.test_share,
+            opts.seed ^ 0x7E57,
+            Split::Test,
+        );
+    }
+    if opts.val_share > 0.0 {
+        if source.items.iter().any(|i| i.split == Split::Val) {
+            bail!("--val-share: the dataset already has a validation split");
+        }
+        move_share(
+            &mut source.items,
+            opts.val_share,
+            opts.seed ^ 0x7A1,
+            Split::Val,
+        );
     }
     Ok(source)
 }
@@ -144,19 +160,20 @@ fn one_face(label: usize) -> Vec<FaceLabel> {
 }
 
 /// Moves round(share * n) images of each class from train to test (seeded).
-fn move_to_test(items: &mut [Item], share: f32, seed: u64) {
+/// Moves `share` of each class's single-face training items to split `to` (seeded).
+fn move_share(items: &mut [Item], share: f32, seed: u64, to: Split) {
     let mut by_class: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (i, item) in items.iter().enumerate() {
         if item.split == Split::Train && item.faces.len() == 1 {
             by_class.entry(item.faces[0].label).or_default().push(i);
         }
     }
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x7E57);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     for (_, mut idx) in by_class {
         idx.shuffle(&mut rng);
         let n = (share * idx.len() as f32).round() as usize;
         for &i in &idx[..n] {
-            items[i].split = Split::Test;
+            items[i].split = to;
         }
     }
 }

@@ -118,6 +118,8 @@ pub struct PrepareOptions {
     pub classes: Option<Vec<String>>,
     /// Share of each class moved to the test split when the source has no test split.
     pub test_share: f32,
+    /// Share of each class moved from train to a validation split (for `export --calibrate`).
+    pub val_share: f32,
     /// Share of training labels flipped to another uniformly random class (recorded in the
     /// manifest's `original_label` and in `label-flips.jsonl`).
     pub flip_rate: f32,
@@ -139,6 +141,7 @@ impl Default for PrepareOptions {
             det_threshold: DetectorConfig::default().score_threshold,
             classes: None,
             test_share: 0.0,
+            val_share: 0.0,
             flip_rate: 0.0,
             seed: 0,
             format_options: serde_json::Value::Null,
@@ -333,6 +336,13 @@ pub fn prepare(opts: &PrepareOptions, rt: &Runtime, out: &Path) -> Result<Report
     }
     if !(0.0..1.0).contains(&opts.test_share) {
         bail!("--test-share must be in [0, 1), got {}", opts.test_share);
+    }
+    if !(0.0..1.0).contains(&opts.val_share) || opts.test_share + opts.val_share >= 1.0 {
+        bail!(
+            "--val-share must be in [0, 1) and leave training data (--test-share {} + --val-share {})",
+            opts.test_share,
+            opts.val_share
+        );
     }
     let source = formats::read(opts)?;
     if source.items.is_empty() {

@@ -34,6 +34,9 @@ pub enum Mode {
 pub struct SynthOptions {
     pub train: usize,
     pub test: usize,
+    /// Validation images (clean labels, like the test split): for `export --calibrate val`.
+    #[serde(default)]
+    pub val: usize,
     pub seed: u64,
     /// Fraction of training labels flipped to another uniformly random class.
     pub flip_rate: f32,
@@ -50,6 +53,7 @@ impl Default for SynthOptions {
         Self {
             train: 2800,
             test: 700,
+            val: 0,
             seed: 0,
             flip_rate: 0.0,
             mode: Mode::Aligned,
@@ -231,14 +235,17 @@ pub fn generate(opts: &SynthOptions, out: &Path) -> Result<Summary> {
     if opts.size < 32 {
         bail!("--size must be at least 32 pixels, got {}", opts.size);
     }
-    if opts.train + opts.test == 0 {
-        bail!("nothing to generate: --train and --test are both 0");
+    if opts.train + opts.test + opts.val == 0 {
+        bail!("nothing to generate: --train, --test and --val are all 0");
     }
+    // Each image has its own random stream (split, index): adding validation images leaves
+    // the training and test images as they were.
     let jobs: Vec<(Split, usize)> = (0..opts.train)
         .map(|i| (Split::Train, i))
         .chain((0..opts.test).map(|i| (Split::Test, i)))
+        .chain((0..opts.val).map(|i| (Split::Val, i)))
         .collect();
-    for split in ["train", "test"] {
+    for split in ["train", "test", "val"] {
         std::fs::create_dir_all(out.join("images").join(split))
             .with_context(|| format!("cannot create {}", out.display()))?;
     }
@@ -261,7 +268,7 @@ pub fn generate(opts: &SynthOptions, out: &Path) -> Result<Summary> {
         .collect::<Result<_>>()?;
     pb.finish_and_clear();
 
-    // Label noise on the training faces only; the test split keeps clean labels.
+    // Label noise on the training faces only; the test and validation splits keep clean labels.
     let mut train_labels: Vec<usize> = rendered
         .iter()
         .filter(|r| r.0 == Split::Train)
