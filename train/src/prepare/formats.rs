@@ -908,6 +908,50 @@ mod tests {
     }
 
     #[test]
+    fn val_share_moves_that_share_of_each_class_and_only_training_items() {
+        let item = |k: usize, label: usize, split: Split| Item {
+            key: format!("i{k}"),
+            source: format!("i{k}.png"),
+            pixels: Pixels::File(PathBuf::from(format!("i{k}.png"))),
+            split,
+            faces: vec![FaceLabel {
+                label,
+                landmarks: None,
+                bbox: None,
+                truth: None,
+                votes: None,
+            }],
+            pre_aligned: false,
+        };
+        // 20 training items of class 0, 8 of class 1, 6 test items.
+        let mut items: Vec<Item> = (0..28)
+            .map(|k| item(k, usize::from(k >= 20), Split::Train))
+            .chain((28..34).map(|k| item(k, 0, Split::Test)))
+            .collect();
+        move_share(&mut items, 0.25, 9, Split::Val);
+        let val = |c: usize| {
+            items
+                .iter()
+                .filter(|i| i.split == Split::Val && i.faces[0].label == c)
+                .count()
+        };
+        assert_eq!((val(0), val(1)), (5, 2));
+        assert_eq!(items.iter().filter(|i| i.split == Split::Test).count(), 6);
+        // Seeded: the same seed picks the same items.
+        let mut again: Vec<Item> = (0..28)
+            .map(|k| item(k, usize::from(k >= 20), Split::Train))
+            .collect();
+        move_share(&mut again, 0.25, 9, Split::Val);
+        let picked = |v: &[Item]| -> Vec<String> {
+            v.iter()
+                .filter(|i| i.split == Split::Val)
+                .map(|i| i.key.clone())
+                .collect()
+        };
+        assert_eq!(picked(&items[..28]), picked(&again));
+    }
+
+    #[test]
     fn five_points_from_68() {
         let mut p = vec![[0f32, 0.0]; 68];
         for (i, q) in p.iter_mut().enumerate() {
