@@ -249,7 +249,7 @@ fn bench_photo(
     let mut run = || -> Result<(usize, f64, f64), Error> {
         let t = std::time::Instant::now();
         let img = decode(&bytes, limits)?;
-        let faces = face_crops(&img, detector.as_mut())?;
+        let faces = face_crops(&img, detector.as_mut(), classifier.card.aligned_size)?;
         let detect_ms = t.elapsed().as_secs_f64() * 1e3;
         std::hint::black_box(classifier.classify(&faces, faces.len())?);
         Ok((faces.len(), detect_ms, t.elapsed().as_secs_f64() * 1e3))
@@ -373,7 +373,7 @@ fn predict(
         let faces = std::fs::read(f)
             .map_err(|e| Error::BadInput(format!("cannot read: {e}")))
             .and_then(|b| decode(&b, limits))
-            .and_then(|img| face_crops(&img, detector.as_mut()));
+            .and_then(|img| face_crops(&img, detector.as_mut(), classifier.card.aligned_size));
         let faces = match faces {
             Ok(faces) => faces,
             Err(e) => {

@@ -24,6 +24,10 @@ pub struct ModelCard {
     pub preprocess: Preprocess,
     /// Alignment template the training crops were cut with (`crate::face::TEMPLATE_ID`).
     pub template_id: String,
+    /// Side, in pixels, of the aligned crops the model was trained on (`prepare --size`, or
+    /// the synthetic crops' size): dmue-serve warps faces at this size, as `prepare` did, so
+    /// serving feeds the classifier the pixels training saw.
+    pub aligned_size: u32,
     pub backbone: String,
     pub dataset: String,
     pub run_id: String,
@@ -42,8 +46,8 @@ impl ModelCard {
             "align with template {} to {}x{}, resize to {}x{}, centre crop {}x{}, RGB scaled to [0,1], \
              (x - mean) / std per channel, NCHW",
             self.template_id,
-            crate::face::ALIGNED_SIZE,
-            crate::face::ALIGNED_SIZE,
+            self.aligned_size,
+            self.aligned_size,
             self.preprocess.resize,
             self.preprocess.resize,
             self.preprocess.crop,
@@ -76,6 +80,7 @@ impl ModelCard {
             ("dmue.std".into(), to_json(&self.preprocess.std)),
             ("dmue.crop_rule".into(), self.crop_rule()),
             ("dmue.template_id".into(), self.template_id.clone()),
+            ("dmue.aligned_size".into(), self.aligned_size.to_string()),
             ("dmue.backbone".into(), self.backbone.clone()),
             ("dmue.dataset".into(), self.dataset.clone()),
             ("dmue.run_id".into(), self.run_id.clone()),
@@ -111,6 +116,12 @@ impl ModelCard {
             classes,
             preprocess,
             template_id: prop(props, "dmue.template_id")?,
+            // Models exported before the key existed were served at the template's size.
+            aligned_size: if props.iter().any(|(k, _)| k == "dmue.aligned_size") {
+                prop(props, "dmue.aligned_size")?
+            } else {
+                crate::face::ALIGNED_SIZE
+            },
             backbone: prop(props, "dmue.backbone")?,
             dataset: prop(props, "dmue.dataset")?,
             run_id: prop(props, "dmue.run_id")?,
@@ -173,6 +184,7 @@ mod tests {
                 std: [0.2, 0.25, 0.3],
             },
             template_id: crate::face::TEMPLATE_ID.into(),
+            aligned_size: 128,
             backbone: "resnet18 (width 16)".into(),
             dataset: "synth-aligned".into(),
             run_id: "runs/demo".into(),

@@ -130,7 +130,7 @@ pub struct FaceCrop {
     pub bbox: [f32; 4],
     pub landmarks: Option<[[f32; 2]; 5]>,
     pub detection_score: Option<f32>,
-    /// The aligned crop (`crate::face::ALIGNED_SIZE` square with detection).
+    /// The aligned crop (an `aligned_size` square with detection: the model card's).
     pub crop: RgbImage,
 }
 
@@ -140,6 +140,7 @@ pub struct FaceCrop {
 pub fn face_crops(
     img: &RgbImage,
     detector: Option<&mut crate::face::detect::Detector>,
+    aligned_size: u32,
 ) -> Result<Vec<FaceCrop>> {
     let Some(detector) = detector else {
         let (w, h) = img.dimensions();
@@ -152,9 +153,7 @@ pub fn face_crops(
     };
     let mut faces = Vec::new();
     for d in detector.detect(img)? {
-        let Some((crop, _)) =
-            crate::face::align::align(img, &d.landmarks, crate::face::ALIGNED_SIZE)
-        else {
+        let Some((crop, _)) = crate::face::align::align(img, &d.landmarks, aligned_size) else {
             continue;
         };
         faces.push(FaceCrop {

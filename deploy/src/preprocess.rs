@@ -26,6 +26,32 @@ pub enum PreprocessError {
     Resize(String),
 }
 
+/// The one image resizer of dmue: any RGB image to `side x side`, bilinear (torchvision's
+/// default). The classifier transform and `prepare` (pre-aligned crops, `--no-face whole`)
+/// both use it, so a face is resized the same way in training and in serving.
+pub fn resize_square(img: &RgbImage, side: u32) -> Result<RgbImage, PreprocessError> {
+    if img.width() == 0 || img.height() == 0 {
+        return Err(PreprocessError::Empty {
+            width: img.width(),
+            height: img.height(),
+        });
+    }
+    if img.width() == side && img.height() == side {
+        return Ok(img.clone());
+    }
+    let src =
+        fr::images::ImageRef::new(img.width(), img.height(), img.as_raw(), fr::PixelType::U8x3)
+            .map_err(|e| PreprocessError::Resize(e.to_string()))?;
+    let mut dst = fr::images::Image::new(side, side, fr::PixelType::U8x3);
+    let opts =
+        fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear));
+    fr::Resizer::new()
+        .resize(&src, &mut dst, &opts)
+        .map_err(|e| PreprocessError::Resize(e.to_string()))?;
+    RgbImage::from_raw(side, side, dst.into_vec())
+        .ok_or_else(|| PreprocessError::Resize("buffer size mismatch".into()))
+}
+
 /// Geometry and normalisation of the classifier input.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -62,26 +88,7 @@ impl Preprocess {
 
     /// Resizes an aligned face crop to `resize x resize` (bilinear, as torchvision's default).
     pub fn resize_rgb(&self, img: &RgbImage) -> Result<RgbImage, PreprocessError> {
-        if img.width() == 0 || img.height() == 0 {
-            return Err(PreprocessError::Empty {
-                width: img.width(),
-                height: img.height(),
-            });
-        }
-        if img.width() == self.resize && img.height() == self.resize {
-            return Ok(img.clone());
-        }
-        let src =
-            fr::images::ImageRef::new(img.width(), img.height(), img.as_raw(), fr::PixelType::U8x3)
-                .map_err(|e| PreprocessError::Resize(e.to_string()))?;
-        let mut dst = fr::images::Image::new(self.resize, self.resize, fr::PixelType::U8x3);
-        let opts = fr::ResizeOptions::new()
-            .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear));
-        fr::Resizer::new()
-            .resize(&src, &mut dst, &opts)
-            .map_err(|e| PreprocessError::Resize(e.to_string()))?;
-        RgbImage::from_raw(self.resize, self.resize, dst.into_vec())
-            .ok_or_else(|| PreprocessError::Resize("buffer size mismatch".into()))
+        resize_square(img, self.resize)
     }
 
     /// Top-left corner of the centre crop inside the resized image.

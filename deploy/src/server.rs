@@ -474,9 +474,9 @@ async fn predict_image(
                 let mut guard = d
                     .lock()
                     .map_err(|_| Error::Engine("the detector panicked earlier".into()))?;
-                face_crops(&img, Some(&mut *guard))?
+                face_crops(&img, Some(&mut *guard), state.card.aligned_size)?
             }
-            None => face_crops(&img, None)?,
+            None => face_crops(&img, None, state.card.aligned_size)?,
         };
         let inputs = crops
             .iter()

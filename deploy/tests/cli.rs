@@ -64,6 +64,7 @@ fn write_model(path: &Path, with_card: bool) {
             ..Default::default()
         },
         template_id: dmue_deploy::face::TEMPLATE_ID.into(),
+        aligned_size: dmue_deploy::face::ALIGNED_SIZE,
         backbone: "test".into(),
         dataset: "test".into(),
         run_id: "test".into(),

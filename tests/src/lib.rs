@@ -108,6 +108,7 @@ fn build_randomised(dir: &Path, config: &ModelConfig, dataset: &str, temperature
             ..Default::default()
         },
         template_id: dmue_deploy::face::TEMPLATE_ID.into(),
+        aligned_size: dmue_deploy::face::ALIGNED_SIZE,
         backbone: config.describe(),
         dataset: dataset.into(),
         run_id: "e2e".into(),

@@ -65,7 +65,10 @@ fn make_photos(dir: &Path, detector: &mut Detector) {
         .map(|i| rendered.join(format!("images/test/{i:06}.png")))
         .find(|p| {
             let img = image::open(p).unwrap().to_rgb8();
-            face_crops(&img, Some(detector)).unwrap().len() == 2
+            face_crops(&img, Some(detector), dmue_deploy::face::ALIGNED_SIZE)
+                .unwrap()
+                .len()
+                == 2
         })
         .expect("a rendered photo with 2 detected faces");
     let photo = image::open(&two).unwrap().to_rgb8();

@@ -628,6 +628,7 @@ mod tests {
                 ..Default::default()
             },
             template_id: dmue_deploy::face::TEMPLATE_ID.into(),
+            aligned_size: dmue_deploy::face::ALIGNED_SIZE,
             backbone: "resnet18".into(),
             dataset: "test".into(),
             run_id: "test".into(),
@@ -828,6 +829,7 @@ pub fn export_run(
         classes: ds.info.classes.clone(),
         preprocess: cfg.data.preprocess,
         template_id: ds.info.template_id.clone(),
+        aligned_size: ds.info.image_size,
         backbone: cfg.model.describe(),
         dataset: ds.info.name.clone(),
         run_id: run_id(run),

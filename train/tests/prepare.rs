@@ -545,3 +545,49 @@ fn sfew_reads_train_and_val_folders() {
     assert!(ds.split(Split::Test).count() > 0);
     trains(&out);
 }
+
+/// Training and serving cut a face the same way: a crop `prepare` wrote and the crop
+/// dmue-serve's pipeline cuts from the same photo, at the size the exported model card
+/// records, are the same pixels, so the classifier sees in production what it saw in training.
+#[test]
+fn prepared_and_served_crops_of_a_face_are_identical() {
+    let (dir, _) = photos(1);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("detected");
+    let o = prepare("synth", dir, &out, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    trains(&out);
+    let run_dir = out.with_extension("run");
+    ok(&["export", s(&run_dir)]);
+    let card = dmue_deploy::model_card::ModelCard::from_onnx(&run_dir.join("target.onnx")).unwrap();
+    assert_eq!(card.aligned_size, 64, "prepare --size 64");
+    let mut detector = dmue_deploy::face::detect::Detector::load(
+        Path::new(DETECTOR),
+        dmue_deploy::engine::EngineKind::Tract,
+        1,
+        Default::default(),
+    )
+    .unwrap();
+    let ds = manifest(&out);
+    assert!(ds.rows.len() >= 20, "{} crops", ds.rows.len());
+    for row in &ds.rows {
+        let trained = image::open(out.join(&row.path)).unwrap().to_rgb8();
+        let bytes = std::fs::read(dir.join(row.source.as_ref().unwrap())).unwrap();
+        let photo = dmue_deploy::image_io::decode(&bytes, &Default::default()).unwrap();
+        let served =
+            dmue_deploy::pipeline::face_crops(&photo, Some(&mut detector), card.aligned_size)
+                .unwrap();
+        let same = served.iter().find(|f| f.crop == trained);
+        assert!(
+            same.is_some(),
+            "{}: none of the {} served crops has the prepared crop's pixels",
+            row.path,
+            served.len()
+        );
+        // And so the classifier's input tensors are equal too.
+        assert_eq!(
+            card.preprocess.eval_tensor(&same.unwrap().crop).unwrap(),
+            card.preprocess.eval_tensor(&trained).unwrap()
+        );
+    }
+}

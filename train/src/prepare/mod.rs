@@ -743,8 +743,10 @@ fn process(
         }
     };
     let size = opts.size;
+    // dmue's one resizer, as the classifier transform uses (an empty image cannot reach here:
+    // decoding refuses it).
     let whole = |img: &RgbImage| {
-        image::imageops::resize(img, size, size, image::imageops::FilterType::Triangle)
+        dmue_deploy::preprocess::resize_square(img, size).unwrap_or_else(|_| img.clone())
     };
     let crops: Vec<Option<Crop>> = if item.pre_aligned {
         item.faces
