@@ -309,40 +309,39 @@ fn bench(
     Ok(0)
 }
 
-fn collect_images(paths: &[PathBuf]) -> Vec<PathBuf> {
+/// The image files of `paths`: files as given, directories walked (symlinks followed, in name
+/// order). A symlink loop or an unreadable directory becomes an entry with its error, reported
+/// like an unreadable file instead of being skipped silently.
+fn collect_images(paths: &[PathBuf]) -> Vec<(PathBuf, Option<String>)> {
     // The formats the decoder has (image_io::SUPPORTED_FORMATS).
     const EXT: [&str; 3] = ["jpg", "jpeg", "png"];
+    let is_image = |f: &Path| {
+        f.extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| EXT.contains(&e.to_lowercase().as_str()))
+    };
     let mut out = Vec::new();
     for p in paths {
-        if p.is_dir() {
-            let mut entries: Vec<PathBuf> = walk(p);
-            entries.retain(|f| {
-                f.extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| EXT.contains(&e.to_lowercase().as_str()))
-            });
-            entries.sort();
-            out.extend(entries);
-        } else {
-            out.push(p.clone());
+        if !p.is_dir() {
+            out.push((p.clone(), None));
+            continue;
         }
-    }
-    out
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                files.extend(walk(&p));
-            } else {
-                files.push(p);
+        for entry in walkdir::WalkDir::new(p)
+            .follow_links(true)
+            .sort_by_file_name()
+        {
+            match entry {
+                Ok(e) if e.file_type().is_file() && is_image(e.path()) => {
+                    out.push((e.into_path(), None))
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    out.push((err.path().unwrap_or(p).to_path_buf(), Some(err.to_string())))
+                }
             }
         }
     }
-    files
+    out
 }
 
 /// Classifies every face of every file; a file that cannot be read is reported, not fatal.
@@ -369,11 +368,14 @@ fn predict(
             "image [face]", "label", "score"
         );
     }
-    for f in &files {
-        let faces = std::fs::read(f)
-            .map_err(|e| Error::BadInput(format!("cannot read: {e}")))
-            .and_then(|b| decode(&b, limits))
-            .and_then(|img| face_crops(&img, detector.as_mut(), classifier.card.aligned_size));
+    for (f, walk_error) in &files {
+        let faces = match walk_error {
+            Some(e) => Err(Error::BadInput(e.clone())),
+            None => Ok(f),
+        }
+        .and_then(|f| std::fs::read(f).map_err(|e| Error::BadInput(format!("cannot read: {e}"))))
+        .and_then(|b| decode(&b, limits))
+        .and_then(|img| face_crops(&img, detector.as_mut(), classifier.card.aligned_size));
         let faces = match faces {
             Ok(faces) => faces,
             Err(e) => {

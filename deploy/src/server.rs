@@ -15,7 +15,8 @@ use crate::image_io::{decode, DecodeLimits};
 use crate::model_card::ModelCard;
 use crate::pipeline::{face_crops, Classifier, Prediction};
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -409,12 +410,31 @@ async fn images_of(req: Request) -> Result<Vec<(String, Bytes)>, Error> {
     Ok(images)
 }
 
-async fn predict(State(s): State<Arc<AppState>>, req: Request) -> Response {
+/// The query string of `POST /v1/predict`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PredictParams {
+    /// Return each aligned crop as a base64 PNG.
+    #[serde(default)]
+    return_crops: bool,
+}
+
+async fn predict(
+    State(s): State<Arc<AppState>>,
+    params: Result<Query<PredictParams>, QueryRejection>,
+    req: Request,
+) -> Response {
     let started = Instant::now();
-    let return_crops = req.uri().query().is_some_and(|q| {
-        q.split('&')
-            .any(|kv| kv == "return_crops=true" || kv == "return_crops=1")
-    });
+    let return_crops = match params {
+        Ok(Query(p)) => p.return_crops,
+        Err(e) => {
+            return Error::BadInput(format!(
+                "bad query string (the one parameter is return_crops=true|false): {}",
+                e.body_text()
+            ))
+            .into_response()
+        }
+    };
     let result = tokio::time::timeout(
         s.config.timeout,
         predict_inner(s.clone(), req, return_crops),

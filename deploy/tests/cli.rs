@@ -151,6 +151,8 @@ fn predict_prints_rows_and_reports_bad_files() {
         .save(images.join("sub/black.jpg"))
         .unwrap();
     std::fs::write(images.join("broken.png"), b"not a png").unwrap();
+    // A link back to the top: walked naively, the directory never ends.
+    std::os::unix::fs::symlink(&images, images.join("sub/loop")).unwrap();
 
     let out = serve()
         .args([
@@ -174,7 +176,7 @@ fn predict_prints_rows_and_reports_bad_files() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(rows.len(), 3);
+    assert_eq!(rows.len(), 4, "{rows:?}");
     let by_name = |n: &str| {
         rows.iter()
             .find(|r| r["image"].as_str().unwrap().ends_with(n))
@@ -183,6 +185,11 @@ fn predict_prints_rows_and_reports_bad_files() {
     assert_eq!(by_name("white.png")["faces"][0]["label"], "bright");
     assert_eq!(by_name("black.jpg")["faces"][0]["label"], "dark");
     assert_eq!(by_name("broken.png")["kind"], "unsupported_media_type");
+    let looped = by_name("sub/loop");
+    assert!(
+        looped["error"].as_str().unwrap().contains("loop"),
+        "{looped}"
+    );
 
     let out = serve()
         .args([

@@ -243,6 +243,20 @@ async fn errors_have_documented_status_codes_and_one_body() {
         "{text}"
     );
     assert!(json["error"].as_str().unwrap().contains("limit"));
+    // A malformed query string: 400 with the one JSON body.
+    let (status, json, _) = call(
+        &f.app,
+        Request::post("/v1/predict?return_crops=maybe")
+            .body(Body::from(f.faces[0].clone()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, json["kind"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("bad_input")),
+        "{json}"
+    );
+    assert!(json["error"].as_str().unwrap().contains("return_crops"));
     // Shutting down (readiness off): 503, as /readyz says.
     f.state
         .ready

@@ -29,13 +29,17 @@ pub fn write_jsonl<T: serde::Serialize>(path: &Path, rows: &[T]) -> Result<()> {
     write_atomic(path, &buf)
 }
 
-/// `dir/.name.tmp` next to `path`.
+/// A fresh temporary name next to `path`, `dir/.name.PID.N.tmp`: unique per process and per
+/// call, so concurrent writers of one file (two runs building the same cache, two threads
+/// saving the same report) never write into each other's temporary file.
 pub fn tmp_path(path: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp"))
+    path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
 }
 
 /// A progress bar for `len` items of `what`, hidden when stderr is not a terminal or in tests.
@@ -54,4 +58,30 @@ pub fn progress(len: u64, what: &str) -> ProgressBar {
     );
     pb.set_prefix(what.to_string());
     pb
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_atomic_writes_of_one_file_never_collide() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("report.json");
+        std::thread::scope(|scope| {
+            for t in 0..8u8 {
+                let path = &path;
+                scope.spawn(move || {
+                    for _ in 0..50 {
+                        write_atomic(path, &[t; 4096]).unwrap();
+                    }
+                });
+            }
+        });
+        // Whole: one writer's bytes, never a mix; no temporary file left behind.
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), 4096);
+        assert!(bytes.iter().all(|&b| b == bytes[0]));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
 }
