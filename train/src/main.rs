@@ -395,7 +395,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Fit(a) => {
             let mut sets = a.sets.clone();
             if let Some(d) = &a.data {
-                sets.push(format!("data.dataset={}", d.display()));
+                sets.push(format!(
+                    "data.dataset={}",
+                    toml_string(&d.display().to_string())
+                ));
             }
             if let Some(e) = a.epochs {
                 sets.push(format!("train.epochs={e}"));

@@ -558,6 +558,25 @@ fn export_calibrates_on_the_validation_split_and_refuses_the_test_split() {
     assert_eq!(card.temperature, 1.0);
 }
 
+/// Typed flags reach the configuration as what they are: a dataset directory named `2024`
+/// is a path, not the number 2024.
+#[test]
+fn a_dataset_directory_named_like_a_number_is_a_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(dataset(), &tmp.path().join("2024"));
+    let mut args = vec!["fit", "--data", "2024", "--out", "run", "--device", "cpu"];
+    args.extend_from_slice(&TINY);
+    args.extend_from_slice(&["--epochs", "1", "--mode", "baseline"]);
+    let o = common::bin()
+        .current_dir(tmp.path())
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let cfg = std::fs::read_to_string(tmp.path().join("run/config.toml")).unwrap();
+    assert!(cfg.contains("dataset = \"2024\""), "{cfg}");
+}
+
 #[test]
 fn corrupt_and_missing_images_are_skipped_and_listed() {
     let tmp = tempfile::tempdir().unwrap();
