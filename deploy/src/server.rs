@@ -524,29 +524,42 @@ async fn predict_image(
         detect_ms: detect_s * 1e3,
         ..Default::default()
     };
-    let mut faces = Vec::with_capacity(crops.len());
-    for (k, (crop, out)) in crops
-        .into_iter()
-        .zip(futures_util::future::join_all(pending).await)
-        .enumerate()
-    {
+    let mut predictions = Vec::with_capacity(crops.len());
+    for out in futures_util::future::join_all(pending).await {
         let (prediction, t) = out?;
         metrics::histogram!("dmue_queue_seconds").record(t.queue_ms / 1e3);
         timing.queue_ms = timing.queue_ms.max(t.queue_ms);
         timing.inference_ms = timing.inference_ms.max(t.inference_ms);
         timing.batch_size = timing.batch_size.max(t.batch_size);
-        if let Some(dir) = &s.save_crops {
-            save_crop(dir, &name, k, &crop.crop);
+        predictions.push(prediction);
+    }
+    // PNG encoding, base64 and file writes are blocking work too.
+    let save_dir = s.save_crops.clone();
+    let image_name = name.clone();
+    let (crops, encoded) = tokio::task::spawn_blocking(move || {
+        let mut encoded = Vec::with_capacity(crops.len());
+        for (k, crop) in crops.iter().enumerate() {
+            if let Some(dir) = &save_dir {
+                save_crop(dir, &image_name, k, &crop.crop);
+            }
+            encoded.push(return_crops.then(|| png_base64(&crop.crop)));
         }
-        let crop_png_base64 = return_crops.then(|| png_base64(&crop.crop));
-        faces.push(Face {
+        (crops, encoded)
+    })
+    .await
+    .map_err(|e| Error::Engine(format!("crop encoding task failed: {e}")))?;
+    let faces = crops
+        .into_iter()
+        .zip(predictions)
+        .zip(encoded)
+        .map(|((crop, prediction), crop_png_base64)| Face {
             bbox: crop.bbox,
             landmarks: crop.landmarks,
             detection_score: crop.detection_score,
             prediction,
             crop_png_base64,
-        });
-    }
+        })
+        .collect();
     Ok(ImageResult {
         image: name,
         faces,
