@@ -164,6 +164,11 @@ impl Batcher {
         )
     }
 
+    /// Whether the inference worker has stopped (its thread ended or panicked).
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
     /// Images waiting for the worker.
     pub fn depth(&self) -> usize {
         self.capacity - self.tx.capacity()
@@ -292,15 +297,25 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// Ready unless shutting down, the inference worker has stopped, or the face detector
+/// panicked (its lock is poisoned): a balancer should send traffic elsewhere then.
 async fn readyz(State(s): State<Arc<AppState>>) -> Response {
-    if s.ready.load(Ordering::Relaxed) {
-        Json(serde_json::json!({"status": "ready"})).into_response()
+    let problem = if !s.ready.load(Ordering::Relaxed) {
+        Some("shutting down")
+    } else if s.batcher.is_closed() {
+        Some("the inference worker has stopped")
+    } else if s.detector.as_ref().is_some_and(|d| d.is_poisoned()) {
+        Some("the face detector failed (panicked)")
     } else {
-        (
+        None
+    };
+    match problem {
+        None => Json(serde_json::json!({"status": "ready"})).into_response(),
+        Some(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"error": "not ready", "kind": "not_ready"})),
+            Json(serde_json::json!({"error": format!("not ready: {why}"), "kind": "not_ready"})),
         )
-            .into_response()
+            .into_response(),
     }
 }
 

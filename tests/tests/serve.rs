@@ -358,6 +358,35 @@ async fn model_card_health_and_metrics() {
     }
 }
 
+/// Readiness turns false when the face detector has panicked (its lock is poisoned), with
+/// the reason, while liveness stays ok.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_detector_makes_the_service_not_ready() {
+    let f = fixture_with(ServeConfig::default(), true);
+    let ready = |app: axum::Router| async move {
+        call(&app, Request::get("/readyz").body(Body::empty()).unwrap()).await
+    };
+    assert_eq!(ready(f.app.clone()).await.0, StatusCode::OK);
+    let state = f.state.clone();
+    let _ = std::thread::spawn(move || {
+        let _guard = state.detector.as_ref().unwrap().lock().unwrap();
+        panic!("a detector failure, on purpose");
+    })
+    .join();
+    let (status, json, _) = ready(f.app.clone()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{json}");
+    assert!(
+        json["error"].as_str().unwrap().contains("detector"),
+        "{json}"
+    );
+    let (status, _, _) = call(
+        &f.app,
+        Request::get("/healthz").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
 /// A real group photo (scripts/fetch-test-data.sh): every face is found, aligned and
 /// classified; `?return_crops=true` returns the 256x256 aligned crops; no face is `faces: []`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
