@@ -427,13 +427,11 @@ fn predict(
                 }
             }
             Format::Jsonl => {
-                let faces: Vec<serde_json::Value> = faces
+                // The API's face objects (without crops), so both outputs read the same.
+                let faces: Vec<server::Face> = faces
                     .iter()
-                    .zip(&predictions)
-                    .map(|(face, p)| {
-                        serde_json::json!({"box": face.bbox, "landmarks": face.landmarks, "detection_score": face.detection_score,
-                            "label": p.label, "class_index": p.class_index, "score": p.score, "probabilities": p.probabilities})
-                    })
+                    .zip(predictions)
+                    .map(|(face, p)| server::Face::new(face, p, None))
                     .collect();
                 println!("{}", serde_json::json!({"image": f, "faces": faces}));
             }

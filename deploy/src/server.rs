@@ -393,19 +393,35 @@ async fn model(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> {
     }))
 }
 
-/// One face of one image.
+/// One face of one image, as the API and `dmue-serve predict --format jsonl` report it.
 #[derive(Serialize)]
-struct Face {
+pub struct Face {
     /// `[x0, y0, x1, y1]` in image pixels (the whole image without detection).
     #[serde(rename = "box")]
-    bbox: [f32; 4],
-    landmarks: Option<[[f32; 2]; 5]>,
-    detection_score: Option<f32>,
+    pub bbox: [f32; 4],
+    pub landmarks: Option<[[f32; 2]; 5]>,
+    pub detection_score: Option<f32>,
     #[serde(flatten)]
-    prediction: Prediction,
+    pub prediction: Prediction,
     /// The aligned crop the classifier saw, PNG in base64 (with `?return_crops=true`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    crop_png_base64: Option<String>,
+    pub crop_png_base64: Option<String>,
+}
+
+impl Face {
+    pub fn new(
+        crop: &crate::pipeline::FaceCrop,
+        prediction: Prediction,
+        crop_png_base64: Option<String>,
+    ) -> Self {
+        Self {
+            bbox: crop.bbox,
+            landmarks: crop.landmarks,
+            detection_score: crop.detection_score,
+            prediction,
+            crop_png_base64,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -603,13 +619,7 @@ async fn predict_image(
         .into_iter()
         .zip(predictions)
         .zip(encoded)
-        .map(|((crop, prediction), crop_png_base64)| Face {
-            bbox: crop.bbox,
-            landmarks: crop.landmarks,
-            detection_score: crop.detection_score,
-            prediction,
-            crop_png_base64,
-        })
+        .map(|((crop, prediction), crop_png_base64)| Face::new(&crop, prediction, crop_png_base64))
         .collect();
     Ok(ImageResult {
         image: name,
