@@ -184,7 +184,9 @@ fn predict_prints_rows_and_reports_bad_files() {
     };
     assert_eq!(by_name("white.png")["faces"][0]["label"], "bright");
     // The API's face objects: ambiguity included.
-    let a = by_name("white.png")["faces"][0]["ambiguity"].as_f64().unwrap();
+    let a = by_name("white.png")["faces"][0]["ambiguity"]
+        .as_f64()
+        .unwrap();
     assert!((0.0..=1.0).contains(&a), "{a}");
     assert_eq!(by_name("black.jpg")["faces"][0]["label"], "dark");
     assert_eq!(by_name("broken.png")["kind"], "unsupported_media_type");
