@@ -145,3 +145,25 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 pub fn venv_python() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python")
 }
+
+/// The workspace root (where `models/` and `target/test-data/` live).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// RetinaFace from `models/` (scripts/fetch-models.sh) on tract, one thread, default settings.
+pub fn detector() -> dmue_deploy::face::detect::Detector {
+    let model = root().join(dmue_deploy::face::detect::DEFAULT_MODEL);
+    assert!(
+        model.exists(),
+        "{} is missing: run scripts/fetch-models.sh",
+        model.display()
+    );
+    dmue_deploy::face::detect::Detector::load(
+        &model,
+        dmue_deploy::engine::EngineKind::Tract,
+        1,
+        Default::default(),
+    )
+    .unwrap()
+}

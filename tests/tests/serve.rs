@@ -6,6 +6,7 @@ use axum::http::{Request, StatusCode};
 use dmue_deploy::engine::EngineKind;
 use dmue_deploy::pipeline::Classifier;
 use dmue_deploy::server::{self, AppState, ServeConfig};
+use dmue_e2e::{detector, root};
 use http_body_util::BodyExt;
 use std::sync::Arc;
 use tower::ServiceExt;
@@ -72,21 +73,6 @@ fn fixture_for(
         faces,
         expected,
     }
-}
-
-fn root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn detector() -> dmue_deploy::face::detect::Detector {
-    let model = root().join(dmue_deploy::face::detect::DEFAULT_MODEL);
-    assert!(
-        model.exists(),
-        "{} is missing: run scripts/fetch-models.sh",
-        model.display()
-    );
-    dmue_deploy::face::detect::Detector::load(&model, EngineKind::Tract, 1, Default::default())
-        .unwrap()
 }
 
 async fn call(app: &axum::Router, req: Request<Body>) -> (StatusCode, serde_json::Value, String) {

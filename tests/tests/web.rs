@@ -8,12 +8,9 @@ use dmue_deploy::engine::EngineKind;
 use dmue_deploy::face::detect::Detector;
 use dmue_deploy::pipeline::{face_crops, Classifier};
 use dmue_deploy::server::{self, AppState, ServeConfig};
-use std::path::{Path, PathBuf};
+use dmue_e2e::{detector, root};
+use std::path::Path;
 use std::process::Command;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// Why the browser test cannot run here, if it cannot.
 fn missing_browser() -> Option<String> {
@@ -31,16 +28,6 @@ fn missing_browser() -> Option<String> {
         return Some("tests/web/node_modules/playwright-core is not installed".into());
     }
     None
-}
-
-fn detector() -> Detector {
-    let model = root().join(dmue_deploy::face::detect::DEFAULT_MODEL);
-    assert!(
-        model.exists(),
-        "{} is missing: run scripts/fetch-models.sh",
-        model.display()
-    );
-    Detector::load(&model, EngineKind::Tract, 1, Default::default()).unwrap()
 }
 
 fn save_png(img: &image::RgbImage, path: &Path) {
