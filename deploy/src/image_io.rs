@@ -24,6 +24,8 @@ impl Default for DecodeLimits {
 
 /// The image formats this build decodes (the `image` crate's features in the workspace).
 pub const SUPPORTED_FORMATS: &str = "PNG, JPEG";
+/// File extensions of [`SUPPORTED_FORMATS`] (lower case), for picking files out of folders.
+pub const SUPPORTED_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 
 pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage> {
     let mut reader = ImageReader::new(Cursor::new(bytes))

@@ -313,12 +313,10 @@ fn bench(
 /// order). A symlink loop or an unreadable directory becomes an entry with its error, reported
 /// like an unreadable file instead of being skipped silently.
 fn collect_images(paths: &[PathBuf]) -> Vec<(PathBuf, Option<String>)> {
-    // The formats the decoder has (image_io::SUPPORTED_FORMATS).
-    const EXT: [&str; 3] = ["jpg", "jpeg", "png"];
     let is_image = |f: &Path| {
-        f.extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| EXT.contains(&e.to_lowercase().as_str()))
+        f.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+            dmue_deploy::image_io::SUPPORTED_EXTENSIONS.contains(&e.to_lowercase().as_str())
+        })
     };
     let mut out = Vec::new();
     for p in paths {
