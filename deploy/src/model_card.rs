@@ -37,6 +37,20 @@ pub struct ModelCard {
     /// `dmue-train export --calibrate SPLIT` fits it on held-out data). The exported graph's
     /// `probabilities` output applies it too.
     pub temperature: f32,
+    /// Set when the weights and activations are int8 (`dmue-train export --int8`): how the
+    /// activation ranges were chosen and on which images. `None`: a float32 model.
+    pub int8: Option<Int8Card>,
+}
+
+/// How an int8 (QDQ) model was quantized: the record `dmue.int8` of the card.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Int8Card {
+    /// Activation-range method: `minmax` or `percentile-99.99`.
+    pub method: String,
+    /// Dataset, split and number of crops the activation ranges were collected on.
+    pub calibration_dataset: String,
+    pub calibration_split: String,
+    pub calibration_images: usize,
 }
 
 impl ModelCard {
@@ -69,7 +83,7 @@ impl ModelCard {
 
     /// The card as `metadata_props` entries (one readable key per fact, `dmue.*`).
     pub fn to_props(&self) -> Vec<(String, String)> {
-        vec![
+        let mut props = vec![
             ("dmue.format".into(), CARD_FORMAT.into()),
             ("dmue.classes".into(), to_json(&self.classes)),
             ("dmue.input".into(), format!("{INPUT_NAME}: float32 [N, 3, {0}, {0}]", self.preprocess.crop)),
@@ -86,7 +100,11 @@ impl ModelCard {
             ("dmue.run_id".into(), self.run_id.clone()),
             ("dmue.version".into(), self.version.clone()),
             ("dmue.temperature".into(), self.temperature.to_string()),
-        ]
+        ];
+        if let Some(q) = &self.int8 {
+            props.push(("dmue.int8".into(), to_json(q)));
+        }
+        props
     }
 
     /// Reads the card back from `metadata_props`; a missing or malformed key is an error that
@@ -127,6 +145,11 @@ impl ModelCard {
             run_id: prop(props, "dmue.run_id")?,
             version: prop(props, "dmue.version")?,
             temperature: temperature(props)?,
+            int8: if props.iter().any(|(k, _)| k == "dmue.int8") {
+                Some(prop(props, "dmue.int8")?)
+            } else {
+                None
+            },
         })
     }
 
@@ -190,6 +213,12 @@ mod tests {
             run_id: "runs/demo".into(),
             version: "0.1.0".into(),
             temperature: 1.5,
+            int8: Some(Int8Card {
+                method: "minmax".into(),
+                calibration_dataset: "synth-aligned".into(),
+                calibration_split: "train".into(),
+                calibration_images: 200,
+            }),
         }
     }
 

@@ -70,6 +70,7 @@ fn write_model(path: &Path, with_card: bool) {
         run_id: "test".into(),
         version: "test".into(),
         temperature: 1.0,
+        int8: None,
     };
     let model = pb::ModelProto {
         ir_version: Some(8),

@@ -92,6 +92,9 @@ async function loadModel() {
     ["Input size", `${card.preprocess.crop} × ${card.preprocess.crop} px face crops`],
     ["Trained on", card.dataset + (m.synthetic ? " (synthetic benchmark)" : "")],
     ["Engine", m.engine],
+    ["Precision", card.int8
+      ? `int8 (activation ranges: ${card.int8.method}, ${card.int8.calibration_images} ${card.int8.calibration_split} crops)`
+      : "float32"],
     ["Probabilities", card.temperature === 1
       ? "softmax of the model's scores (not calibrated)"
       : `calibrated: softmax of the scores / ${card.temperature.toFixed(2)} (temperature fitted on held-out data)`],

@@ -82,7 +82,11 @@ fn build_randomised(dir: &Path, config: &ModelConfig, dataset: &str, temperature
     let vs = nn::VarStore::new(Device::Cpu);
     let net = MultiBranchNet::new(&vs.root(), config, CLASSES.len(), true);
     tch::no_grad(|| {
-        for (name, mut t) in vs.variables() {
+        // In name order: `variables()` is a HashMap, and drawing in its (random) order made
+        // the same seed give different weights from one run to the next.
+        let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        variables.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, mut t) in variables {
             // Every BatchNorm (the only 1-d tensors outside the classifiers and the
             // uncertainty module: convolutions have no bias) gets non-trivial statistics and
             // affine parameters, so that each fold is really exercised.
@@ -114,6 +118,7 @@ fn build_randomised(dir: &Path, config: &ModelConfig, dataset: &str, temperature
         run_id: "e2e".into(),
         version: "test".into(),
         temperature,
+        int8: None,
     };
     let (model, _) = tch::no_grad(|| dmue_train::export::build(&net, &card)).expect("export");
     let path = dir.join("target.onnx");
@@ -139,6 +144,28 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
+}
+
+/// `n` rendered synthetic faces (test split of `synth --seed seed`) through the model card's
+/// evaluation transform: `n * 3 * crop * crop` floats.
+pub fn face_inputs(card: &ModelCard, n: usize, seed: u64) -> Vec<f32> {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let opts = dmue_train::synth::SynthOptions {
+        train: 0,
+        test: n,
+        size: 128,
+        seed,
+        ..Default::default()
+    };
+    dmue_train::synth::generate(&opts, dir.path()).expect("render faces");
+    let mut out = Vec::new();
+    for i in 0..n {
+        let img = image::open(dir.path().join(format!("images/test/{i:06}.png")))
+            .expect("rendered face")
+            .to_rgb8();
+        out.extend(card.preprocess.eval_tensor(&img).expect("preprocess"));
+    }
+    out
 }
 
 /// The venv's Python (made by scripts/setup.sh), for the ONNX checker.

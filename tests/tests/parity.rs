@@ -4,7 +4,9 @@
 //! passes the ONNX checker.
 
 use dmue_deploy::engine::{self, EngineKind};
-use dmue_e2e::{exported_model_with, max_abs_diff, tch_logits, test_configs, venv_python};
+use dmue_e2e::{
+    exported_model_with, face_inputs, max_abs_diff, tch_logits, test_configs, venv_python,
+};
 use tch::{Device, Kind, Tensor};
 
 const TOL: f32 = 1e-4;
@@ -17,27 +19,6 @@ fn random_inputs(n: usize, seed: i64) -> Vec<f32> {
         ))
         .unwrap()
     })
-}
-
-/// Rendered synthetic faces through the model card's evaluation transform.
-fn face_inputs(card: &dmue_deploy::model_card::ModelCard, n: usize) -> Vec<f32> {
-    let dir = tempfile::tempdir().unwrap();
-    let opts = dmue_train::synth::SynthOptions {
-        train: 0,
-        test: n,
-        size: 128,
-        seed: 5,
-        ..Default::default()
-    };
-    dmue_train::synth::generate(&opts, dir.path()).unwrap();
-    let mut out = Vec::new();
-    for i in 0..n {
-        let img = image::open(dir.path().join(format!("images/test/{i:06}.png")))
-            .unwrap()
-            .to_rgb8();
-        out.extend(card.preprocess.eval_tensor(&img).unwrap());
-    }
-    out
 }
 
 /// Every test backbone (ResNet-18 with both stems, MobileNetV2) through one engine.
@@ -56,7 +37,7 @@ fn check_model(kind: EngineKind, config: &dmue_train::model::ModelConfig) {
     let per = 3 * 64 * 64;
     for (what, inputs, n) in [
         ("random", random_inputs(5, 2), 5),
-        ("faces", face_inputs(&m.card, 4), 4),
+        ("faces", face_inputs(&m.card, 4, 5), 4),
     ] {
         let reference = tch_logits(&m.net, &inputs, n, 64);
         // Batch N.

@@ -121,6 +121,8 @@ try {
     "model panel shows backbone, engine and dataset", info.slice(0, 160));
   const calibration = model.card.temperature === 1 ? "not calibrated" : model.card.temperature.toFixed(2);
   check(info.includes(calibration), "model panel says whether the probabilities are calibrated", calibration);
+  const precision = model.card.int8 ? `int8 (activation ranges: ${model.card.int8.method}` : "float32";
+  check(info.includes(precision), "model panel gives the model's precision", precision);
   check(await page.isVisible("#synthetic-warning") === model.synthetic,
     "synthetic warning shown exactly when the model card says so", `synthetic=${model.synthetic}`);
   await shot("01-start.png");

@@ -634,6 +634,7 @@ mod tests {
             run_id: "test".into(),
             version: "0".into(),
             temperature: 1.0,
+            int8: None,
         }
     }
 
@@ -802,6 +803,8 @@ pub struct ExportReport {
     pub dropped_parameters: i64,
     /// Temperature scaling, with `--calibrate`.
     pub calibration: Option<crate::calibrate::CalibrationReport>,
+    /// The int8 model, with `--int8`.
+    pub int8: Option<crate::int8::Int8Report>,
 }
 
 /// The run's name for the model card: its directory's name, never the training machine's
@@ -819,6 +822,7 @@ pub fn export_run(
     run: &Path,
     out: &Path,
     calibrate: Option<crate::data::manifest::Split>,
+    int8: Option<crate::int8::Int8Options>,
 ) -> Result<ExportReport> {
     let (cfg, ds, vs, net) = crate::trainer::load_run(run, tch::Device::Cpu)?;
     let calibration = match calibrate {
@@ -835,9 +839,13 @@ pub fn export_run(
         run_id: run_id(run),
         version: env!("CARGO_PKG_VERSION").into(),
         temperature: calibration.as_ref().map_or(1.0, |c| c.temperature as f32),
+        int8: None,
     };
     let (model, exported) = tch::no_grad(|| build(&net, &card))?;
     write(&model, out)?;
+    let int8 = int8
+        .map(|o| crate::int8::export_int8(run, &ds, &cfg.data.preprocess, &model, out, &card, o))
+        .transpose()?;
     let plain_vs = nn::VarStore::new(tch::Device::Cpu);
     let plain = MultiBranchNet::new(&plain_vs.root(), &cfg.model, ds.num_classes(), false);
     let (_, plain_backbone) = tch::no_grad(|| build(&plain, &card))?;
@@ -849,6 +857,7 @@ pub fn export_run(
         plain_backbone,
         dropped_parameters,
         calibration,
+        int8,
     })
 }
 
@@ -966,6 +975,9 @@ impl std::fmt::Display for ExportReport {
         write!(f, "  classes: {}", self.card.classes.join(", "))?;
         if let Some(c) = &self.calibration {
             write!(f, "\n{c}")?;
+        }
+        if let Some(q) = &self.int8 {
+            write!(f, "\n{q}")?;
         }
         Ok(())
     }

@@ -9,6 +9,7 @@ pub mod data;
 pub mod eval;
 pub mod export;
 pub mod init;
+pub mod int8;
 pub mod loss;
 pub mod model;
 pub mod optim;

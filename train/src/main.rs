@@ -160,6 +160,25 @@ struct ExportArgs {
     /// (RUN/calibration.json, RUN/reliability.png).
     #[arg(long, value_name = "SPLIT")]
     calibrate: Option<String>,
+    /// Also write an int8 model (RUN/target.int8.onnx next to --out): QDQ, int8 weights per
+    /// output channel, uint8 activations; prints its size and test accuracy beside float32's
+    /// (RUN/int8.json). Runs on `dmue-serve --engine ort`.
+    #[arg(long)]
+    int8: bool,
+    /// Split whose crops set the int8 activation ranges (`train` or `val`; never `test`).
+    #[arg(long, value_name = "SPLIT", default_value = "train", requires = "int8")]
+    calibration: String,
+    /// Number of crops (spread evenly over the split) for the int8 activation ranges.
+    #[arg(long, value_name = "N", default_value_t = dmue_train::int8::DEFAULT_IMAGES, requires = "int8")]
+    calibration_images: usize,
+    /// Activation-range method; default: try both, keep the more accurate (on `val` when the
+    /// dataset has one, else on the calibration crops).
+    #[arg(long, value_enum, requires = "int8")]
+    int8_method: Option<dmue_train::int8::RangeMethod>,
+    /// Engine that measures the float32 and int8 models (`ort` or `tract`); default: ONNX
+    /// Runtime when its library is present, else tract.
+    #[arg(long, requires = "int8")]
+    engine: Option<EngineKind>,
 }
 
 #[derive(clap::Args)]
@@ -532,7 +551,18 @@ fn run(cli: Cli) -> Result<()> {
         Command::Export(a) => {
             let out = a.out.unwrap_or_else(|| a.run.join("target.onnx"));
             let split = a.calibrate.as_deref().map(str::parse).transpose()?;
-            let report = dmue_train::export::export_run(&a.run, &out, split)?;
+            let int8 = a
+                .int8
+                .then(|| -> Result<_> {
+                    Ok(dmue_train::int8::Int8Options {
+                        method: a.int8_method,
+                        split: a.calibration.parse()?,
+                        images: a.calibration_images,
+                        engine: a.engine,
+                    })
+                })
+                .transpose()?;
+            let report = dmue_train::export::export_run(&a.run, &out, split, int8)?;
             println!("{report}");
             if report.calibration.is_some() {
                 println!(

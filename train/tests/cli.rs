@@ -558,6 +558,62 @@ fn export_calibrates_on_the_validation_split_and_refuses_the_test_split() {
     assert_eq!(card.temperature, 1.0);
 }
 
+/// `export --int8`: an int8 model next to the float32 one, measured against it on the test
+/// split, with its quantization recorded in the model card; the test split and flags without
+/// `--int8` are refused.
+#[test]
+fn export_int8_writes_a_measured_int8_model_with_its_card() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run_dir = tmp.path().join("run");
+    let o = fit(
+        dataset(),
+        &run_dir,
+        &["--epochs", "1", "--mode", "baseline"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let r = run_dir.to_str().unwrap();
+    let msg = fails(&["export", r, "--int8", "--calibration", "test"]);
+    assert!(msg.contains("--calibration test is refused"), "{msg}");
+    let msg = fails(&["export", r, "--calibration-images", "5"]);
+    assert!(msg.contains("--int8"), "{msg}");
+    let out = ok(&["export", r, "--int8", "--calibration-images", "20"]);
+    assert!(
+        out.contains("int8 model:") && out.contains("test accuracy (28 images)"),
+        "{out}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("int8.json")).unwrap()).unwrap();
+    assert_eq!(report["calibration_images"], 20);
+    assert_eq!(report["calibration_split"], "train");
+    assert_eq!(report["candidates"].as_array().unwrap().len(), 2);
+    assert_eq!(report["test"]["images"], 28);
+    let agreement = report["test"]["agreement"].as_f64().unwrap();
+    assert!(agreement > 0.8, "{report}");
+    let int8_path = run_dir.join("target.int8.onnx");
+    let card = dmue_deploy::model_card::ModelCard::from_onnx(&int8_path).unwrap();
+    let q = card.int8.as_ref().expect("int8 record in the card");
+    assert_eq!(q.calibration_images, 20);
+    assert_eq!(q.calibration_split, "train");
+    let chosen = report["method"].as_str().unwrap();
+    assert_eq!(
+        q.method,
+        if chosen == "min-max" {
+            "minmax"
+        } else {
+            "percentile-99.99"
+        }
+    );
+    // The float32 model is unchanged and says so.
+    let fp32 = dmue_deploy::model_card::ModelCard::from_onnx(&run_dir.join("target.onnx")).unwrap();
+    assert_eq!(fp32.int8, None);
+    assert!(
+        std::fs::metadata(&int8_path).unwrap().len()
+            < std::fs::metadata(run_dir.join("target.onnx"))
+                .unwrap()
+                .len()
+    );
+}
+
 /// Typed flags reach the configuration as what they are: a dataset directory named `2024`
 /// is a path, not the number 2024.
 #[test]

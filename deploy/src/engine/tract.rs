@@ -36,6 +36,33 @@ impl TractEngine {
         })
     }
 
+    /// Loads a model held in memory (`name` appears in errors) whose outputs are the named
+    /// tensors, in that order, instead of the graph's own outputs: `dmue-train export --int8`
+    /// reads the activations of the fp32 graph this way.
+    pub fn from_bytes_with_outputs(
+        name: &str,
+        bytes: &[u8],
+        outputs: &[String],
+        threads: usize,
+    ) -> Result<Self> {
+        if threads > 1 {
+            tract_linalg::multithread::set_default_executor(
+                tract_linalg::multithread::Executor::multithread(threads),
+            );
+        }
+        let mut model = tract_onnx::onnx()
+            .model_for_read(&mut std::io::Cursor::new(bytes))
+            .map_err(|e| Error::Model(format!("tract cannot load {name}: {e:#}")))?;
+        model
+            .select_outputs_by_name(outputs)
+            .map_err(|e| Error::Model(format!("{name}: cannot select outputs: {e:#}")))?;
+        Ok(Self {
+            path: PathBuf::from(name),
+            model,
+            plans: HashMap::new(),
+        })
+    }
+
     fn plan(&mut self, chw: [usize; 3]) -> Result<Arc<TypedSimplePlan>> {
         if let Some(p) = self.plans.get(&chw) {
             return Ok(p.clone());
