@@ -3,7 +3,8 @@
 # accuracy of both through the same engine, agreement, largest logit difference), then p50
 # latency and throughput of both files through dmue-serve's ort and tract engines at batch 1
 # and 8, 1 and 2 threads; the same timings for a paper-size ResNet-18 (width 64, 224x224,
-# weights from one epoch on 144 faces: timing only); the photo path (decode + detect + align +
+# weights from one epoch on 144 faces: timing only), with ONNX Runtime's own static quantizer
+# on the same file as the reference measured in the same run; the photo path (decode + detect + align +
 # classify, bench-photo's measurement) with each classifier; and the label of the demo's test
 # photo under each. Prints tables and int8/float32 ratios.
 #
@@ -32,6 +33,21 @@ echo; echo "== paper-size ResNet-18 (224x224; one epoch on 144 faces: timing onl
 "$TRAIN" fit --data "$WORK/r18-data" --out "$WORK/r18-run" --mode baseline --epochs 1 --device cpu >/dev/null 2>&1
 "$TRAIN" export "$WORK/r18-run" -o "$WORK/r18.onnx" --int8 --calibration-images 144 | sed -n '/file size/p'
 
+# The reference in the same run: ONNX Runtime's own static quantizer (QDQ, per-channel int8
+# weights with reduce_range, uint8 activations) on the same float32 file; speed only.
+.venv/bin/python - "$WORK/r18.onnx" "$WORK/r18-ortq.onnx" <<'PY' 2>/dev/null
+import sys, numpy as np
+from onnxruntime.quantization import quantize_static, CalibrationDataReader, QuantFormat, QuantType
+rng = np.random.RandomState(0)
+class R(CalibrationDataReader):
+    def __init__(s): s.i = 0
+    def get_next(s):
+        s.i += 1
+        return None if s.i > 16 else {"input": rng.randn(1, 3, 224, 224).astype(np.float32)}
+quantize_static(sys.argv[1], sys.argv[2], R(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+PY
+
 RESULTS="$WORK/results.jsonl"
 bench() {  # bench NAME FILE PRECISION ENGINE THREADS BATCH
   "$SERVE" --model "$2" --engine "$4" --threads "$5" bench --batch "$6" --iters "$ITERS" \
@@ -45,6 +61,12 @@ for name in run r18; do
         bench "$name" "$WORK/$name.int8.onnx" int8 "$engine" "$threads" "$batch"
       done
     done
+  done
+done
+
+for threads in 1 2; do
+  for batch in 1 8; do
+    bench r18 "$WORK/r18-ortq.onnx" ortq ort "$threads" "$batch"
   done
 done
 
@@ -73,9 +95,16 @@ for r in rows:
     f = fp[key(r)]
     print(f"{r['model']:<6} {r['engine']:<6} {r['threads']:>7} {r['batch']:>5} {f['p50_ms']:>12.2f} {r['p50_ms']:>12.2f} "
           f"{f['images_per_s']:>11.1f} {r['images_per_s']:>11.1f} {f['p50_ms'] / r['p50_ms']:>8.2f}x")
+ortq = {key(r): r for r in rows if r["precision"] == "ortq"}
+ours = {key(r): r for r in rows if r["precision"] == "int8"}
+print(f"\nr18 through ort: ours against ONNX Runtime's own quantizer on the same float32 file")
+for k, r in ortq.items():
+    print(f"  threads {k[2]} batch {k[3]}: ours {ours[k]['p50_ms']:.2f} ms, onnxruntime.quantization {r['p50_ms']:.2f} ms "
+          f"(ratio {r['p50_ms'] / ours[k]['p50_ms']:.2f}), float32 {fp[k]['p50_ms']:.2f} ms")
 sizes = {}
 for r in rows:
     sizes[(r["model"], r["precision"])] = r["bytes"]
+print(f"file size r18, onnxruntime.quantization: {sizes[('r18', 'ortq')] / 1e6:.2f} MB")
 for m in ["run", "r18"]:
     a, b = sizes[(m, "float32")], sizes[(m, "int8")]
     print(f"file size {m}: float32 {a / 1e6:.2f} MB, int8 {b / 1e6:.2f} MB ({a / b:.2f}x smaller)")

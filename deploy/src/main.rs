@@ -119,6 +119,15 @@ fn run(cli: Cli) -> Result<i32, Error> {
         .clone()
         .ok_or_else(|| Error::BadInput("--model FILE.onnx is required (or DMUE_MODEL)".into()))?;
     let classifier = Classifier::load(&model, cli.engine, cli.threads)?;
+    if classifier.card.int8.is_some() && cli.engine == EngineKind::Tract {
+        // tract computes int8 (QDQ) files correctly but through float kernels: measured 1.2-1.7x
+        // slower than the float32 file on tract (scripts/bench-int8.sh).
+        tracing::warn!(
+            "{} is an int8 model: tract runs it, but slower than the float32 model; \
+             serve it with --engine ort (ONNX Runtime's integer kernels)",
+            model.display()
+        );
+    }
     let limits = DecodeLimits {
         max_side: cli.max_side,
         ..Default::default()

@@ -725,6 +725,9 @@ fn engine_logits(e: &mut dyn engine::Engine, images: &[f32], crop: usize) -> Res
 #[derive(Debug, Clone, Serialize)]
 pub struct Scores {
     pub accuracy: f64,
+    /// Whether each image was classified correctly.
+    #[serde(skip)]
+    pub correct: Vec<bool>,
     #[serde(skip)]
     pub logits: Vec<f32>,
 }
@@ -739,13 +742,14 @@ fn score(
 ) -> Result<Scores> {
     let mut e = engine::load(kind, path, 1)?;
     let logits = engine_logits(e.as_mut(), images, crop)?;
-    let correct = logits
+    let correct: Vec<bool> = logits
         .chunks(classes)
         .zip(labels)
-        .filter(|(l, &y)| crate::calibrate::argmax(l) == y)
-        .count();
+        .map(|(l, &y)| crate::calibrate::argmax(l) == y)
+        .collect();
     Ok(Scores {
-        accuracy: correct as f64 / labels.len().max(1) as f64,
+        accuracy: correct.iter().filter(|c| **c).count() as f64 / labels.len().max(1) as f64,
+        correct,
         logits,
     })
 }
@@ -773,6 +777,22 @@ pub struct TestComparison {
     pub agreement: f64,
     /// Largest |int8 logit - float32 logit| over the test split.
     pub max_logit_diff: f32,
+    /// 95 % interval of int8 minus float32 accuracy, paired over the test images (normal
+    /// approximation of the mean per-image difference).
+    pub accuracy_diff_ci95: (f64, f64),
+}
+
+/// 95 % interval of the mean of `b - a` (per-image correctness, 0 or 1), paired.
+pub fn paired_diff_ci95(a: &[bool], b: &[bool]) -> (f64, f64) {
+    let n = a.len().min(b.len()) as f64;
+    if n < 2.0 {
+        return (f64::NAN, f64::NAN);
+    }
+    let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| *y as u8 as f64 - *x as u8 as f64).collect();
+    let mean = d.iter().sum::<f64>() / n;
+    let var = d.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    let half = 1.96 * (var / n).sqrt();
+    (mean - half, mean + half)
 }
 
 /// What `export --int8` made and measured (also written to `RUN/int8.json`).
@@ -943,6 +963,7 @@ pub fn export_int8(
                 .iter()
                 .zip(&f.logits)
                 .fold(0f32, |m, (a, b)| m.max((a - b).abs())),
+            accuracy_diff_ci95: paired_diff_ci95(&f.correct, &q.correct),
         }),
         _ => None,
     };
@@ -1035,6 +1056,13 @@ impl std::fmt::Display for Int8Report {
                 100.0 * t.fp32_accuracy,
                 100.0 * t.int8_accuracy
             )?;
+            writeln!(
+                f,
+                "  int8 - float32: {:+.2} points (95 % interval {:+.2} to {:+.2}, paired)",
+                100.0 * (t.int8_accuracy - t.fp32_accuracy),
+                100.0 * t.accuracy_diff_ci95.0,
+                100.0 * t.accuracy_diff_ci95.1
+            )?;
             write!(
                 f,
                 "  same class on {:.2} % of test images; largest logit difference {:.4}",
@@ -1118,6 +1146,14 @@ mod tests {
         assert_eq!(lo, 0.0);
         // One bin is 1000 / 2048 wide: the top edge of the bin holding 0.9999.
         assert!(hi > 0.99 && hi < 1.0 + 1000.0 / 2048.0, "{hi}");
+    }
+
+    #[test]
+    fn paired_interval_matches_a_hand_computation() {
+        // Differences over 4 images: +1, 0, 0, -1 -> mean 0, sample variance 2/3, half width
+        // 1.96 * sqrt(2/3 / 4) = 0.8002.
+        let (lo, hi) = paired_diff_ci95(&[false, true, false, true], &[true, true, false, false]);
+        assert!((lo + 0.800_166).abs() < 1e-5 && (hi - 0.800_166).abs() < 1e-5, "{lo} {hi}");
     }
 
     #[test]
