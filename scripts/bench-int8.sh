@@ -50,7 +50,7 @@ PY
 
 RESULTS="$WORK/results.jsonl"
 bench() {  # bench NAME FILE PRECISION ENGINE THREADS BATCH
-  "$SERVE" --model "$2" --engine "$4" --threads "$5" bench --batch "$6" --iters "$ITERS" \
+  "$SERVE" --model "$2" --engine "$4" --threads "$5" bench --batch "$6" --iters "$ITERS" 2> >(grep -v "is an int8 model" >&2) \
     | python3 -c "import json,sys; r=json.loads(sys.stdin.read()); r.update(model='$1', precision='$3', bytes=$(stat -c %s "$2")); print(json.dumps(r))" >> "$RESULTS"
 }
 for name in run r18; do
