@@ -21,11 +21,11 @@ struct Cli {
     /// Exported model (`dmue-train export`); its model card gives classes and preprocessing.
     #[arg(long, env = "DMUE_MODEL", global = true)]
     model: Option<PathBuf>,
-    /// Inference engine.
-    #[arg(long, value_enum, default_value_t = EngineKind::Tract, env = "DMUE_ENGINE", global = true)]
+    /// Inference engine (the detector's and the classifier's).
+    #[arg(long, value_enum, default_value_t = EngineKind::Auto, env = "DMUE_ENGINE", global = true)]
     engine: EngineKind,
-    /// Threads per inference (tract: matrix products; ort: intra-op threads).
-    #[arg(long, default_value_t = 1, env = "DMUE_THREADS", global = true)]
+    /// Threads per inference (tract: matrix products; ort: intra-op threads); 0: one per core.
+    #[arg(long, default_value_t = 0, env = "DMUE_THREADS", global = true)]
     threads: usize,
     /// Address to listen on (loopback unless told otherwise; port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:8080", env = "DMUE_ADDR")]
@@ -113,18 +113,22 @@ fn main() {
     std::process::exit(code);
 }
 
-fn run(cli: Cli) -> Result<i32, Error> {
+fn run(mut cli: Cli) -> Result<i32, Error> {
+    if cli.threads == 0 {
+        cli.threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    }
     let model = cli
         .model
         .clone()
         .ok_or_else(|| Error::BadInput("--model FILE.onnx is required (or DMUE_MODEL)".into()))?;
     let classifier = Classifier::load(&model, cli.engine, cli.threads)?;
-    if classifier.card.int8.is_some() && cli.engine == EngineKind::Tract {
+    if classifier.card.int8.is_some() && classifier.engine_name() == "tract" {
         // tract computes int8 (QDQ) files correctly but through float kernels: measured 1.2-1.7x
         // slower than the float32 file on tract (scripts/bench-int8.sh).
         tracing::warn!(
             "{} is an int8 model: tract runs it, but slower than the float32 model; \
-             serve it with --engine ort (ONNX Runtime's integer kernels)",
+             serve it with ONNX Runtime's integer kernels (--engine ort; run scripts/setup.sh \
+             or set ORT_DYLIB_PATH)",
             model.display()
         );
     }

@@ -292,3 +292,36 @@ fn server_starts_on_a_free_port_and_stops_gracefully_on_sigterm() {
         .unwrap();
     assert!(log.contains("shutting down"), "{log}");
 }
+
+/// With no flags, `auto` runs ONNX Runtime when its library is there (scripts/setup.sh links
+/// it into .venv) and tract when it is not; threads default to one per core.
+#[test]
+fn the_default_engine_is_onnx_runtime_when_present_else_tract() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.onnx");
+    write_model(&model, true);
+    let bench = |ort_library: Option<&str>| -> serde_json::Value {
+        let mut c = serve();
+        c.arg("--model").arg(&model);
+        c.args(["--no-detect", "bench", "--iters", "2", "--warmup", "0"]);
+        match ort_library {
+            Some(p) => c.env("ORT_DYLIB_PATH", p),
+            None => c.env_remove("ORT_DYLIB_PATH"),
+        };
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let without = bench(Some("/nonexistent/libonnxruntime.so"));
+    assert_eq!(without["engine"], "tract");
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(without["threads"], cores);
+    let venv_library = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/libonnxruntime.so");
+    if cfg!(feature = "ort") && venv_library.exists() {
+        assert_eq!(bench(None)["engine"], "ort");
+    }
+}

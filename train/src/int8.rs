@@ -840,6 +840,8 @@ pub struct Scores {
     pub correct: Vec<bool>,
     #[serde(skip)]
     pub logits: Vec<f32>,
+    /// The engine that ran (`auto` resolves to one).
+    pub engine: &'static str,
 }
 
 fn score(
@@ -851,6 +853,7 @@ fn score(
     classes: usize,
 ) -> Result<Scores> {
     let mut e = engine::load(kind, path, 1)?;
+    let engine = e.name();
     let logits = engine_logits(e.as_mut(), images, crop)?;
     let correct: Vec<bool> = logits
         .chunks(classes)
@@ -861,6 +864,7 @@ fn score(
         accuracy: correct.iter().filter(|c| **c).count() as f64 / labels.len().max(1) as f64,
         correct,
         logits,
+        engine,
     })
 }
 
@@ -946,17 +950,8 @@ pub struct Int8Options {
     pub method: Option<RangeMethod>,
     pub split: Split,
     pub images: usize,
-    /// Engine that measures both models; `None`: ONNX Runtime when present, else tract.
+    /// Engine that measures both models; `None`: `auto` (ONNX Runtime when present, else tract).
     pub engine: Option<EngineKind>,
-}
-
-/// The engine that measures both models: ONNX Runtime when its library loads (the engine
-/// int8 models are meant for), else tract.
-fn measuring_engine() -> EngineKind {
-    match engine::ort::library_path() {
-        Some(p) if p.exists() => EngineKind::Ort,
-        _ => EngineKind::Tract,
-    }
 }
 
 /// Quantizes the float32 export `fp32` (written at `fp32_path`) of a run, writes the int8
@@ -1012,8 +1007,10 @@ pub fn export_int8(
     } else {
         (Vec::new(), Vec::new())
     };
-    let kind = opts.engine.unwrap_or_else(measuring_engine);
+    // Both files through the same engine: ONNX Runtime when present (what int8 is for).
+    let kind = opts.engine.unwrap_or(EngineKind::Auto);
     let fp32_sel = score(kind, fp32_path, &sel_images, &sel_labels, crop, classes)?;
+    let engine_used = fp32_sel.engine.to_string();
     let fp32_test = (!test_labels.is_empty())
         .then(|| score(kind, fp32_path, &test_images, &test_labels, crop, classes))
         .transpose()?;
@@ -1087,7 +1084,7 @@ pub fn export_int8(
         path: out.clone(),
         fp32_bytes: size(fp32_path),
         int8_bytes: size(&out),
-        engine: format!("{kind:?}").to_lowercase(),
+        engine: engine_used,
         method: chosen.method,
         calibration_split: opts.split.to_string(),
         calibration_images: calib_idx.len(),

@@ -175,8 +175,8 @@ struct ExportArgs {
     /// dataset has one, else on the calibration crops).
     #[arg(long, value_enum, requires = "int8")]
     int8_method: Option<dmue_train::int8::RangeMethod>,
-    /// Engine that measures the float32 and int8 models (`ort` or `tract`); default: ONNX
-    /// Runtime when its library is present, else tract.
+    /// Engine that measures the float32 and int8 models (`auto`, `ort` or `tract`); default
+    /// `auto`: ONNX Runtime when its library is present, else tract.
     #[arg(long, requires = "int8")]
     engine: Option<EngineKind>,
 }

@@ -23,6 +23,9 @@ pub trait Engine: Send {
 #[cfg_attr(feature = "server", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum EngineKind {
+    /// ONNX Runtime when its library is found (`ORT_DYLIB_PATH`, or `.venv/libonnxruntime.so`
+    /// from scripts/setup.sh) and loads, else tract: the fast path wherever it exists.
+    Auto,
     /// tract: pure Rust, no native library.
     Tract,
     /// ONNX Runtime, loaded from libonnxruntime.so (feature `ort`).
@@ -33,16 +36,30 @@ impl std::str::FromStr for EngineKind {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(EngineKind::Auto),
             "tract" => Ok(EngineKind::Tract),
             "ort" => Ok(EngineKind::Ort),
-            _ => Err(format!("unknown engine {s:?} (expected tract or ort)")),
+            _ => Err(format!(
+                "unknown engine {s:?} (expected auto, tract or ort)"
+            )),
         }
     }
 }
 
-/// Loads `model` with the chosen engine and `threads` threads.
+/// Loads `model` with the chosen engine and `threads` threads. `Auto` tries ONNX Runtime and
+/// falls back to tract when its library is absent or does not load (the engine's `name()`
+/// says which one runs).
 pub fn load(kind: EngineKind, model: &Path, threads: usize) -> Result<Box<dyn Engine>> {
     match kind {
+        EngineKind::Auto => {
+            #[cfg(feature = "ort")]
+            if ort::library_path().is_some_and(|p| p.exists()) {
+                if let Ok(e) = ort::OrtEngine::load(model, threads) {
+                    return Ok(Box::new(e));
+                }
+            }
+            load(EngineKind::Tract, model, threads)
+        }
         #[cfg(feature = "tract")]
         EngineKind::Tract => Ok(Box::new(tract::TractEngine::load(model, threads)?)),
         #[cfg(feature = "ort")]
