@@ -877,6 +877,8 @@ pub struct Candidate {
     pub selection_accuracy: f64,
     /// Share of selection images where int8 and float32 predict the same class.
     pub selection_agreement: f64,
+    /// Mean |int8 logit - float32 logit| on the selection images.
+    pub selection_logit_error: f64,
     /// Accuracy on the test split (reported, never used to choose).
     pub test_accuracy: Option<f64>,
 }
@@ -1044,20 +1046,39 @@ pub fn export_int8(
         let test_scores = (!test_labels.is_empty())
             .then(|| score(kind, &out, &test_images, &test_labels, crop, classes))
             .transpose()?;
+        let logit_error = sel
+            .logits
+            .iter()
+            .zip(&fp32_sel.logits)
+            .map(|(a, b)| (a - b).abs() as f64)
+            .sum::<f64>()
+            / sel.logits.len().max(1) as f64;
         let c = Candidate {
             method: m,
             selection_accuracy: sel.accuracy,
             selection_agreement: agreement,
+            selection_logit_error: logit_error,
             test_accuracy: test_scores.as_ref().map(|s| s.accuracy),
         };
         candidates.push(c.clone());
         // Held-out labels decide when there are some; on the calibration crops (training
-        // labels, some of them wrong) fidelity to the float32 model decides.
+        // labels, some of them wrong) fidelity to the float32 model decides: the same class,
+        // then the smaller logit error.
         let key = |c: &Candidate| match selected_on {
-            Split::Val => (c.selection_accuracy, c.selection_agreement),
-            _ => (c.selection_agreement, c.selection_accuracy),
+            Split::Val => (
+                c.selection_accuracy,
+                c.selection_agreement,
+                -c.selection_logit_error,
+            ),
+            _ => (
+                c.selection_agreement,
+                -c.selection_logit_error,
+                c.selection_accuracy,
+            ),
         };
-        let better = best.as_ref().is_none_or(|(b, ..)| key(&c) > key(b));
+        let better = best.as_ref().is_none_or(|(b, ..)| {
+            key(&c).partial_cmp(&key(b)) == Some(std::cmp::Ordering::Greater)
+        });
         if better {
             best = Some((c, q, test_scores));
         }
@@ -1129,17 +1150,18 @@ impl std::fmt::Display for Int8Report {
             if self.selected_on == "val" {
                 "accuracy, then agreement with float32"
             } else {
-                "agreement with float32, then accuracy"
+                "agreement with float32, then logit error"
             }
         )?;
         for c in &self.candidates {
             write!(
                 f,
-                "    {:<18} {}: accuracy {:.2} %, agrees with float32 on {:.2} %",
+                "    {:<18} {}: accuracy {:.2} %, agrees with float32 on {:.2} %, mean logit error {:.4}",
                 c.method.label(),
                 self.selected_on,
                 100.0 * c.selection_accuracy,
-                100.0 * c.selection_agreement
+                100.0 * c.selection_agreement,
+                c.selection_logit_error
             )?;
             if let Some(t) = c.test_accuracy {
                 write!(f, "; test {:.2} %", 100.0 * t)?;
