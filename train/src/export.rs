@@ -967,11 +967,18 @@ impl std::fmt::Display for ExportReport {
             self.exported.macs,
             self.plain_backbone.macs
         )?;
-        writeln!(
-            f,
-            "  not exported: {c} auxiliary branches + uncertainty module ({} parameters)",
-            self.dropped_parameters
-        )?;
+        if self.dropped_parameters > 0 {
+            writeln!(
+                f,
+                "  not exported: {c} auxiliary branches + uncertainty module ({} parameters)",
+                self.dropped_parameters
+            )?;
+        } else {
+            writeln!(
+                f,
+                "  nothing left out: the run trained the plain network alone"
+            )?;
+        }
         write!(f, "  classes: {}", self.card.classes.join(", "))?;
         if let Some(c) = &self.calibration {
             write!(f, "\n{c}")?;

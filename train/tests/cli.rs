@@ -577,6 +577,8 @@ fn export_int8_writes_a_measured_int8_model_with_its_card() {
     let msg = fails(&["export", r, "--calibration-images", "5"]);
     assert!(msg.contains("--int8"), "{msg}");
     let out = ok(&["export", r, "--int8", "--calibration-images", "20"]);
+    // A baseline run has no auxiliary branches to leave out, and export says so.
+    assert!(out.contains("nothing left out"), "{out}");
     assert!(
         out.contains("int8 model:") && out.contains("test accuracy (28 images)"),
         "{out}"
