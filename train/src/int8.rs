@@ -1,13 +1,14 @@
 //! `dmue-train export --int8`: post-training static quantization of the exported graph to QDQ
 //! int8, written by our own exporter (no second toolchain).
 //!
-//! The float32 graph of [`crate::export::build`] (BatchNorm already folded) is rewritten into the
-//! layout ONNX Runtime fuses into integer kernels (QLinearConv, QLinearAdd, QLinearGlobalAveragePool, ...):
+//! The float32 graph of [`crate::export::build`] (BatchNorm already folded) is rewritten into
+//! the layout ONNX Runtime fuses into integer kernels (QLinearConv, QLinearAdd, ...):
 //! - each activation an integer kernel reads gets one `QuantizeLinear -> DequantizeLinear` pair
 //!   (uint8, one scale and zero point per tensor, from calibration), shared by its consumers;
-//! - convolution weights are stored as int8 (7 bits of it, see [`WEIGHT_QMAX`]) with one
-//!   symmetric scale per output channel, biases as int32 with scale = input scale x weight scale (zero point 0), which is
-//!   what integer kernels add to their int32 accumulators;
+//! - convolution weights are stored as int8 with one symmetric scale per output channel (7 bits
+//!   of it in dense convolutions, see [`WEIGHT_QMAX`]); biases as int32 with scale = input
+//!   scale x weight scale and zero point 0, which is what integer kernels add to their int32
+//!   accumulators;
 //! - each convolution's bias absorbs the expected shift that rounding its weights causes
 //!   (bias correction, from the channel means of its input on the calibration images);
 //! - a ReLU / ReLU6 right after a convolution or an addition is folded into the quantization of
@@ -22,7 +23,8 @@
 //! Activation ranges come from running the float32 graph (tract, with every quantized
 //! activation as an output) on N crops of a dataset split, through the model's own
 //! preprocessing; two methods are offered (min-max, and the 0.01 / 99.99 percentiles of a
-//! histogram) and [`export_int8`] keeps the one with the better measured accuracy.
+//! histogram). [`export_int8`] measures both and keeps the one closer to float32 (or, with a
+//! validation split, the more accurate one).
 
 use crate::data::loader::{eval_batch, SplitImages};
 use crate::data::manifest::{Dataset, Split};
@@ -302,11 +304,7 @@ pub fn plan(model: &pb::ModelProto) -> Result<Plan> {
     let feeds_only_tail = |t: &str| {
         let mut frontier = vec![t.to_string()];
         while let Some(x) = frontier.pop() {
-            for n in g
-                .node
-                .iter()
-                .filter(|n| n.input.first() == Some(&x) || n.input.contains(&x))
-            {
+            for n in g.node.iter().filter(|n| n.input.contains(&x)) {
                 if SHAPE_ONLY.contains(&op(n)) {
                     frontier.extend(n.output.iter().cloned());
                 } else if !FLOAT_TAIL.contains(&op(n)) {
