@@ -325,22 +325,8 @@ pub fn plan(model: &pb::ModelProto) -> Result<Plan> {
     })
 }
 
-fn scalar_tensor(name: String, data_type: DataType, raw: Vec<u8>) -> pb::TensorProto {
-    pb::TensorProto {
-        name: Some(name),
-        dims: vec![],
-        data_type: Some(data_type as i32),
-        raw_data: Some(raw),
-        ..Default::default()
-    }
-}
-
-fn vector_tensor(
-    name: String,
-    dims: Vec<i64>,
-    data_type: DataType,
-    raw: Vec<u8>,
-) -> pb::TensorProto {
+/// An initializer of `dims` (empty: a scalar) holding `raw` little-endian values.
+fn tensor(name: String, dims: Vec<i64>, data_type: DataType, raw: Vec<u8>) -> pb::TensorProto {
     pb::TensorProto {
         name: Some(name),
         dims,
@@ -376,6 +362,53 @@ fn qdq_node(
     }
 }
 
+/// A per-output-channel constant as the integer kernels read it: the stored integers
+/// `{name}.int8` / `{name}.int32`, their scales and zero points (0) along axis 0, and the
+/// `DequantizeLinear` that gives `{name}.dq`. `values` are little-endian `data_type` values.
+fn per_channel_constant(
+    name: &str,
+    dims: Vec<i64>,
+    data_type: DataType,
+    values: Vec<u8>,
+    scales: &[f32],
+    inits: &mut Vec<pb::TensorProto>,
+    nodes: &mut Vec<pb::NodeProto>,
+) -> String {
+    let channels = scales.len();
+    let zero_bytes = values.len() / dims.iter().product::<i64>().max(1) as usize;
+    let suffix = if data_type == DataType::Int8 {
+        "int8"
+    } else {
+        "int32"
+    };
+    let (qn, sn, zn) = (
+        format!("{name}.{suffix}"),
+        format!("{name}.scale"),
+        format!("{name}.zero_point"),
+    );
+    inits.push(tensor(qn.clone(), dims, data_type, values));
+    inits.push(tensor(
+        sn.clone(),
+        vec![channels as i64],
+        DataType::Float,
+        scales.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    ));
+    inits.push(tensor(
+        zn.clone(),
+        vec![channels as i64],
+        data_type,
+        vec![0; zero_bytes * channels],
+    ));
+    nodes.push(qdq_node(
+        "DequantizeLinear",
+        format!("{name}/Dequantize"),
+        [&qn, &sn, &zn],
+        dq_name(name),
+        Some(0),
+    ));
+    dq_name(name)
+}
+
 fn dq_name(t: &str) -> String {
     format!("{t}.dq")
 }
@@ -407,13 +440,15 @@ pub fn quantize(
     let mut new_inits: Vec<pb::TensorProto> = Vec::new();
     for t in &plan.observed {
         let p = params[t.as_str()];
-        new_inits.push(scalar_tensor(
+        new_inits.push(tensor(
             format!("{t}.scale"),
+            vec![],
             DataType::Float,
             p.scale.to_le_bytes().to_vec(),
         ));
-        new_inits.push(scalar_tensor(
+        new_inits.push(tensor(
             format!("{t}.zero_point"),
+            vec![],
             DataType::Uint8,
             vec![p.zero_point],
         ));
@@ -488,39 +523,17 @@ pub fn quantize(
                 WEIGHT_QMAX
             };
             let (q, scales) = quantize_weights(&w.1, channels, qmax);
-            let (qn, sn, zn) = (
-                format!("{w_name}.int8"),
-                format!("{w_name}.scale"),
-                format!("{w_name}.zero_point"),
-            );
-            new_inits.push(vector_tensor(
-                qn.clone(),
+            node.input[1] = per_channel_constant(
+                w_name,
                 w.0.dims.clone(),
                 DataType::Int8,
                 q.iter().map(|v| *v as u8).collect(),
-            ));
-            new_inits.push(vector_tensor(
-                sn.clone(),
-                vec![channels as i64],
-                DataType::Float,
-                scales.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            ));
-            new_inits.push(vector_tensor(
-                zn.clone(),
-                vec![channels as i64],
-                DataType::Int8,
-                vec![0; channels],
-            ));
-            nodes.push(qdq_node(
-                "DequantizeLinear",
-                format!("{w_name}/Dequantize"),
-                [&qn, &sn, &zn],
-                dq_name(w_name),
-                Some(0),
-            ));
-            node.input[1] = dq_name(w_name);
+                &scales,
+                &mut new_inits,
+                &mut nodes,
+            );
             if let Some(b_name) = n.input.get(2) {
-                let b = inits
+                let mut b = inits
                     .get(b_name.as_str())
                     .and_then(|t| f32_values(t))
                     .with_context(|| {
@@ -529,43 +542,20 @@ pub fn quantize(
                             n.name.as_deref().unwrap_or("")
                         )
                     })?;
-                let mut b = b;
                 let means = channel_means.and_then(|m| m.get(&n.input[0]));
                 if let (Some(mu), true) = (means, op(n) == "Conv") {
                     correct_bias(&mut b, &w.1, &q, &scales, &w.0.dims, mu);
                 }
                 let (qb, bs) = quantize_bias(&b, params[root].scale, &scales);
-                let (qn, sn, zn) = (
-                    format!("{b_name}.int32"),
-                    format!("{b_name}.scale"),
-                    format!("{b_name}.zero_point"),
-                );
-                new_inits.push(vector_tensor(
-                    qn.clone(),
+                node.input[2] = per_channel_constant(
+                    b_name,
                     vec![channels as i64],
                     DataType::Int32,
                     qb.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                ));
-                new_inits.push(vector_tensor(
-                    sn.clone(),
-                    vec![channels as i64],
-                    DataType::Float,
-                    bs.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                ));
-                new_inits.push(vector_tensor(
-                    zn.clone(),
-                    vec![channels as i64],
-                    DataType::Int32,
-                    vec![0; 4 * channels],
-                ));
-                nodes.push(qdq_node(
-                    "DequantizeLinear",
-                    format!("{b_name}/Dequantize"),
-                    [&qn, &sn, &zn],
-                    dq_name(b_name),
-                    Some(0),
-                ));
-                node.input[2] = dq_name(b_name);
+                    &bs,
+                    &mut new_inits,
+                    &mut nodes,
+                );
             }
         }
         if let Some(out) = renamed.get(&i) {
