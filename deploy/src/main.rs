@@ -115,7 +115,7 @@ fn main() {
 
 fn run(mut cli: Cli) -> Result<i32, Error> {
     if cli.threads == 0 {
-        cli.threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        cli.threads = dmue_deploy::engine::cores();
     }
     let model = cli
         .model

@@ -960,7 +960,7 @@ pub fn export_int8(
     }
     let crop = pre.crop as usize;
     let classes = card.classes.len();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = engine::cores();
     if ds.split(opts.split).next().is_none() {
         bail!(
             "the dataset has no {} images to calibrate the int8 model on",

@@ -399,9 +399,7 @@ fn run(cli: Cli) -> Result<()> {
             let rt = prepare::Runtime {
                 detector: a.detector,
                 engine: a.engine,
-                threads: a
-                    .threads
-                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                threads: a.threads.unwrap_or_else(dmue_deploy::engine::cores),
             };
             let report = prepare::prepare(&opts, &rt, &a.out)?;
             print!("{report}");

@@ -46,6 +46,11 @@ impl std::str::FromStr for EngineKind {
     }
 }
 
+/// One thread per core: the default thread count of dmue-serve, `prepare` and `export --int8`.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Loads `model` with the chosen engine and `threads` threads. `Auto` tries ONNX Runtime and
 /// falls back to tract when its library is absent or does not load (the engine's `name()`
 /// says which one runs).

@@ -21,19 +21,23 @@ pub struct TractEngine {
 impl TractEngine {
     /// `threads` > 1 runs matrix products on a thread pool of that size (process-wide).
     pub fn load(path: &Path, threads: usize) -> Result<Self> {
+        let model = tract_onnx::onnx()
+            .model_for_path(path)
+            .map_err(|e| Error::Model(format!("tract cannot load {}: {e:#}", path.display())))?;
+        Ok(Self::new(path.to_path_buf(), model, threads))
+    }
+
+    fn new(path: PathBuf, model: InferenceModel, threads: usize) -> Self {
         if threads > 1 {
             tract_linalg::multithread::set_default_executor(
                 tract_linalg::multithread::Executor::multithread(threads),
             );
         }
-        let model = tract_onnx::onnx()
-            .model_for_path(path)
-            .map_err(|e| Error::Model(format!("tract cannot load {}: {e:#}", path.display())))?;
-        Ok(Self {
-            path: path.to_path_buf(),
+        Self {
+            path,
             model,
             plans: HashMap::new(),
-        })
+        }
     }
 
     /// Loads a model held in memory (`name` appears in errors) whose outputs are the named
@@ -45,22 +49,13 @@ impl TractEngine {
         outputs: &[String],
         threads: usize,
     ) -> Result<Self> {
-        if threads > 1 {
-            tract_linalg::multithread::set_default_executor(
-                tract_linalg::multithread::Executor::multithread(threads),
-            );
-        }
         let mut model = tract_onnx::onnx()
             .model_for_read(&mut std::io::Cursor::new(bytes))
             .map_err(|e| Error::Model(format!("tract cannot load {name}: {e:#}")))?;
         model
             .select_outputs_by_name(outputs)
             .map_err(|e| Error::Model(format!("{name}: cannot select outputs: {e:#}")))?;
-        Ok(Self {
-            path: PathBuf::from(name),
-            model,
-            plans: HashMap::new(),
-        })
+        Ok(Self::new(PathBuf::from(name), model, threads))
     }
 
     fn plan(&mut self, chw: [usize; 3]) -> Result<Arc<TypedSimplePlan>> {
