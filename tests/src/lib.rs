@@ -173,6 +173,30 @@ pub fn venv_python() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python")
 }
 
+/// Runs the ONNX checker with `full_check` on `path` (the venv's `onnx`), panics with its
+/// message if it fails, and returns the opset and output names it read, as
+/// `"17 ['logits', 'probabilities']"`.
+pub fn onnx_full_check(path: &Path) -> String {
+    let py = venv_python();
+    assert!(
+        py.exists(),
+        "{} is missing: run scripts/setup.sh",
+        py.display()
+    );
+    let out = std::process::Command::new(&py)
+        .args(["-c", "import sys, onnx; m = onnx.load(sys.argv[1]); onnx.checker.check_model(m, full_check=True); print(m.opset_import[0].version, [o.name for o in m.graph.output])"])
+        .arg(path)
+        .output()
+        .expect("run the venv's python");
+    assert!(
+        out.status.success(),
+        "onnx checker on {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// The workspace root (where `models/` and `target/test-data/` live).
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

@@ -5,7 +5,7 @@
 
 use dmue_deploy::engine::{self, EngineKind};
 use dmue_e2e::{
-    exported_model_with, face_inputs, max_abs_diff, tch_logits, test_configs, venv_python,
+    exported_model_with, face_inputs, max_abs_diff, onnx_full_check, tch_logits, test_configs,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -138,26 +138,7 @@ fn passes_the_onnx_checker_and_carries_the_model_card() {
 fn check_file(config: &dmue_train::model::ModelConfig) {
     let dir = tempfile::tempdir().unwrap();
     let m = exported_model_with(dir.path(), 3, config);
-    let py = venv_python();
-    assert!(
-        py.exists(),
-        "{} is missing: run scripts/setup.sh",
-        py.display()
-    );
-    let out = std::process::Command::new(&py)
-        .args(["-c", "import sys, onnx; m = onnx.load(sys.argv[1]); onnx.checker.check_model(m, full_check=True); print(m.opset_import[0].version, [o.name for o in m.graph.output])"])
-        .arg(&m.path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "onnx checker: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "17 ['logits', 'probabilities']"
-    );
+    assert_eq!(onnx_full_check(&m.path), "17 ['logits', 'probabilities']");
     let card = dmue_deploy::model_card::ModelCard::from_onnx(&m.path).unwrap();
     assert_eq!(card, m.card);
     // Neither the auxiliary branches nor the uncertainty module are in the file.
