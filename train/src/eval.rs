@@ -127,6 +127,39 @@ pub fn evaluate(
     )
 }
 
+/// One image's prediction (`dmue-train eval --predictions FILE`, one JSON line each).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    /// As in the manifest (relative to the dataset directory).
+    pub path: String,
+    /// The annotated label.
+    pub label: usize,
+    pub predicted: usize,
+    /// Softmax of the target branch's logits (temperature 1: the run, not an exported model).
+    pub probabilities: Vec<f32>,
+}
+
+/// Every image of `data` with its softmax, in split order.
+pub fn predictions(
+    net: &MultiBranchNet,
+    data: &SplitImages,
+    ds: &crate::data::manifest::Dataset,
+    pre: &Preprocess,
+    device: Device,
+) -> Vec<Prediction> {
+    let l = logits(net, data, pre, device, 128);
+    let c = ds.num_classes();
+    l.chunks(c)
+        .enumerate()
+        .map(|(i, row)| Prediction {
+            path: ds.rows[data.rows[i]].path.clone(),
+            label: data.labels[i],
+            predicted: crate::calibrate::argmax(row),
+            probabilities: dmue_deploy::pipeline::softmax(row),
+        })
+        .collect()
+}
+
 /// Writes `eval-SPLIT.json` and `confusion-SPLIT.png` into `dir`.
 pub fn write(dir: &Path, r: &EvalReport) -> Result<()> {
     crate::util::write_atomic(
