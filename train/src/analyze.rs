@@ -2,10 +2,8 @@
 //! synthetic benchmark's ground truth (issue 5, experiments 3 and 4).
 //!
 //! For every training image (eval mode, centre crop) it records the target branch's softmax
-//! and, for DMUE runs, the mined latent distribution (auxiliary branch of the annotated class,
-//! sharpened with T as in the loss) and the confidence alpha (the uncertainty module on the
-//! similarity vector of the sample's batch, as in training: batches are cut by the training
-//! sampler, so every class is present). Then:
+//! and, for DMUE runs, the mined latent distribution and the confidence alpha, as
+//! [`crate::audit::beliefs`] computes them for the label audit. Then:
 //! - KL(true mixture restricted to the non-annotated classes || latent distribution), and the
 //!   same against the target softmax restricted to those classes (the baseline's analogue),
 //!   over the samples whose true mixture puts at least 5 % outside the annotated class;
@@ -13,15 +11,12 @@
 //! - alpha of flipped against clean samples, as two histograms in one PNG, and the AUROC of
 //!   "low alpha detects a flipped label".
 
-use crate::data::loader::{eval_batch, SplitImages};
+use crate::data::loader::SplitImages;
 use crate::data::manifest::Split;
-use crate::data::sampler::epoch_batches;
-use crate::loss::{confidence, mined_latent};
 use anyhow::{bail, Context, Result};
-use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-use tch::{Device, Kind, Tensor};
+use tch::Device;
 
 pub const SAMPLES_FILE: &str = "analysis-samples.jsonl";
 pub const REPORT_FILE: &str = "analysis.json";
@@ -166,15 +161,6 @@ fn others(p: &[f32], label: usize) -> Vec<f32> {
     rest.iter().map(|v| v / s.max(1e-12)).collect()
 }
 
-fn rows_of(t: &Tensor) -> Vec<Vec<f32>> {
-    let t = t.to_kind(Kind::Float).to_device(Device::Cpu).contiguous();
-    let (n, k) = t.size2().expect("2-d");
-    let flat = Vec::<f32>::try_from(t.view([-1])).expect("float tensor");
-    (0..n as usize)
-        .map(|i| flat[i * k as usize..(i + 1) * k as usize].to_vec())
-        .collect()
-}
-
 /// Analyses the training split of `run`; writes the per-sample file, the report and the PNG.
 pub fn analyze(run: &Path, device: Device) -> Result<Analysis> {
     let (cfg, ds, _vs, net) = crate::trainer::load_run(run, device)?;
@@ -187,54 +173,22 @@ pub fn analyze(run: &Path, device: Device) -> Result<Analysis> {
             ds.dir.display()
         );
     }
-    // The training sampler's batches (every class in each), then the leftover images.
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.train.seed ^ 0xA11A);
-    let mut batches = epoch_batches(
-        &data.labels,
-        c,
-        cfg.train.batch_size,
-        cfg.train.min_per_class,
-        &mut rng,
-    );
-    let mut seen = vec![false; data.len()];
-    batches.iter().flatten().for_each(|&i| seen[i] = true);
-    let rest: Vec<usize> = (0..data.len()).filter(|&i| !seen[i]).collect();
-    batches.extend(rest.chunks(cfg.train.batch_size).map(|b| b.to_vec()));
-
-    let mut views: Vec<Option<SampleView>> = vec![None; data.len()];
-    tch::no_grad(|| {
-        for idx in &batches {
-            let (x, y) = eval_batch(&data, idx, &pre).to_device(pre.crop, device);
-            let out = net.forward_train(&x, false);
-            let softmax = rows_of(&out.target_logits.softmax(-1, Kind::Float));
-            let latent = (!out.aux_logits.is_empty())
-                .then(|| rows_of(&mined_latent(&out.aux_logits, &y, &cfg.loss)));
-            let alpha = net
-                .uncertainty
-                .as_ref()
-                .filter(|_| cfg.loss.confidence)
-                .map(|m| {
-                    rows_of(&confidence(&out.target_feat, &y, c as i64, m, &cfg.loss).view([-1, 1]))
-                });
-            for (k, &i) in idx.iter().enumerate() {
-                if views[i].is_some() {
-                    continue; // a sampler top-up repeat
-                }
-                let row = &ds.rows[data.rows[i]];
-                let truth = row.truth.as_ref().expect("checked");
-                views[i] = Some(SampleView {
-                    path: row.path.clone(),
-                    label: row.label,
-                    flipped: truth.flipped || row.original_label.is_some(),
-                    mixture: truth.mixture.clone(),
-                    softmax: softmax[k].clone(),
-                    latent: latent.as_ref().map(|l| l[k].clone()),
-                    alpha: alpha.as_ref().map(|a| a[k][0]),
-                });
+    let views: Vec<SampleView> = crate::audit::beliefs(&cfg, &net, &data, c, device)
+        .into_iter()
+        .map(|b| {
+            let row = &ds.rows[data.rows[b.index]];
+            let truth = row.truth.as_ref().expect("checked");
+            SampleView {
+                path: row.path.clone(),
+                label: row.label,
+                flipped: truth.flipped || row.original_label.is_some(),
+                mixture: truth.mixture.clone(),
+                softmax: b.softmax,
+                latent: b.latent,
+                alpha: b.alpha,
             }
-        }
-    });
-    let views: Vec<SampleView> = views.into_iter().flatten().collect();
+        })
+        .collect();
     crate::util::write_jsonl(&run.join(SAMPLES_FILE), &views)?;
 
     let ambiguous: Vec<&SampleView> = views

@@ -2,10 +2,12 @@
 //! training on libtorch through tch.
 
 pub mod analyze;
+pub mod audit;
 pub mod calibrate;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod dynamics;
 pub mod eval;
 pub mod export;
 pub mod init;

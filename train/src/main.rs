@@ -46,6 +46,11 @@ enum Command {
     /// benchmark's truth: latent distributions vs true mixtures (KL), confidence alpha vs
     /// ambiguity (Spearman) and flipped vs clean labels (RUN/alpha-flipped-vs-clean.png).
     Analyze(AnalyzeArgs),
+    /// Rank the training images by how probably their label is wrong (audit.jsonl, audit.html,
+    /// audit-top.png in the run directory).
+    Audit(AuditArgs),
+    /// Write a copy of the run's dataset with the audit's top suspects relabelled.
+    Relabel(RelabelArgs),
     /// Time the training input pipeline alone (decode, crop, flip, normalise): one JSON line
     /// with images/s (used by scripts/bench-loader.sh).
     #[command(hide = true)]
@@ -146,6 +151,37 @@ struct AnalyzeArgs {
     run: PathBuf,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto, env = "DMUE_DEVICE")]
     device: DeviceChoice,
+}
+
+#[derive(clap::Args)]
+struct AuditArgs {
+    /// Run directory written by `fit`.
+    run: PathBuf,
+    /// The suspicion score [default: ensemble for DMUE runs, self-confidence otherwise; chosen
+    /// by measurement, docs/audit.md].
+    #[arg(long, value_enum)]
+    score: Option<dmue_train::audit::Score>,
+    /// How many of the most suspicious images audit.html and audit-top.png show.
+    #[arg(long, default_value_t = 60)]
+    top: usize,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto, env = "DMUE_DEVICE")]
+    device: DeviceChoice,
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["top", "threshold"])))]
+struct RelabelArgs {
+    /// Run directory that `dmue-train audit` has scored.
+    run: PathBuf,
+    /// Relabel the K top-ranked images.
+    #[arg(long, value_name = "K")]
+    top: Option<usize>,
+    /// Relabel every image whose score is at least T (scores are in audit.jsonl).
+    #[arg(long, value_name = "T")]
+    threshold: Option<f64>,
+    /// New dataset directory [default: RUN/relabelled].
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -316,11 +352,38 @@ struct EvalArgs {
     /// Evaluate on another dataset directory with the same classes.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Also write every image's softmax to this JSON-lines file (path, label, predicted,
+    /// probabilities), for example as out-of-sample probabilities of a held-out fold.
+    #[arg(long)]
+    predictions: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto, env = "DMUE_DEVICE")]
     device: DeviceChoice,
 }
 
+/// libtorch's OpenMP runtime (libgomp) lets idle worker threads spin between parallel regions.
+/// On cores shared with anything else (a compile, a second run) the spinning threads steal the
+/// time the working ones need: an evaluation of the demo model went from 2.6 s to 12.4 s next
+/// to two other jobs, at 6x the CPU time. Passive waiting puts idle workers to sleep instead.
+/// libgomp reads OMP_WAIT_POLICY once, when it is loaded (before `main`), so when the user has
+/// not chosen a policy we re-execute ourselves with it set. `OMP_WAIT_POLICY=ACTIVE` restores
+/// spinning (docs/performance.md has both measured).
+fn passive_openmp_wait() {
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("OMP_WAIT_POLICY").is_none() {
+        use std::os::unix::process::CommandExt;
+        if let Ok(exe) = std::env::current_exe() {
+            let err = std::process::Command::new(exe)
+                .args(std::env::args_os().skip(1))
+                .env("OMP_WAIT_POLICY", "PASSIVE")
+                .exec();
+            // exec returns only when it failed: carry on with the default policy.
+            eprintln!("warning: could not re-run with OMP_WAIT_POLICY=PASSIVE: {err}");
+        }
+    }
+}
+
 fn main() {
+    passive_openmp_wait();
     dmue_deploy::logging::init(false);
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
@@ -526,6 +589,12 @@ fn run(cli: Cli) -> Result<()> {
                 eval::evaluate(&net, &data, &ds.info.classes, &cfg.data.preprocess, device);
             eval::write(&a.run, &report).context("writing the evaluation report")?;
             print!("{report}");
+            if let Some(p) = &a.predictions {
+                let rows = eval::predictions(&net, &data, &ds, &cfg.data.preprocess, device);
+                dmue_train::util::write_jsonl(p, &rows)
+                    .with_context(|| format!("writing {}", p.display()))?;
+                println!("wrote {} ({} images)", p.display(), rows.len());
+            }
             println!(
                 "wrote {} and {}",
                 a.run.join(format!("eval-{}.json", report.split)).display(),
@@ -544,6 +613,38 @@ fn run(cli: Cli) -> Result<()> {
                 a.run.join(dmue_train::analyze::REPORT_FILE).display(),
                 a.run.join(dmue_train::analyze::SAMPLES_FILE).display(),
                 a.run.join(dmue_train::analyze::ALPHA_PNG).display()
+            );
+        }
+        Command::Audit(a) => {
+            let device = trainer::resolve_device(a.device)?;
+            let opts = dmue_train::audit::AuditOptions {
+                score: a.score,
+                top: a.top,
+            };
+            let report = dmue_train::audit::audit(&a.run, &opts, device)?;
+            print!("{report}");
+            println!(
+                "wrote {} (every training image, most suspicious first), {}, {} and {}",
+                a.run.join(dmue_train::audit::AUDIT_FILE).display(),
+                a.run.join(dmue_train::audit::REPORT_FILE).display(),
+                a.run.join(dmue_train::audit::HTML_FILE).display(),
+                a.run.join(dmue_train::audit::SHEET_FILE).display()
+            );
+        }
+        Command::Relabel(a) => {
+            let selection = match (a.top, a.threshold) {
+                (Some(k), _) => dmue_train::audit::Selection::Top(k),
+                (_, Some(t)) => dmue_train::audit::Selection::Threshold(t),
+                _ => unreachable!("clap requires one"),
+            };
+            let out = a.out.unwrap_or_else(|| a.run.join("relabelled"));
+            let changes = dmue_train::audit::relabel(&a.run, selection, &out)?;
+            println!(
+                "wrote {}: {} training labels changed (listed in {})\nretrain: dmue-train fit --data {} ...",
+                out.display(),
+                changes.len(),
+                out.join(dmue_train::audit::CHANGES_FILE).display(),
+                out.display()
             );
         }
         Command::Export(a) => {

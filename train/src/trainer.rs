@@ -132,6 +132,7 @@ pub fn load_run(
 ) -> Result<(Config, Dataset, nn::VarStore, MultiBranchNet)> {
     let cfg = Config::load(&[run.join(CONFIG_FILE)], &[])
         .with_context(|| format!("{} is not a dmue run directory", run.display()))?;
+    apply_threads(&cfg);
     let ds = Dataset::open(&cfg.data.dataset)?;
     let mut vs = nn::VarStore::new(device);
     let net = MultiBranchNet::new(
@@ -146,12 +147,20 @@ pub fn load_run(
     Ok((cfg, ds, vs, net))
 }
 
-pub fn fit(cfg: &Config, run: &Path, resume: bool) -> Result<FitSummary> {
-    // ---- set-up
-    let device = resolve_device(cfg.train.device)?;
+/// libtorch's intra-op threads as the run's config says (`train.threads`, 0 = libtorch's
+/// default). Every command that loads a run uses the same count as its training did: on shared
+/// cores, more threads than the run was sized for spin against each other (an audit of a
+/// one-thread benchmark run took 127 s of CPU with two threads next to other jobs, 7 s with one).
+pub fn apply_threads(cfg: &Config) {
     if cfg.train.threads > 0 {
         tch::set_num_threads(cfg.train.threads as i32);
     }
+}
+
+pub fn fit(cfg: &Config, run: &Path, resume: bool) -> Result<FitSummary> {
+    // ---- set-up
+    let device = resolve_device(cfg.train.device)?;
+    apply_threads(cfg);
     let bf16 = cfg.train.precision == Precision::Bf16 && device.is_cuda();
     if cfg.train.precision == Precision::Bf16 && !bf16 {
         tracing::warn!("precision bf16 needs CUDA; training in fp32 on the CPU");
@@ -273,9 +282,12 @@ pub fn fit(cfg: &Config, run: &Path, resume: bool) -> Result<FitSummary> {
         );
     }
     crate::util::write_jsonl(&metrics_path, &history)?;
+    let mut dynamics =
+        crate::dynamics::LabelDynamics::start(run, train.len(), state.epoch, device)?;
 
     // ---- epochs
     let started = Instant::now();
+    let first_epoch = state.epoch + 1;
     let mut images_seen = 0usize;
     for epoch in state.epoch + 1..=cfg.train.epochs {
         let lr = cfg.train.lr_at(epoch);
@@ -313,7 +325,7 @@ pub fn fit(cfg: &Config, run: &Path, resume: bool) -> Result<FitSummary> {
         std::thread::scope(|scope| -> Result<()> {
             // Batches are cut on a worker thread while the previous step runs.
             let (tx, rx) = std::sync::mpsc::sync_channel::<HostBatch>(cfg.data.prefetch.max(1));
-            let (train_ref, batches_ref) = (&train, &batches);
+            let (train_ref, batches_ref, dynamics_ref) = (&train, &batches, &dynamics);
             let seed = cfg.train.seed;
             let aug = Augment {
                 hflip: cfg.data.hflip,
@@ -342,6 +354,7 @@ pub fn fit(cfg: &Config, run: &Path, resume: bool) -> Result<FitSummary> {
                 } else {
                     single_branch_loss(&out, &y, cfg)
                 };
+                dynamics_ref.record(&out.target_logits, &y, &host.indices);
                 let correct = out
                     .target_logits
                     .argmax(1, false)
@@ -391,6 +404,13 @@ pub fn fit(cfg: &Config, run: &Path, resume: bool) -> Result<FitSummary> {
                         alpha.mean(Kind::Float).double_value(&[]);
                 }
                 let rate = acc.images as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9);
+                if epoch == first_epoch && step == WARN_AFTER_STEPS {
+                    if let Some(msg) =
+                        long_run_warning(rate, train.len(), cfg.train.epochs - state.epoch, device)
+                    {
+                        pb.suspend(|| eprintln!("{msg}"));
+                    }
+                }
                 let shown: Vec<String> =
                     values.iter().map(|(n, v)| format!("{n} {v:.4}")).collect();
                 pb.set_message(format!("{} | {rate:.0} img/s", shown.join(" ")));
@@ -429,7 +449,14 @@ pub fn fit(cfg: &Config, run: &Path, resume: bool) -> Result<FitSummary> {
             images_per_second: acc.images as f64 / train_seconds.max(1e-9),
             seconds: epoch_start.elapsed().as_secs_f64(),
         };
-        println!("{}", epoch_line(&metrics, cfg.train.epochs));
+        let left = cfg.train.epochs - epoch;
+        let per_epoch = started.elapsed().as_secs_f64() / (epoch + 1 - first_epoch) as f64;
+        let eta = if left > 0 {
+            format!("  run ETA {}", duration(per_epoch * left as f64))
+        } else {
+            String::new()
+        };
+        println!("{}{eta}", epoch_line(&metrics, cfg.train.epochs));
         append_metrics(&metrics_path, &metrics)?;
         history.push(metrics);
         plot_curves(&run.join(CURVES_FILE), &history)?;
@@ -440,6 +467,7 @@ pub fn fit(cfg: &Config, run: &Path, resume: bool) -> Result<FitSummary> {
                 state.best_epoch = Some(epoch);
             }
         }
+        dynamics.finish_epoch(run, epoch)?;
         state.epoch = epoch;
         state.optimizer_step = opt.step;
         checkpoint::save(run, &vs, &opt, &state, cfg.train.keep_checkpoints)?;
@@ -472,6 +500,41 @@ pub fn fit(cfg: &Config, run: &Path, resume: bool) -> Result<FitSummary> {
         serde_json::to_string_pretty(&summary)?.as_bytes(),
     )?;
     Ok(summary)
+}
+
+/// Steps measured before the start-up estimate of the whole run's time.
+const WARN_AFTER_STEPS: usize = 5;
+
+/// "1h05m", "12m30s", "42s".
+fn duration(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// Said once at start-up when the run, at the throughput of its first steps, will take more
+/// than an hour: the paper's size on a CPU takes hours, and the user should know before.
+fn long_run_warning(
+    images_per_second: f64,
+    images: usize,
+    epochs_left: usize,
+    device: Device,
+) -> Option<String> {
+    let seconds = images as f64 * epochs_left as f64 / images_per_second.max(1e-9);
+    (seconds > 3600.0).then(|| {
+        let hint = if device.is_cuda() {
+            "fewer epochs (--epochs) or a smaller backbone"
+        } else {
+            "`-c configs/demo-cpu.toml` (width 16 on 64x64 crops, minutes on 2 cores)"
+        };
+        format!(
+            "note: at {images_per_second:.0} img/s on {device:?}, the {epochs_left} epochs left will take about {}. For a quick run, use {hint}.",
+            duration(seconds)
+        )
+    })
 }
 
 fn epoch_line(m: &EpochMetrics, epochs: usize) -> String {
@@ -576,4 +639,20 @@ fn plot_curves(path: &Path, history: &[EpochMetrics]) -> Result<()> {
         });
     }
     line_panels(path, &panels, 3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_the_long_run_warning() {
+        assert_eq!(duration(42.4), "42s");
+        assert_eq!(duration(750.0), "12m30s");
+        assert_eq!(duration(3900.0), "1h05m");
+        // 6 img/s, 2,800 images, 40 epochs: 18,667 s = 5h11m.
+        let w = long_run_warning(6.0, 2800, 40, Device::Cpu).unwrap();
+        assert!(w.contains("5h11m") && w.contains("demo-cpu.toml"), "{w}");
+        assert!(long_run_warning(700.0, 2800, 20, Device::Cpu).is_none());
+    }
 }

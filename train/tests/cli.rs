@@ -137,6 +137,13 @@ fn fit_writes_a_complete_run_and_resume_continues_it() {
     )
     .unwrap();
     assert_eq!(state["optimizer_step"], 2 * (84 / 14));
+    // The per-image training dynamics keep epoch 1 across the resume and add epoch 2.
+    let dynamics = tensors(&run_dir.join("label-dynamics.safetensors"));
+    assert_eq!(
+        Vec::<i64>::try_from(&dynamics["epochs"]).unwrap(),
+        vec![1, 2]
+    );
+    assert_eq!(dynamics["label_prob"].size(), vec![2, 84]);
 
     // eval on the run directory reproduces the report.
     let report = ok(&["eval", run_dir.to_str().unwrap(), "--device", "cpu"]);
@@ -811,4 +818,127 @@ fn cuda_training_runs_on_the_gpu() {
         (bf16 - fp32).abs() <= 0.05 * fp32.abs(),
         "first-epoch loss fp32 {fp32} vs bf16 {bf16}"
     );
+}
+
+/// A dataset a tiny network learns in a few epochs: class k is a noisy square of colour k.
+/// `planted` training images of class 0 carry label 4 instead, recorded as flips
+/// (`original_label`).
+fn colour_dataset(dir: &Path, per_class: usize, planted: usize) {
+    const COLOURS: [[u8; 3]; 7] = [
+        [220, 40, 40],
+        [40, 200, 40],
+        [40, 40, 220],
+        [220, 220, 40],
+        [220, 40, 220],
+        [40, 220, 220],
+        [128, 128, 128],
+    ];
+    std::fs::create_dir_all(dir.join("images")).unwrap();
+    let mut state = 12345u32;
+    let mut noise = move || {
+        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        (state >> 24) as i32 - 128
+    };
+    let mut rows = Vec::new();
+    for split in ["train", "test"] {
+        let n = if split == "train" { per_class } else { 4 };
+        for (class, colour) in COLOURS.iter().enumerate() {
+            for i in 0..n {
+                let path = format!("images/{split}-{class}-{i:03}.png");
+                let img = image::RgbImage::from_fn(48, 48, |_, _| {
+                    image::Rgb(colour.map(|v| (v as i32 + noise() / 6).clamp(0, 255) as u8))
+                });
+                img.save(dir.join(&path)).unwrap();
+                let flip = split == "train" && class == 0 && i < planted;
+                let mut row = serde_json::json!({"path": path, "label": class, "split": split});
+                if flip {
+                    row["label"] = 4.into();
+                    row["original_label"] = 0.into();
+                }
+                rows.push(row.to_string());
+            }
+        }
+    }
+    std::fs::write(dir.join("manifest.jsonl"), rows.join("\n") + "\n").unwrap();
+    let info = serde_json::json!({
+        "name": "colours",
+        "classes": ["red", "green", "blue", "yellow", "magenta", "cyan", "grey"],
+        "image_size": 48,
+        "template_id": "dmue-5pt-256-v1",
+    });
+    std::fs::write(dir.join("dataset.json"), info.to_string()).unwrap();
+}
+
+#[test]
+fn audit_ranks_planted_flips_first_and_relabel_writes_a_corrected_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("colours");
+    colour_dataset(&data, 30, 3);
+    let manifest_before = std::fs::read(data.join("manifest.jsonl")).unwrap();
+    let run_dir = tmp.path().join("run");
+    let o = fit(&data, &run_dir, &["--epochs", "4"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(run_dir.join("label-dynamics.safetensors").exists());
+    let r = run_dir.to_str().unwrap();
+    // Relabelling needs an audit first.
+    assert!(fails(&["relabel", r, "--top", "3"]).contains("dmue-train audit"));
+
+    let out = ok(&["audit", r, "--device", "cpu", "--top", "12"]);
+    assert!(out.contains("3 flipped labels"), "{out}");
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(run_dir.join("audit.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 7 * 30);
+    // The three red squares labelled magenta are the three most suspicious of 210 images,
+    // and the audit suggests red for them.
+    for row in &rows[..3] {
+        assert_eq!(row["flipped"], true, "{row}");
+        assert_eq!(row["suggested_name"], "red", "{row}");
+        assert!(row["latent"].as_array().unwrap().len() == 7, "{row}");
+    }
+    let ranks: Vec<u64> = rows.iter().map(|r| r["rank"].as_u64().unwrap()).collect();
+    assert_eq!(ranks, (1..=210).collect::<Vec<u64>>());
+    let html = std::fs::read_to_string(run_dir.join("audit.html")).unwrap();
+    assert_eq!(html.matches("data:image/png;base64,").count(), 12);
+    assert!(!html.contains("http"), "the page must work offline");
+    assert!(run_dir.join("audit-top.png").exists());
+
+    // Relabel the top 3 into a new directory; the original is untouched.
+    let fixed = tmp.path().join("fixed");
+    let f = fixed.to_str().unwrap();
+    let out = ok(&["relabel", r, "--top", "3", "--out", f]);
+    assert!(out.contains("3 training labels changed"), "{out}");
+    assert_eq!(
+        std::fs::read(data.join("manifest.jsonl")).unwrap(),
+        manifest_before
+    );
+    let changes = std::fs::read_to_string(fixed.join("relabel-changes.jsonl")).unwrap();
+    assert_eq!(changes.lines().count(), 3);
+    let new_rows: Vec<serde_json::Value> = std::fs::read_to_string(fixed.join("manifest.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let relabelled: Vec<&serde_json::Value> = new_rows
+        .iter()
+        .filter(|r| r.get("relabelled_from").is_some())
+        .collect();
+    assert_eq!(relabelled.len(), 3);
+    for r in relabelled {
+        assert_eq!(
+            (r["label"].as_u64(), r["relabelled_from"].as_u64()),
+            (Some(0), Some(4))
+        );
+    }
+    // The corrected copy is a dataset fit accepts; relabelling into it again is refused.
+    let o = fit(
+        &fixed,
+        &tmp.path().join("again"),
+        &["--epochs", "1", "--mode", "baseline"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(fails(&["relabel", r, "--top", "3", "--out", f]).contains("already holds a dataset"));
+    fails(&["relabel", r, "--top", "3", "--threshold", "0.5"]);
 }

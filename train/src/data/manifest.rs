@@ -107,6 +107,9 @@ pub struct ManifestRow {
     /// The dataset's label before `prepare --flip-rate` replaced it (`label` is the new one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original_label: Option<usize>,
+    /// The label before `dmue-train relabel` replaced it with the audit's suggestion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relabelled_from: Option<usize>,
 }
 
 /// A dataset directory, read and validated.

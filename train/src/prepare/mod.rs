@@ -811,6 +811,7 @@ fn process(
             truth: face.truth.clone(),
             votes: face.votes.clone(),
             original_label: None,
+            relabelled_from: None,
         });
     }
     Ok(entry)

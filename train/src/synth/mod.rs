@@ -318,6 +318,7 @@ pub fn generate(opts: &SynthOptions, out: &Path) -> Result<Summary> {
                     truth: Some(truth),
                     votes: None,
                     original_label: None,
+                    relabelled_from: None,
                 }),
                 Mode::Photo => photo_faces.push(FaceTruth {
                     landmarks: *landmarks,
@@ -446,6 +447,7 @@ pub fn generate_identities(opts: &IdentityOptions, out: &Path) -> Result<Summary
                 truth: None,
                 votes: None,
                 original_label: None,
+                relabelled_from: None,
             })
         })
         .collect::<Result<_>>()?;
