@@ -145,12 +145,43 @@ fn fit_writes_a_complete_run_and_resume_continues_it() {
     );
     assert_eq!(dynamics["label_prob"].size(), vec![2, 84]);
 
-    // eval on the run directory reproduces the report.
-    let report = ok(&["eval", run_dir.to_str().unwrap(), "--device", "cpu"]);
+    // eval on the run directory reproduces the report; --predictions lists every image.
+    let preds = out.path().join("preds.jsonl");
+    let report = ok(&[
+        "eval",
+        run_dir.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--predictions",
+        preds.to_str().unwrap(),
+    ]);
     assert!(
         report.contains("accuracy") && report.contains("anger"),
         "{report}"
     );
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&preds)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 28);
+    let mut right = 0;
+    for r in &rows {
+        let p: Vec<f64> = r["probabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-4, "{r}");
+        let best = (0..p.len()).fold(0, |b, k| if p[k] > p[b] { k } else { b });
+        assert_eq!(r["predicted"].as_u64(), Some(best as u64), "{r}");
+        right += (r["predicted"] == r["label"]) as usize;
+    }
+    let ev: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("eval-test.json")).unwrap())
+            .unwrap();
+    assert!((ev["accuracy"].as_f64().unwrap() - right as f64 / 28.0).abs() < 1e-9);
     // analyze: every training image once, with its latent distribution and alpha.
     let printed = ok(&["analyze", run_dir.to_str().unwrap(), "--device", "cpu"]);
     assert!(printed.contains("Spearman"), "{printed}");
