@@ -973,3 +973,97 @@ fn audit_ranks_planted_flips_first_and_relabel_writes_a_corrected_copy() {
     assert!(fails(&["relabel", r, "--top", "3", "--out", f]).contains("already holds a dataset"));
     fails(&["relabel", r, "--top", "3", "--threshold", "0.5"]);
 }
+
+/// metrics.jsonl without its wall-clock fields.
+fn metrics_without_timing(run_dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let m = v.as_object_mut().unwrap();
+            m.remove("seconds");
+            m.remove("images_per_second");
+            v
+        })
+        .collect()
+}
+
+/// Killed with SIGKILL at ten points (one of them while a checkpoint is being written) and
+/// resumed each time, a run ends with the same bytes of weights and the same metrics as the
+/// run that was never interrupted (CPU, one thread, fixed seed).
+#[test]
+#[cfg(unix)]
+fn a_run_killed_anywhere_and_resumed_ends_bitwise_equal_to_an_uninterrupted_one() {
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let args = |out: &Path, resume: bool| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "fit",
+            "--data",
+            dataset().to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--epochs",
+            "3",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(TINY.iter().map(|s| s.to_string()));
+        if resume {
+            a.push("--resume".into());
+        }
+        a
+    };
+    let whole = tmp.path().join("whole");
+    let t0 = Instant::now();
+    let o = common::bin().args(args(&whole, false)).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let took = t0.elapsed();
+    let want_model = std::fs::read(whole.join("model.safetensors")).unwrap();
+    let want_metrics = metrics_without_timing(&whole);
+    assert_eq!(want_metrics.len(), 3);
+
+    // Kill points spread over the run's duration (deterministic jitter), then one kill the
+    // moment a checkpoint's temporary directory appears.
+    let mut state = 7u64;
+    let mut resumed = 0;
+    for k in 0..10 {
+        let dir = tmp.path().join(format!("killed-{k}"));
+        let mut child = common::bin().args(args(&dir, false)).spawn().unwrap();
+        if k < 9 {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let jitter = (state >> 33) as f64 / (1u64 << 31) as f64; // [0, 1)
+            let at = took.mul_f64((k as f64 + jitter) / 9.0);
+            std::thread::sleep(at);
+        } else {
+            let tmp_dir = dir.join("checkpoints/.epoch-0002.tmp");
+            let deadline = Instant::now() + took * 4;
+            while !tmp_dir.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            assert!(tmp_dir.exists(), "never saw a checkpoint being written");
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        // Resume until the run completes (a kill before the first checkpoint starts afresh).
+        let o = common::bin().args(args(&dir, true)).output().unwrap();
+        assert!(o.status.success(), "kill {k}: {}", text(&o));
+        resumed += text(&o).contains("resuming from") as usize;
+        assert!(
+            std::fs::read(dir.join("model.safetensors")).unwrap() == want_model,
+            "kill {k} (run length {took:?}): the resumed run's weights differ"
+        );
+        assert_eq!(metrics_without_timing(&dir), want_metrics, "kill {k}");
+    }
+    // Most kills must land after a checkpoint, or the test would not exercise resume.
+    assert!(
+        resumed >= 5,
+        "only {resumed} of 10 kills resumed from a checkpoint"
+    );
+}
