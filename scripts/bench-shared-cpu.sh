@@ -18,11 +18,16 @@ cleanup() { for p in "${hogs[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 "$BIN" synth --out "$WORK/data" --train "$IMAGES" --test 0 --size 72 --seed 0 >/dev/null
 
-epoch_seconds() {  # policy -> wall seconds of one DMUE epoch (the best of REPEAT)
+# Each setting is an environment assignment for libgomp: ACTIVE spins forever, PASSIVE sleeps at
+# once, "OMP_WAIT_POLICY=unset" (a value libgomp ignores, so it keeps its default: spin 300,000
+# rounds, then sleep) is what plain libtorch does, GOMP_SPINCOUNT=N spins N rounds.
+SETTINGS=${SETTINGS:-OMP_WAIT_POLICY=ACTIVE OMP_WAIT_POLICY=unset OMP_WAIT_POLICY=PASSIVE}
+
+epoch_seconds() {  # setting load -> wall seconds of one DMUE epoch (the best of REPEAT)
   local best=""
   for i in $(seq "$REPEAT"); do
-    local out="$WORK/run-$1-$i"
-    OMP_WAIT_POLICY=$1 "$BIN" fit --data "$WORK/data" --out "$out" -c configs/demo-cpu.toml \
+    local out="$WORK/run-${1//[^A-Za-z0-9]/_}-$2-$i"
+    env "$1" "$BIN" fit --data "$WORK/data" --out "$out" -c configs/demo-cpu.toml \
       --epochs 1 --set train.threads=0 --set 'data.eval_split=""' >"$out.log" 2>&1 \
       || { cat "$out.log" >&2; exit 1; }
     local s
@@ -33,20 +38,24 @@ epoch_seconds() {  # policy -> wall seconds of one DMUE epoch (the best of REPEA
 }
 
 echo "$(nproc) cores, ${IMAGES} images, demo config (ResNet-18 width 16, 64x64), DMUE, 1 epoch, best of $REPEAT"
-declare -A t
+results=()
 for load in 0 "$LOAD"; do
   for p in "${hogs[@]}"; do kill "$p" 2>/dev/null || true; done
   hogs=()
   for _ in $(seq "$load"); do (while :; do :; done) & hogs+=($!); done
-  for policy in ACTIVE PASSIVE; do
-    t[$policy,$load]=$(epoch_seconds "$policy")
-    printf 'busy neighbours %d  OMP_WAIT_POLICY=%-8s %8.2f s/epoch\n' "$load" "$policy" "${t[$policy,$load]}"
+  for setting in $SETTINGS; do
+    t=$(epoch_seconds "$setting" "$load")
+    results+=("$setting $load $t")
+    printf 'busy neighbours %d  %-28s %8.2f s/epoch\n' "$load" "$setting" "$t"
   done
 done
-python3 - "${t[ACTIVE,0]}" "${t[PASSIVE,0]}" "${t[ACTIVE,$LOAD]}" "${t[PASSIVE,$LOAD]}" "$LOAD" <<'PY'
+printf '%s\n' "${results[@]}" | python3 -c '
 import sys
-a0, p0, al, pl = map(float, sys.argv[1:5]); load = sys.argv[5]
-print(f"idle:             PASSIVE / ACTIVE = {p0 / a0:.2f}")
-print(f"{load} busy neighbour(s): PASSIVE / ACTIVE = {pl / al:.2f}")
-print(f"slowdown from the neighbours: ACTIVE {al / a0:.2f}x, PASSIVE {pl / p0:.2f}x")
-PY
+rows = [l.split() for l in sys.stdin if l.strip()]
+t = {(s, int(l)): float(v) for s, l, v in rows}
+loads = sorted({l for _, l in t})
+base = rows[0][0]
+print(f"ratios against {base} on the idle machine:")
+for s in dict.fromkeys(r[0] for r in rows):
+    print(f"  {s:<28}" + "".join(f"  {l} busy: {t[(s, l)] / t[(base, 0)]:5.2f}x" for l in loads))
+'

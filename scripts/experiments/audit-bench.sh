@@ -118,7 +118,8 @@ if [[ $STAGES == *retrain* ]]; then
     k=$(python3 -c "import json; print(json.load(open('$run/audit.json'))['flipped'])")
     [ -f "$fixed/manifest.jsonl" ] || "$TRAIN" relabel "$run" --top "$k" --out "$fixed"
   done
-  GRID="$RETRAIN_RATE|$SEEDS|baseline dmue-class-norm" OUT=$OUT/retrain DATA=$OUT/relabelled \
+  # (DATA before OUT: prefix assignments expand left to right.)
+  GRID="$RETRAIN_RATE|$SEEDS|baseline dmue-class-norm" DATA=$OUT/relabelled OUT=$OUT/retrain \
     JOBS=$JOBS bash scripts/experiments/run.sh > "$OUT/retrain.log" 2>&1
   python3 scripts/experiments/audit_bench.py retrain "$RUNS/results.jsonl" "$OUT/retrain/results.jsonl" \
     "$RETRAIN_RATE" "$OUT/relabelled"

@@ -361,16 +361,25 @@ struct EvalArgs {
 }
 
 /// libtorch's OpenMP runtime (libgomp) lets idle worker threads spin between parallel regions.
-/// On cores shared with anything else (a compile, a second run) the spinning threads steal the
-/// time the working ones need: an evaluation of the demo model went from 2.6 s to 12.4 s next
-/// to two other jobs, at 6x the CPU time. Passive waiting puts idle workers to sleep instead.
-/// libgomp reads OMP_WAIT_POLICY once, when it is loaded (before `main`), so when the user has
-/// not chosen a policy we re-execute ourselves with it set. `OMP_WAIT_POLICY=ACTIVE` restores
-/// spinning (docs/performance.md has both measured).
-fn passive_openmp_wait() {
+/// On an idle machine that is the fast choice; on cores shared with anything else (a compile, a
+/// second run) the spinning threads steal the time the working ones need. Measured on 2 cores,
+/// one DMUE epoch at the demo size (scripts/bench-shared-cpu.sh, docs/performance.md): spinning
+/// 2.7 s idle, 10.7 s next to one busy process; passive waiting 4.6 s and 4.7 s (the speed of
+/// one thread). So when the cores are already busy as we start (1-minute load average of at
+/// least [`BUSY_LOAD`]) we wait passively, and otherwise keep libgomp's default. libgomp reads
+/// OMP_WAIT_POLICY once, when it is loaded (before `main`), hence the re-execution; a policy the
+/// user set is never overridden.
+fn openmp_wait_policy() {
     #[cfg(target_os = "linux")]
     if std::env::var_os("OMP_WAIT_POLICY").is_none() {
         use std::os::unix::process::CommandExt;
+        let busy = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+            .is_some_and(|load| load >= BUSY_LOAD);
+        if !busy {
+            return;
+        }
         if let Ok(exe) = std::env::current_exe() {
             let err = std::process::Command::new(exe)
                 .args(std::env::args_os().skip(1))
@@ -382,8 +391,11 @@ fn passive_openmp_wait() {
     }
 }
 
+/// Load average from which the cores count as shared at start-up.
+const BUSY_LOAD: f64 = 0.5;
+
 fn main() {
-    passive_openmp_wait();
+    openmp_wait_policy();
     dmue_deploy::logging::init(false);
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
