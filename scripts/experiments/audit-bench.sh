@@ -19,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 export TRAIN=${TRAIN:-target/release/dmue-train}
 export OUT=${OUT:-runs/audit}
-export RUNS=${RUNS:-runs/audit/runs}
+export RUNS=${RUNS:-runs/exp9}
 export DATA=${DATA:-runs/exp9/data}
 export CONFIG=${CONFIG:-configs/bench-cpu.toml}
 export K=${K:-5}
