@@ -9,6 +9,7 @@
 pub mod engine;
 pub mod error;
 pub mod face;
+pub mod fuzzing;
 pub mod image_io;
 #[cfg(feature = "logging")]
 pub mod logging;

@@ -432,7 +432,7 @@ struct ImageResult {
 }
 
 /// The images of a request: the raw body, or every file part of a multipart form.
-async fn images_of(req: Request) -> Result<Vec<(String, Bytes)>, Error> {
+pub(crate) async fn images_of(req: Request) -> Result<Vec<(String, Bytes)>, Error> {
     let too_large = |status: StatusCode, msg: String| {
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             Error::TooLarge(format!("request body is larger than the limit: {msg}"))
