@@ -1027,27 +1027,34 @@ fn a_run_killed_anywhere_and_resumed_ends_bitwise_equal_to_an_uninterrupted_one(
     let want_metrics = metrics_without_timing(&whole);
     assert_eq!(want_metrics.len(), 3);
 
-    // Kill points spread over the run's duration (deterministic jitter), then one kill the
-    // moment a checkpoint's temporary directory appears.
+    // Kill points keyed to the run's progress, not to the clock alone (start-up time varies
+    // with the machine's load): kills 0-2 anywhere before the first checkpoint, 3-8 at a
+    // random moment of epoch 2 or 3 (after checkpoint 1 or 2 exists), 9 the moment a
+    // checkpoint's temporary directory appears. The jitter is deterministic.
+    let epoch_time = took / 3;
+    let wait_for = |path: &Path| {
+        let deadline = Instant::now() + took * 10;
+        while !path.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        assert!(path.exists(), "never saw {}", path.display());
+    };
     let mut state = 7u64;
     let mut resumed = 0;
     for k in 0..10 {
         let dir = tmp.path().join(format!("killed-{k}"));
         let mut child = common::bin().args(args(&dir, false)).spawn().unwrap();
-        if k < 9 {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let jitter = (state >> 33) as f64 / (1u64 << 31) as f64; // [0, 1)
-            let at = took.mul_f64((k as f64 + jitter) / 9.0);
-            std::thread::sleep(at);
-        } else {
-            let tmp_dir = dir.join("checkpoints/.epoch-0002.tmp");
-            let deadline = Instant::now() + took * 4;
-            while !tmp_dir.exists() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_micros(50));
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let jitter = (state >> 33) as f64 / (1u64 << 31) as f64; // [0, 1)
+        match k {
+            0..=2 => std::thread::sleep(took.mul_f64(jitter * 0.3)),
+            3..=8 => {
+                wait_for(&dir.join(format!("checkpoints/epoch-000{}", 1 + k % 2)));
+                std::thread::sleep(epoch_time.mul_f64(jitter));
             }
-            assert!(tmp_dir.exists(), "never saw a checkpoint being written");
+            _ => wait_for(&dir.join("checkpoints/.epoch-0002.tmp")),
         }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
