@@ -33,7 +33,7 @@ impl Similarity {
     /// The inverse transform (`None` for a degenerate, zero-scale transform).
     pub fn inverse(&self) -> Option<Self> {
         let d = self.a * self.a + self.b * self.b;
-        if d < 1e-18 {
+        if !(d >= 1e-18 && d.is_finite()) {
             return None;
         }
         let (a, b) = (self.a / d, -self.b / d);
@@ -48,10 +48,17 @@ impl Similarity {
     /// Least-squares similarity mapping `src[i]` onto `dst[i]` (Umeyama 1991, 2-D closed form):
     /// with centred points x_i, y_i, `a = sum(x_i . y_i) / sum|x_i|^2`,
     /// `b = sum(x_i cross y_i) / sum|x_i|^2`, `t = mean(y) - R mean(x)`.
-    /// `None` when the source points all coincide.
+    /// `None` when the source points all coincide or any point is not finite (a NaN landmark
+    /// from a broken detector output must not become a silently garbage crop; found by
+    /// fuzzing).
     pub fn fit(src: &[[f32; 2]], dst: &[[f32; 2]]) -> Option<Self> {
         let n = src.len().min(dst.len());
-        if n < 2 {
+        if n < 2
+            || !src[..n]
+                .iter()
+                .chain(&dst[..n])
+                .all(|p| p[0].is_finite() && p[1].is_finite())
+        {
             return None;
         }
         let mean = |pts: &[[f32; 2]]| {
@@ -70,16 +77,20 @@ impl Similarity {
             cross += xs * yd - ys * xd;
             var += xs * xs + ys * ys;
         }
-        if var < 1e-12 {
+        if !(var >= 1e-12) {
             return None;
         }
         let (a, b) = (dot / var, cross / var);
-        Some(Self {
+        let t = Self {
             a,
             b,
             tx: nx - (a * mx - b * my),
             ty: ny - (b * mx + a * my),
-        })
+        };
+        [t.a, t.b, t.tx, t.ty]
+            .iter()
+            .all(|v| v.is_finite())
+            .then_some(t)
     }
 }
 
@@ -162,6 +173,12 @@ mod tests {
             assert!((q[0] - p[0]).abs() < 1e-3 && (q[1] - p[1]).abs() < 1e-3);
         }
         assert!(Similarity::fit(&[[1.0, 1.0]; 5], &dst).is_none());
+        // A non-finite landmark is refused, not turned into a NaN transform (fuzzing finding).
+        let mut bad = src;
+        bad[2][1] = f32::NAN;
+        assert!(Similarity::fit(&bad, &dst).is_none());
+        bad[2][1] = f32::INFINITY;
+        assert!(Similarity::fit(&bad, &dst).is_none());
     }
 
     /// Warping with the identity reproduces the image; outside it is black.
