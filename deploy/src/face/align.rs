@@ -33,7 +33,7 @@ impl Similarity {
     /// The inverse transform (`None` for a degenerate, zero-scale transform).
     pub fn inverse(&self) -> Option<Self> {
         let d = self.a * self.a + self.b * self.b;
-        if !(d >= 1e-18 && d.is_finite()) {
+        if !d.is_finite() || d < 1e-18 {
             return None;
         }
         let (a, b) = (self.a / d, -self.b / d);
@@ -77,7 +77,7 @@ impl Similarity {
             cross += xs * yd - ys * xd;
             var += xs * xs + ys * ys;
         }
-        if !(var >= 1e-12) {
+        if var < 1e-12 {
             return None;
         }
         let (a, b) = (dot / var, cross / var);
