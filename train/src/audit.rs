@@ -48,7 +48,8 @@ pub struct Belief {
     pub dynamics_margin: Option<f32>,
 }
 
-fn rows_of(t: &Tensor) -> Vec<Vec<f32>> {
+/// A 2-d tensor's rows as CPU float vectors.
+pub(crate) fn rows_of(t: &Tensor) -> Vec<Vec<f32>> {
     let t = t.to_kind(Kind::Float).to_device(Device::Cpu).contiguous();
     let (n, k) = t.size2().expect("2-d");
     let flat = Vec::<f32>::try_from(t.view([-1])).expect("float tensor");
@@ -804,11 +805,7 @@ fn link_or_copy(from: &Path, to: &PathBuf) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn t2(rows: &[&[f32]]) -> Tensor {
-        let n = rows.len() as i64;
-        let flat: Vec<f32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
-        Tensor::from_slice(&flat).view([n, -1])
-    }
+    use crate::loss::tests::t2;
 
     #[test]
     fn aux_vote_by_hand() {

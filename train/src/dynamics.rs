@@ -56,12 +56,8 @@ impl Recorded {
 }
 
 fn to_rows(t: &Tensor) -> Result<Vec<Vec<f32>>> {
-    let t = t.to_kind(Kind::Float).to_device(Device::Cpu).contiguous();
-    let (e, n) = t.size2().context("label dynamics must be 2-d")?;
-    let flat = Vec::<f32>::try_from(t.view([-1]))?;
-    Ok((0..e as usize)
-        .map(|k| flat[k * n as usize..(k + 1) * n as usize].to_vec())
-        .collect())
+    t.size2().context("label dynamics must be 2-d")?;
+    Ok(crate::audit::rows_of(t))
 }
 
 /// Reads `run`'s dynamics; None when the run has none (trained before they were recorded).

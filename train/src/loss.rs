@@ -460,10 +460,11 @@ pub fn dmue_loss(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn t2(rows: &[&[f32]]) -> Tensor {
+    /// A `[rows, cols]` float tensor from row slices (shared with the audit's tests).
+    pub(crate) fn t2(rows: &[&[f32]]) -> Tensor {
         let n = rows.len() as i64;
         let flat: Vec<f32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
         Tensor::from_slice(&flat).view([n, -1])

@@ -597,12 +597,19 @@ fn run(cli: Cli) -> Result<()> {
             let split = a.split.parse()?;
             let data =
                 dmue_train::data::loader::SplitImages::load(&ds, split, &cfg.data.preprocess)?;
-            let report =
-                eval::evaluate(&net, &data, &ds.info.classes, &cfg.data.preprocess, device);
+            // One forward pass gives both the report and the per-image predictions.
+            let rows = eval::predictions(&net, &data, &ds, &cfg.data.preprocess, device);
+            let preds: Vec<usize> = rows.iter().map(|r| r.predicted).collect();
+            let report = eval::report(
+                &data.split.to_string(),
+                &ds.info.classes,
+                &data.labels,
+                &preds,
+                data.skipped.len(),
+            );
             eval::write(&a.run, &report).context("writing the evaluation report")?;
             print!("{report}");
             if let Some(p) = &a.predictions {
-                let rows = eval::predictions(&net, &data, &ds, &cfg.data.preprocess, device);
                 dmue_train::util::write_jsonl(p, &rows)
                     .with_context(|| format!("writing {}", p.display()))?;
                 println!("wrote {} ({} images)", p.display(), rows.len());
