@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Training throughput of `dmue-train fit` (the real loop: sampling, augmentation, all losses,
 # NaN checks, Adam), DMUE against the plain-CE baseline on the same backbone, measured in the
-# same run. Reports images/s of the last epoch (the first one warms up) and the ratios.
+# same run. Reports images/s of the last epoch (the first one warms up), the ratios, and the
+# ratio of the two networks' FLOPs per training step (DMUE can be no faster than its work).
 #
 #   scripts/bench-train.sh                          # paper setting: ResNet-18, 224x224, batch 72
 #   WIDTH=16 RESIZE=72 CROP=64 IMAGES=700 scripts/bench-train.sh   # the CPU demo's setting
@@ -18,6 +19,9 @@ if ldd "$BIN" | grep -q "libtorch.*not found"; then
   export LD_LIBRARY_PATH
 fi
 export DMUE_NO_PROGRESS=1 TORCH_CPP_LOG_LEVEL=ERROR
+# A fixed OpenMP wait policy: dmue-train otherwise picks one from the load average at start-up,
+# which the previous run of this script raises (docs/performance.md, "Shared cores").
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-ACTIVE}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 "$BIN" synth --out "$WORK/data" --train "$IMAGES" --test 0 --size "$RESIZE" --seed 0 >/dev/null
@@ -42,4 +46,14 @@ for p in $precisions; do
   base=$(rate baseline "$p"); dmue=$(rate dmue "$p")
   printf '%-10s %-6s %10s\n' baseline "$p" "$base" dmue "$p" "$dmue"
   python3 -c "import sys; print(f'  dmue/baseline throughput ratio ({sys.argv[3]}): {float(sys.argv[2])/float(sys.argv[1]):.3f}')" "$base" "$dmue" "$p"
+  time_ratio=$(python3 -c "import sys; print(float(sys.argv[1])/float(sys.argv[2]))" "$base" "$dmue")
 done
+
+# The work ratio to hold the time ratio against: FLOPs of one training step of each network,
+# counted by PyTorch on an independent ResNet-18 (needs torch: the repo's .venv or the machine's).
+PY=python3; [ -x .venv/bin/python ] && PY=.venv/bin/python
+if flops=$("$PY" scripts/lib/train_flops.py "$WIDTH" "$CROP" "$BATCH" 7 2>/dev/null); then
+  "$PY" -c "import json, sys; f = json.loads(sys.argv[1]); t = float(sys.argv[2]); print(f\"  FLOPs per step: baseline {f['baseline_gflops']} G, dmue {f['dmue_gflops']} G; FLOP ratio {f['flop_ratio']:.3f}, time ratio (last precision) {t:.3f}, time/FLOP {t / f['flop_ratio']:.3f}\")" "$flops" "$time_ratio"
+else
+  echo "  (FLOP ratio not computed: no Python with torch)"
+fi

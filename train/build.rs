@@ -8,19 +8,20 @@ fn main() {
         return;
     };
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
-    // The bf16 autocast shim (src/autocast_shim.cpp), built against the same libtorch headers.
-    println!("cargo:rerun-if-changed=src/autocast_shim.cpp");
+    // The C++ shim (src/torch_shim.cpp: bf16 autocast, fused Adam), built against the same libtorch
+    // headers.
+    println!("cargo:rerun-if-changed=src/torch_shim.cpp");
     let include = std::path::Path::new(&lib).join("../include");
     cc::Build::new()
         .cpp(true)
-        .file("src/autocast_shim.cpp")
+        .file("src/torch_shim.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .warnings(false)
-        .compile("dmue_autocast_shim");
+        .compile("dmue_torch_shim");
     let has_cuda = std::path::Path::new(&lib).join("libtorch_cuda.so").exists();
     if has_cuda {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");

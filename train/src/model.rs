@@ -7,6 +7,7 @@
 //! (`aux.{j}.layer4...`, `aux.{j}.fc`); the uncertainty module under
 //! `uncertainty.{fc1,prelu,fc2}`.
 
+pub mod fused;
 pub mod mobilenet_v2;
 pub mod resnet;
 pub mod shufflenet_v1;
@@ -194,6 +195,7 @@ fn bn(p: nn::Path, c: i64) -> nn::BatchNorm {
         c,
         nn::BatchNormConfig {
             eps: BN_EPS,
+            momentum: fused::BN_MOMENTUM,
             ..Default::default()
         },
     )
@@ -372,6 +374,18 @@ impl TrainOutput {
     }
 }
 
+/// How [`MultiBranchNet::forward_with`] runs the branches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Branches {
+    /// Target and auxiliary branches as one stacked computation (the training default).
+    Fused,
+    /// One branch after another (the reference the fused path is tested against).
+    Sequential,
+    /// The target branch only: the auxiliary outputs stay empty (for losses that do not use
+    /// them).
+    TargetOnly,
+}
+
 /// Trunk + target branch (+ C auxiliary branches + uncertainty module when multi-branch).
 #[derive(Debug)]
 pub struct MultiBranchNet {
@@ -417,16 +431,98 @@ impl MultiBranchNet {
         }
     }
 
-    /// Every branch on the whole batch; the trunk runs once.
+    /// Every branch on the whole batch; the trunk runs once and the branches run fused
+    /// (`fused.rs`).
     pub fn forward_train(&self, xs: &Tensor, train: bool) -> TrainOutput {
+        self.forward_with(xs, train, Branches::Fused)
+    }
+
+    /// The trunk once, then the branches as `how` says.
+    pub fn forward_with(&self, xs: &Tensor, train: bool, how: Branches) -> TrainOutput {
         let trunk = self.trunk.forward_t(xs, train);
-        let (target_feat, target_logits) = self.target.forward_t(&trunk, train);
-        let (aux_feat, aux_logits) = self.aux.iter().map(|b| b.forward_t(&trunk, train)).unzip();
+        match how {
+            Branches::Fused if !self.aux.is_empty() => self.fused_branches(&trunk, train),
+            Branches::Fused | Branches::Sequential | Branches::TargetOnly => {
+                let (target_feat, target_logits) = self.target.forward_t(&trunk, train);
+                let (aux_feat, aux_logits) = match how {
+                    Branches::TargetOnly => (Vec::new(), Vec::new()),
+                    _ => self.aux.iter().map(|b| b.forward_t(&trunk, train)).unzip(),
+                };
+                TrainOutput {
+                    target_feat,
+                    target_logits,
+                    aux_feat,
+                    aux_logits,
+                }
+            }
+        }
+    }
+
+    /// Target and auxiliary branches as one stacked computation over the shared trunk output.
+    fn fused_branches(&self, trunk: &Tensor, train: bool) -> TrainOutput {
+        let branches: Vec<&Branch> = std::iter::once(&self.target).chain(&self.aux).collect();
+        let g = branches.len() as i64;
+        let s = fused::Stacked { g, train };
+        let stages = fused::each(&branches, |b| &b.stage);
+        let y = match stages[0] {
+            Stage::Resnet(_) => resnet::fused_layer(
+                &stages
+                    .iter()
+                    .map(|st| match st {
+                        Stage::Resnet(l) => l,
+                        _ => unreachable!("one backbone per network"),
+                    })
+                    .collect::<Vec<_>>(),
+                trunk,
+                &s,
+            ),
+            Stage::MobilenetV2(_) => mobilenet_v2::fused_tail(
+                &stages
+                    .iter()
+                    .map(|st| match st {
+                        Stage::MobilenetV2(t) => t.as_ref(),
+                        _ => unreachable!("one backbone per network"),
+                    })
+                    .collect::<Vec<_>>(),
+                trunk,
+                &s,
+            ),
+            Stage::ShufflenetV1(_) => shufflenet_v1::fused_tail(
+                &stages
+                    .iter()
+                    .map(|st| match st {
+                        Stage::ShufflenetV1(t) => t,
+                        _ => unreachable!("one backbone per network"),
+                    })
+                    .collect::<Vec<_>>(),
+                trunk,
+                &s,
+            ),
+        };
+        // [B, G * F, h, w] -> [B, G, F]: global average pooling per branch.
+        let b = y.size()[0];
+        let feats = y.mean_dim(&[2i64, 3][..], false, None).view([b, g, -1]);
+        let target_feat = feats.select(1, 0);
+        let target_logits = target_feat.apply(&self.target.fc);
+        // The C auxiliary heads as one batched product: [B, C, F] x [C, C-1, F] -> [B, C, C-1].
+        let c = g - 1;
+        let aux_ws: Vec<&Tensor> = self.aux.iter().map(|a| &a.fc.ws).collect();
+        let products = Tensor::einsum(
+            "bgf,gkf->bgk",
+            &[feats.narrow(1, 1, c), Tensor::stack(&aux_ws, 0)],
+            None::<&[i64]>,
+        );
+        let aux_bs: Vec<&Tensor> = self.aux.iter().filter_map(|a| a.fc.bs.as_ref()).collect();
+        let aux = if aux_bs.is_empty() {
+            products
+        } else {
+            products + Tensor::stack(&aux_bs, 0)
+        };
         TrainOutput {
             target_feat,
             target_logits,
-            aux_feat,
-            aux_logits,
+            aux_feat: (0..c).map(|j| feats.select(1, j + 1)).collect(),
+            aux_logits: (0..c).map(|j| aux.select(1, j)).collect(),
         }
     }
 

@@ -15,6 +15,26 @@ pub struct Adam {
     pub beta2: f64,
     pub eps: f64,
     pub weight_decay: f64,
+    /// The step number as a float32 tensor on the parameters' device, for the fused kernel.
+    step_tensor: Option<Tensor>,
+}
+
+extern "C" {
+    fn dmue_fused_adam(
+        params: *const *const torch_sys::C_tensor,
+        grads: *const *const torch_sys::C_tensor,
+        exp_avgs: *const *const torch_sys::C_tensor,
+        exp_avg_sqs: *const *const torch_sys::C_tensor,
+        step: *const torch_sys::C_tensor,
+        n: std::ffi::c_long,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+        eps: f64,
+        err: *mut std::ffi::c_char,
+        err_len: std::ffi::c_ulong,
+    ) -> std::ffi::c_int;
 }
 
 impl Adam {
@@ -36,6 +56,7 @@ impl Adam {
             beta2: 0.999,
             eps: 1e-8,
             weight_decay,
+            step_tensor: None,
         }
     }
 
@@ -48,35 +69,65 @@ impl Adam {
         }
     }
 
-    /// One Adam update at learning rate `lr`:
+    /// One Adam update at learning rate `lr`, of every parameter that has a gradient:
     /// g += wd * p; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
     /// p -= lr / (1 - b1^t) * m / (sqrt(v / (1 - b2^t)) + eps).
-    pub fn step(&mut self, lr: f64) {
+    /// libtorch's fused kernel does it in one call (`torch_shim.cpp`), with the step number read
+    /// on the device: no kernel per tensor, no host sync.
+    pub fn step(&mut self, lr: f64) -> Result<()> {
         self.step += 1;
-        let bc1 = 1.0 - self.beta1.powi(self.step as i32);
-        let bc2 = 1.0 - self.beta2.powi(self.step as i32);
-        tch::no_grad(|| {
-            for ((_, p), (m, v)) in self
-                .params
-                .iter_mut()
-                .zip(self.exp_avg.iter_mut().zip(self.exp_avg_sq.iter_mut()))
-            {
-                let grad = p.grad();
-                if !grad.defined() {
-                    continue;
-                }
-                let g = if self.weight_decay != 0.0 {
-                    &grad + &*p * self.weight_decay
-                } else {
-                    grad
-                };
-                let _ = m.lerp_(&g, 1.0 - self.beta1);
-                let _ = v.g_mul_scalar_(self.beta2);
-                let _ = v.addcmul_(&(&g * (1.0 - self.beta2)), &g);
-                let denom = (v.sqrt() / bc2.sqrt()) + self.eps;
-                let _ = p.addcdiv_(&(&*m * (-lr / bc1)), &denom);
+        let mut live = Vec::with_capacity(self.params.len());
+        let mut grads = Vec::with_capacity(self.params.len());
+        for (i, (_, p)) in self.params.iter().enumerate() {
+            let g = p.grad();
+            // No gradient: frozen this epoch (`train.freeze_trunk_epochs`) or unused.
+            if g.defined() {
+                live.push(i);
+                grads.push(g);
             }
+        }
+        let Some(&first) = live.first() else {
+            return Ok(());
+        };
+        let device = self.params[first].1.device();
+        let step = self
+            .step_tensor
+            .get_or_insert_with(|| Tensor::zeros([], (tch::Kind::Float, device)));
+        let _ = step.fill_(self.step as f64);
+        let ptrs = |ts: Vec<&Tensor>| -> Vec<*const torch_sys::C_tensor> {
+            ts.into_iter().map(|t| t.as_ptr()).collect()
+        };
+        let params = ptrs(live.iter().map(|&i| &self.params[i].1).collect());
+        let exp_avg = ptrs(live.iter().map(|&i| &self.exp_avg[i]).collect());
+        let exp_avg_sq = ptrs(live.iter().map(|&i| &self.exp_avg_sq[i]).collect());
+        let grads = ptrs(grads.iter().collect());
+        let mut err = [0u8; 512];
+        // SAFETY: every pointer is a live tch tensor (an `at::Tensor*`) borrowed for the call;
+        // the lists have `live.len()` entries; `err` is a writable buffer of its stated length.
+        let rc = tch::no_grad(|| unsafe {
+            dmue_fused_adam(
+                params.as_ptr(),
+                grads.as_ptr(),
+                exp_avg.as_ptr(),
+                exp_avg_sq.as_ptr(),
+                step.as_ptr(),
+                live.len() as std::ffi::c_long,
+                lr,
+                self.beta1,
+                self.beta2,
+                self.weight_decay,
+                self.eps,
+                err.as_mut_ptr() as *mut std::ffi::c_char,
+                err.len() as std::ffi::c_ulong,
+            )
         });
+        if rc != 0 {
+            let msg = std::ffi::CStr::from_bytes_until_nul(&err)
+                .map(|m| m.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            bail!("libtorch's fused Adam failed: {msg}");
+        }
+        Ok(())
     }
 
     /// Writes the moments (safetensors, `exp_avg.NAME` / `exp_avg_sq.NAME`).
@@ -142,7 +193,7 @@ mod tests {
         for t in 1..=3 {
             opt.zero_grad();
             (&p * &p).sum(Kind::Float).backward();
-            opt.step(0.1);
+            opt.step(0.1).unwrap();
             let g = 2.0 * x;
             m = 0.9 * m + 0.1 * g;
             v = 0.999 * v + 0.001 * g * g;
@@ -157,13 +208,41 @@ mod tests {
     }
 
     #[test]
+    fn weight_decay_is_l2_on_the_gradient_and_parameters_without_gradient_stay() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let p = vs.root().var("p", &[2], nn::Init::Const(1.0));
+        let q = vs.root().var("q", &[1], nn::Init::Const(3.0));
+        let mut opt = Adam::new(&vs, 0.5);
+        let (mut m, mut v, mut x) = (0.0f64, 0.0f64, 1.0f64);
+        for t in 1..=3 {
+            opt.zero_grad();
+            (&p * 2.0).sum(Kind::Float).backward(); // q takes no part: no gradient
+            opt.step(0.1).unwrap();
+            let g = 2.0 + 0.5 * x;
+            m = 0.9 * m + 0.1 * g;
+            v = 0.999 * v + 0.001 * g * g;
+            let (mh, vh) = (m / (1.0 - 0.9f64.powi(t)), v / (1.0 - 0.999f64.powi(t)));
+            x -= 0.1 * mh / (vh.sqrt() + 1e-8);
+            for i in 0..2 {
+                assert!((p.double_value(&[i]) - x).abs() < 1e-6, "step {t}");
+            }
+        }
+        assert_eq!(q.double_value(&[0]), 3.0);
+        let qi = opt.params.iter().position(|(n, _)| n == "q").unwrap();
+        assert_eq!(
+            opt.exp_avg[qi].abs().sum(Kind::Float).double_value(&[]),
+            0.0
+        );
+    }
+
+    #[test]
     fn state_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         let vs = nn::VarStore::new(Device::Cpu);
         let p = vs.root().var("w", &[3], nn::Init::Const(0.5));
         let mut opt = Adam::new(&vs, 1e-4);
         (&p * 3.0).sum(Kind::Float).backward();
-        opt.step(0.01);
+        opt.step(0.01).unwrap();
         opt.save(&dir.path().join("o.safetensors")).unwrap();
         let mut other = Adam::new(&vs, 1e-4);
         other

@@ -2,12 +2,12 @@
 
 use crate::checkpoint::{self, TrainState};
 use crate::config::{Config, DeviceChoice, Mode, Precision};
-use crate::data::loader::{train_batch, Augment, HostBatch, SplitImages};
+use crate::data::loader::{prefetch, train_batch, Augment, ReadyBatch, SplitImages};
 use crate::data::manifest::{Dataset, Split};
 use crate::data::sampler::epoch_batches;
 use crate::eval::{self, EvalReport};
 use crate::loss::{cross_entropy, dmue_loss, generalized_ce, label_smoothing_ce, LossTerms};
-use crate::model::{count_params, is_target_param, MultiBranchNet, TrainOutput};
+use crate::model::{count_params, is_target_param, Branches, MultiBranchNet, TrainOutput};
 use crate::optim::Adam;
 use crate::plot::{line_panels, Panel};
 use anyhow::{bail, Context, Result};
@@ -109,21 +109,6 @@ fn single_branch_loss(out: &TrainOutput, labels: &Tensor, cfg: &Config) -> LossT
     }
 }
 
-/// Running sums of one epoch's step values.
-#[derive(Default)]
-struct Accumulator {
-    steps: usize,
-    images: usize,
-    correct: i64,
-    sums: std::collections::BTreeMap<&'static str, f64>,
-}
-
-impl Accumulator {
-    fn mean(&self, key: &str) -> Option<f64> {
-        self.sums.get(key).map(|s| s / self.steps.max(1) as f64)
-    }
-}
-
 /// Rebuilds a run's network (for eval/export): config from the run directory, weights from its
 /// newest checkpoint.
 pub fn load_run(
@@ -157,146 +142,317 @@ pub fn apply_threads(cfg: &Config) {
     }
 }
 
+/// Trains a run: set-up (or resume), the epochs, the final evaluation and summary.
 pub fn fit(cfg: &Config, run: &Path, resume: bool) -> Result<FitSummary> {
-    // ---- set-up
-    let device = resolve_device(cfg.train.device)?;
-    apply_threads(cfg);
-    let bf16 = cfg.train.precision == Precision::Bf16 && device.is_cuda();
-    if cfg.train.precision == Precision::Bf16 && !bf16 {
-        tracing::warn!("precision bf16 needs CUDA; training in fp32 on the CPU");
+    let mut trainer = Trainer::new(cfg, run, resume)?;
+    for epoch in trainer.state.epoch + 1..=cfg.train.epochs {
+        let stats = trainer.train_epoch(epoch)?;
+        trainer.finish_epoch(epoch, stats)?;
     }
-    if bf16 {
-        // SAFETY: a plain setter of libtorch's global autocast dtype, no arguments.
-        unsafe { dmue_set_cuda_autocast_bf16() };
-    }
-    let existing = checkpoint::latest(run)?;
-    if existing.is_some() && !resume {
-        bail!("{} already holds a run with checkpoints: pass --resume to continue it, or choose another --out", run.display());
-    }
-    std::fs::create_dir_all(run)
-        .with_context(|| format!("cannot create run directory {}", run.display()))?;
-    crate::util::write_atomic(&run.join(CONFIG_FILE), cfg.to_toml()?.as_bytes())?;
+    trainer.finish()
+}
 
-    // ---- data
-    let ds = Dataset::open(&cfg.data.dataset)?;
-    let pre = cfg.data.preprocess;
-    let c = ds.num_classes();
-    let train = SplitImages::open(&ds, Split::Train, &pre, cfg.data.loader)?;
-    let eval_data = match cfg.data.eval_split.as_str() {
-        "" => None,
-        s => {
-            let split: Split = s.parse()?;
-            if ds.split(split).next().is_none() {
-                tracing::warn!("the dataset has no {split} split: no evaluation during training");
-                None
-            } else {
-                Some(SplitImages::open(&ds, split, &pre, cfg.data.loader)?)
+/// Steps whose values stay on the device before they are read back together: the step's only
+/// host sync, and the most steps that can run after a non-finite loss before it is reported.
+pub const SYNC_EVERY: usize = 10;
+
+/// The loss terms a step reports, in the order of [`StepValues`] (after them: correct count).
+const TERMS: [&str; 6] = ["total", "target", "soft", "sp", "aux", "alpha"];
+
+/// One step's reported values, still on the device: `[total, target, soft, sp, aux, alpha,
+/// correct]` as f64 (absent terms hold 0), which of the terms exist, and the batch size.
+struct StepValues {
+    values: Tensor,
+    present: [bool; 6],
+    images: usize,
+    /// 1-based step of the epoch and global step, for a NaN report.
+    step: usize,
+    global_step: u64,
+}
+
+/// Means over an epoch's steps, from typed fields.
+#[derive(Debug, Default)]
+pub struct EpochStats {
+    steps: usize,
+    images: usize,
+    correct: f64,
+    sums: [f64; 6],
+    counts: [usize; 6],
+    seconds: f64,
+}
+
+impl EpochStats {
+    fn mean(&self, term: usize) -> Option<f64> {
+        (self.counts[term] > 0).then(|| self.sums[term] / self.counts[term] as f64)
+    }
+
+    /// Adds steps read back from the device; stops at the first non-finite total.
+    fn absorb(&mut self, steps: Vec<StepValues>, epoch: usize) -> Result<()> {
+        if steps.is_empty() {
+            return Ok(());
+        }
+        let stacked = Tensor::stack(&steps.iter().map(|s| &s.values).collect::<Vec<_>>(), 0);
+        // The one device-to-host transfer of these steps.
+        let host = Vec::<f64>::try_from(stacked.to_device(Device::Cpu).flatten(0, -1))?;
+        let width = TERMS.len() + 1;
+        for (s, row) in steps.iter().zip(host.chunks(width)) {
+            if !row[0].is_finite() {
+                return Err(non_finite_report(epoch, s, row));
+            }
+            self.steps += 1;
+            self.images += s.images;
+            self.correct += row[TERMS.len()];
+            for (k, v) in row[..TERMS.len()].iter().enumerate() {
+                if s.present[k] {
+                    self.sums[k] += v;
+                    self.counts[k] += 1;
+                }
             }
         }
-    };
-    let skipped: Vec<String> = train
-        .skipped
+        Ok(())
+    }
+
+    /// "total 1.2345 target ..." for the progress bar.
+    fn shown(&self) -> String {
+        TERMS
+            .iter()
+            .enumerate()
+            .filter_map(|(k, n)| self.mean(k).map(|v| format!("{n} {v:.4}")))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// The error of a step whose total loss is not finite, naming the terms that are not.
+fn non_finite_report(epoch: usize, s: &StepValues, row: &[f64]) -> anyhow::Error {
+    let terms: Vec<(&str, f64)> = TERMS
         .iter()
-        .chain(eval_data.iter().flat_map(|e| e.skipped.iter()))
-        .map(|s| format!("{}\t{}", s.path, s.reason))
+        .enumerate()
+        .filter(|&(k, _)| s.present[k] && k < 5)
+        .map(|(k, n)| (*n, row[k]))
         .collect();
-    if !skipped.is_empty() {
-        crate::util::write_atomic(
-            &run.join("skipped.txt"),
-            (skipped.join("\n") + "\n").as_bytes(),
-        )?;
-        tracing::warn!(
-            "{} image(s) could not be read and were skipped; see {}",
-            skipped.len(),
-            run.join("skipped.txt").display()
-        );
-    }
-    if train.len() < cfg.train.batch_size {
-        bail!(
-            "the training split has {} readable images, fewer than one batch ({})",
-            train.len(),
-            cfg.train.batch_size
-        );
-    }
-
-    // ---- model and optimizer
-    tch::manual_seed(cfg.train.seed as i64);
-    let mut vs = nn::VarStore::new(device);
-    let multi = cfg.train.mode.multi_branch();
-    let net = MultiBranchNet::new(&vs.root(), &cfg.model, c, multi);
-    if multi && !cfg.loss.train_uncertainty {
-        // The authors' code: the module stays at its initialisation (left out of the optimizer;
-        // gradients still flow through it to S when loss.similarity_detach is off).
-        net.freeze_uncertainty();
-    }
-    if let (Some(path), None) = (&cfg.train.init, &existing) {
-        // A resumed run has these weights (trained further) in its checkpoint already.
-        let report = crate::init::load(&vs, &net, path)?;
-        eprintln!("{report}");
-        crate::util::write_atomic(
-            &run.join(INIT_REPORT_FILE),
-            serde_json::to_string_pretty(&report)?.as_bytes(),
-        )?;
-    }
-    let backbone_vars = crate::init::backbone_variables(&vs);
-    let mut opt = Adam::new(&vs, cfg.train.weight_decay);
-    let total_params = count_params(&vs, |_| true);
-    let deployed_params = count_params(&vs, is_target_param);
-    eprintln!(
-        "dmue-train fit: {:?} on {:?}, {c} classes, {} train images, {} parameters ({} deployed)",
-        cfg.train.mode,
-        device,
-        train.len(),
-        total_params,
-        deployed_params
-    );
-
-    // ---- resume
-    let mut state = TrainState {
-        epoch: 0,
-        global_step: 0,
-        optimizer_step: 0,
-        seed: cfg.train.seed,
-        best_accuracy: None,
-        best_epoch: None,
-        version: env!("CARGO_PKG_VERSION").to_string(),
+    let bad: Vec<&str> = terms
+        .iter()
+        .skip(1)
+        .filter(|(_, v)| !v.is_finite())
+        .map(|(n, _)| *n)
+        .collect();
+    let culprit = if bad.is_empty() {
+        "the weighted sum overflowed".to_string()
+    } else {
+        format!("term {}", bad.join(", "))
     };
-    let metrics_path = run.join(METRICS_FILE);
-    let mut history: Vec<EpochMetrics> = Vec::new();
-    if let Some((dir, saved)) = existing {
-        checkpoint::restore(&dir, &mut vs, Some((&mut opt, saved.optimizer_step)))?;
-        eprintln!(
-            "resuming from {} (epoch {} done)",
-            dir.display(),
-            saved.epoch
-        );
-        state = saved;
-        history = read_metrics(&metrics_path)?
-            .into_iter()
-            .filter(|m| m.epoch <= state.epoch)
-            .collect();
-    } else if resume {
-        tracing::warn!(
-            "--resume given but {} has no checkpoint: starting from scratch",
-            run.display()
-        );
-    }
-    crate::util::write_jsonl(&metrics_path, &history)?;
-    let mut dynamics =
-        crate::dynamics::LabelDynamics::start(run, train.len(), state.epoch, device)?;
+    let listing: Vec<String> = terms.iter().map(|(n, v)| format!("{n} = {v}")).collect();
+    anyhow::anyhow!(
+        "non-finite loss at epoch {epoch}, step {} (global step {}): {culprit} is not finite ({}). Training \
+         stopped within {SYNC_EVERY} steps of it and nothing after the last checkpoint was saved; the last \
+         checkpoint is intact. Lower train.lr or loss.gamma and continue with --resume.",
+        s.step,
+        s.global_step,
+        listing.join(", ")
+    )
+}
 
-    // ---- epochs
-    let started = Instant::now();
-    let first_epoch = state.epoch + 1;
-    let mut images_seen = 0usize;
-    for epoch in state.epoch + 1..=cfg.train.epochs {
-        let lr = cfg.train.lr_at(epoch);
+/// A run in progress: everything `fit` sets up once, then one epoch at a time.
+struct Trainer<'a> {
+    cfg: &'a Config,
+    run: &'a Path,
+    device: Device,
+    bf16: bool,
+    ds: Dataset,
+    /// Shared with the prefetch thread.
+    train: std::sync::Arc<SplitImages>,
+    eval_data: Option<SplitImages>,
+    vs: nn::VarStore,
+    net: MultiBranchNet,
+    opt: Adam,
+    /// How the branches run: fused, or the target alone when no loss reads the auxiliaries.
+    branches: Branches,
+    backbone_vars: Vec<Tensor>,
+    state: TrainState,
+    history: Vec<EpochMetrics>,
+    metrics_path: PathBuf,
+    dynamics: crate::dynamics::LabelDynamics,
+    total_params: i64,
+    deployed_params: i64,
+    started: Instant,
+    first_epoch: usize,
+    images_seen: usize,
+}
+
+impl<'a> Trainer<'a> {
+    /// Device, data, model, optimizer, and the state of a resumed run.
+    fn new(cfg: &'a Config, run: &'a Path, resume: bool) -> Result<Self> {
+        let device = resolve_device(cfg.train.device)?;
+        apply_threads(cfg);
+        let bf16 = cfg.train.precision == Precision::Bf16 && device.is_cuda();
+        if cfg.train.precision == Precision::Bf16 && !bf16 {
+            tracing::warn!("precision bf16 needs CUDA; training in fp32 on the CPU");
+        }
+        if bf16 {
+            // SAFETY: a plain setter of libtorch's global autocast dtype, no arguments.
+            unsafe { dmue_set_cuda_autocast_bf16() };
+        }
+        let existing = checkpoint::latest(run)?;
+        if existing.is_some() && !resume {
+            bail!("{} already holds a run with checkpoints: pass --resume to continue it, or choose another --out", run.display());
+        }
+        std::fs::create_dir_all(run)
+            .with_context(|| format!("cannot create run directory {}", run.display()))?;
+        crate::util::write_atomic(&run.join(CONFIG_FILE), cfg.to_toml()?.as_bytes())?;
+
+        // ---- data
+        let ds = Dataset::open(&cfg.data.dataset)?;
+        let pre = cfg.data.preprocess;
+        let c = ds.num_classes();
+        let train = SplitImages::open(&ds, Split::Train, &pre, cfg.data.loader)?;
+        let eval_data = match cfg.data.eval_split.as_str() {
+            "" => None,
+            s => {
+                let split: Split = s.parse()?;
+                if ds.split(split).next().is_none() {
+                    tracing::warn!(
+                        "the dataset has no {split} split: no evaluation during training"
+                    );
+                    None
+                } else {
+                    Some(SplitImages::open(&ds, split, &pre, cfg.data.loader)?)
+                }
+            }
+        };
+        let skipped: Vec<String> = train
+            .skipped
+            .iter()
+            .chain(eval_data.iter().flat_map(|e| e.skipped.iter()))
+            .map(|s| format!("{}\t{}", s.path, s.reason))
+            .collect();
+        if !skipped.is_empty() {
+            crate::util::write_atomic(
+                &run.join("skipped.txt"),
+                (skipped.join("\n") + "\n").as_bytes(),
+            )?;
+            tracing::warn!(
+                "{} image(s) could not be read and were skipped; see {}",
+                skipped.len(),
+                run.join("skipped.txt").display()
+            );
+        }
+        if train.len() < cfg.train.batch_size {
+            bail!(
+                "the training split has {} readable images, fewer than one batch ({})",
+                train.len(),
+                cfg.train.batch_size
+            );
+        }
+
+        // ---- model and optimizer
+        tch::manual_seed(cfg.train.seed as i64);
+        let mut vs = nn::VarStore::new(device);
+        let multi = cfg.train.mode.multi_branch();
+        let net = MultiBranchNet::new(&vs.root(), &cfg.model, c, multi);
+        if multi && !cfg.loss.train_uncertainty {
+            // The authors' code: the module stays at its initialisation (left out of the
+            // optimizer; gradients still flow through it to S when loss.similarity_detach is
+            // off).
+            net.freeze_uncertainty();
+        }
+        if let (Some(path), None) = (&cfg.train.init, &existing) {
+            // A resumed run has these weights (trained further) in its checkpoint already.
+            let report = crate::init::load(&vs, &net, path)?;
+            tracing::info!("{report}");
+            crate::util::write_atomic(
+                &run.join(INIT_REPORT_FILE),
+                serde_json::to_string_pretty(&report)?.as_bytes(),
+            )?;
+        }
+        let backbone_vars = crate::init::backbone_variables(&vs);
+        let mut opt = Adam::new(&vs, cfg.train.weight_decay);
+        let total_params = count_params(&vs, |_| true);
+        let deployed_params = count_params(&vs, is_target_param);
+        // No loss term reads the auxiliary branches (e.g. the confidence-only ablation): their
+        // forward pass is skipped, and they keep their initial weights.
+        let branches = if multi && !(cfg.loss.latent || cfg.loss.similarity_preserving) {
+            Branches::TargetOnly
+        } else {
+            Branches::Fused
+        };
+        tracing::info!(
+            "dmue-train fit: {:?} on {:?}, {c} classes, {} train images, {} parameters ({} deployed)",
+            cfg.train.mode,
+            device,
+            train.len(),
+            total_params,
+            deployed_params
+        );
+
+        // ---- resume
+        let mut state = TrainState {
+            epoch: 0,
+            global_step: 0,
+            optimizer_step: 0,
+            seed: cfg.train.seed,
+            best_accuracy: None,
+            best_epoch: None,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        let metrics_path = run.join(METRICS_FILE);
+        let mut history: Vec<EpochMetrics> = Vec::new();
+        if let Some((dir, saved)) = existing {
+            checkpoint::restore(&dir, &mut vs, Some((&mut opt, saved.optimizer_step)))?;
+            tracing::info!(
+                "resuming from {} (epoch {} done)",
+                dir.display(),
+                saved.epoch
+            );
+            state = saved;
+            history = read_metrics(&metrics_path)?
+                .into_iter()
+                .filter(|m| m.epoch <= state.epoch)
+                .collect();
+        } else if resume {
+            tracing::warn!(
+                "--resume given but {} has no checkpoint: starting from scratch",
+                run.display()
+            );
+        }
+        crate::util::write_jsonl(&metrics_path, &history)?;
+        let dynamics =
+            crate::dynamics::LabelDynamics::start(run, train.len(), state.epoch, device)?;
+        let first_epoch = state.epoch + 1;
+        Ok(Self {
+            cfg,
+            run,
+            device,
+            bf16,
+            ds,
+            train: std::sync::Arc::new(train),
+            eval_data,
+            vs,
+            net,
+            opt,
+            branches,
+            backbone_vars,
+            state,
+            history,
+            metrics_path,
+            dynamics,
+            total_params,
+            deployed_params,
+            started: Instant::now(),
+            first_epoch,
+            images_seen: 0,
+        })
+    }
+
+    /// One epoch's training steps; batches are cut on a prefetch thread while a step runs.
+    fn train_epoch(&mut self, epoch: usize) -> Result<EpochStats> {
+        let cfg = self.cfg;
         let frozen = epoch <= cfg.train.freeze_trunk_epochs;
-        for t in &backbone_vars {
+        for t in &self.backbone_vars {
             let _ = t.set_requires_grad(!frozen);
         }
-        if frozen && epoch == state.epoch + 1 {
-            eprintln!(
+        if frozen && epoch == self.first_epoch {
+            tracing::info!(
                 "backbone frozen for epochs 1-{}: only the classifiers and the uncertainty module train",
                 cfg.train.freeze_trunk_epochs
             );
@@ -310,8 +466,8 @@ pub fn fit(cfg: &Config, run: &Path, resume: bool) -> Result<FitSummary> {
         let mut sampler_rng = ChaCha8Rng::seed_from_u64(cfg.train.seed);
         sampler_rng.set_stream(2 * epoch as u64);
         let batches = epoch_batches(
-            &train.labels,
-            c,
+            &self.train.labels,
+            self.ds.num_classes(),
             cfg.train.batch_size,
             cfg.train.min_per_class,
             &mut sampler_rng,
@@ -320,114 +476,120 @@ pub fn fit(cfg: &Config, run: &Path, resume: bool) -> Result<FitSummary> {
             batches.len() as u64,
             &format!("epoch {epoch}/{}", cfg.train.epochs),
         );
-        let mut acc = Accumulator::default();
-
+        let lr = cfg.train.lr_at(epoch);
+        let pre = cfg.data.preprocess;
+        let aug = Augment {
+            hflip: cfg.data.hflip,
+            gaussian_noise: cfg.data.gaussian_noise,
+            random_erasing: cfg.data.random_erasing,
+        };
+        let pin = self.device.is_cuda().then_some(self.device);
+        let mut stats = EpochStats::default();
+        let mut pending: Vec<StepValues> = Vec::with_capacity(SYNC_EVERY);
+        let train = std::sync::Arc::clone(&self.train);
         std::thread::scope(|scope| -> Result<()> {
-            // Batches are cut on a worker thread while the previous step runs.
-            let (tx, rx) = std::sync::mpsc::sync_channel::<HostBatch>(cfg.data.prefetch.max(1));
-            let (train_ref, batches_ref, dynamics_ref) = (&train, &batches, &dynamics);
-            let seed = cfg.train.seed;
-            let aug = Augment {
-                hflip: cfg.data.hflip,
-                gaussian_noise: cfg.data.gaussian_noise,
-                random_erasing: cfg.data.random_erasing,
-            };
-            scope.spawn(move || {
-                let mut aug_rng = ChaCha8Rng::seed_from_u64(seed);
-                aug_rng.set_stream(2 * epoch as u64 + 1);
-                for idx in batches_ref {
-                    if tx
-                        .send(train_batch(train_ref, idx, &pre, &aug, &mut aug_rng))
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
+            let mut aug_rng = ChaCha8Rng::seed_from_u64(cfg.train.seed);
+            aug_rng.set_stream(2 * epoch as u64 + 1);
+            let images = std::sync::Arc::clone(&train);
+            let rx = prefetch(scope, cfg.data.prefetch.max(1), &batches, move |idx| {
+                train_batch(&images, idx, &pre, &aug, &mut aug_rng).into_tensors(pre.crop, pin)
             });
-            for (step, host) in rx.iter().enumerate() {
-                let (x, y) = host.to_device(pre.crop, device);
-                // The forward pass may run under bf16 autocast; the losses always run in fp32
-                // outside it (small sums, divisions by counts and exp of logits need the range).
-                let out = with_precision(bf16, || net.forward_train(&x, true)).to_fp32();
-                let terms = if multi {
-                    dmue_loss(&out, net.uncertainty.as_ref(), &y, &cfg.loss, epoch)
-                } else {
-                    single_branch_loss(&out, &y, cfg)
-                };
-                dynamics_ref.record(&out.target_logits, &y, &host.indices);
-                let correct = out
-                    .target_logits
-                    .argmax(1, false)
-                    .eq_tensor(&y)
-                    .sum(Kind::Int64);
-                let values: Vec<(&'static str, f64)> = terms
-                    .named()
-                    .into_iter()
-                    .map(|(n, t)| (n, t.double_value(&[])))
-                    .collect();
-                if !values[0].1.is_finite() {
-                    let bad: Vec<&str> = values
-                        .iter()
-                        .skip(1)
-                        .filter(|(_, v)| !v.is_finite())
-                        .map(|(n, _)| *n)
-                        .collect();
-                    let culprit = if bad.is_empty() {
-                        "the weighted sum overflowed".to_string()
-                    } else {
-                        format!("term {}", bad.join(", "))
-                    };
-                    let listing: Vec<String> =
-                        values.iter().map(|(n, v)| format!("{n} = {v}")).collect();
-                    bail!(
-                        "non-finite loss at epoch {epoch}, step {} (global step {}): {culprit} is not finite ({}). The weights \
-                         were not updated; the last checkpoint is intact. Lower train.lr or loss.gamma and continue with --resume.",
-                        step + 1,
-                        state.global_step + 1,
-                        listing.join(", ")
-                    );
+            let mut warned = epoch != self.first_epoch;
+            for (i, batch) in rx.iter().enumerate() {
+                pending.push(self.step(&batch, epoch, i + 1, lr));
+                pb.inc(1);
+                if pending.len() < SYNC_EVERY {
+                    continue;
                 }
-                opt.zero_grad();
-                terms.total.backward();
-                opt.step(lr);
-                state.global_step += 1;
-
-                acc.steps += 1;
-                acc.images += host.labels.len();
-                acc.correct += correct.int64_value(&[]);
-                for (n, v) in &values {
-                    *acc.sums.entry(n).or_default() += v;
-                }
-                // The module's own output: the normalised weights average 1 by construction.
-                if let Some(alpha) = &terms.alpha_raw {
-                    *acc.sums.entry("alpha").or_default() +=
-                        alpha.mean(Kind::Float).double_value(&[]);
-                }
-                let rate = acc.images as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9);
-                if epoch == first_epoch && step == WARN_AFTER_STEPS {
-                    if let Some(msg) =
-                        long_run_warning(rate, train.len(), cfg.train.epochs - state.epoch, device)
-                    {
-                        pb.suspend(|| eprintln!("{msg}"));
+                stats.absorb(std::mem::take(&mut pending), epoch)?;
+                let rate = stats.images as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9);
+                if !warned && stats.steps >= WARN_AFTER_STEPS {
+                    warned = true;
+                    let left = cfg.train.epochs - self.state.epoch;
+                    if let Some(msg) = long_run_warning(rate, train.len(), left, self.device) {
+                        pb.suspend(|| tracing::warn!("{msg}"));
                     }
                 }
-                let shown: Vec<String> =
-                    values.iter().map(|(n, v)| format!("{n} {v:.4}")).collect();
-                pb.set_message(format!("{} | {rate:.0} img/s", shown.join(" ")));
-                pb.inc(1);
+                pb.set_message(format!("{} | {rate:.0} img/s", stats.shown()));
             }
-            Ok(())
+            stats.absorb(pending, epoch)
         })?;
         pb.finish_and_clear();
-        images_seen += acc.images;
-        let train_seconds = epoch_start.elapsed().as_secs_f64();
+        stats.seconds = epoch_start.elapsed().as_secs_f64();
+        Ok(stats)
+    }
 
-        let eval_report = eval_data
-            .as_ref()
-            .map(|e| eval::evaluate(&net, e, &ds.info.classes, &pre, device));
+    /// One optimisation step; its reported values stay on the device.
+    fn step(&mut self, batch: &ReadyBatch, epoch: usize, step: usize, lr: f64) -> StepValues {
+        let cfg = self.cfg;
+        let (x, y) = batch.to_device(self.device);
+        // The forward pass may run under bf16 autocast; the losses always run in fp32 outside
+        // it (small sums, divisions by counts and exp of logits need the range).
+        let out =
+            with_precision(self.bf16, || self.net.forward_with(&x, true, self.branches)).to_fp32();
+        let terms = if cfg.train.mode.multi_branch() {
+            dmue_loss(&out, self.net.uncertainty.as_ref(), &y, &cfg.loss, epoch)
+        } else {
+            single_branch_loss(&out, &y, cfg)
+        };
+        self.dynamics.record(&out.target_logits, &y, &batch.indices);
+        let values = tch::no_grad(|| {
+            let zero = || Tensor::zeros([], (Kind::Double, self.device));
+            let as_f64 =
+                |t: Option<&Tensor>| t.map_or_else(zero, |t| t.detach().to_kind(Kind::Double));
+            // The module's own output: the normalised weights average 1 by construction.
+            let alpha = terms.alpha_raw.as_ref().map(|a| a.mean(Kind::Float));
+            let correct = out
+                .target_logits
+                .argmax(1, false)
+                .eq_tensor(&y)
+                .sum(Kind::Double);
+            Tensor::stack(
+                &[
+                    as_f64(Some(&terms.total)),
+                    as_f64(Some(&terms.target)),
+                    as_f64(terms.soft.as_ref()),
+                    as_f64(terms.sp.as_ref()),
+                    as_f64(terms.aux.as_ref()),
+                    as_f64(alpha.as_ref()),
+                    correct,
+                ],
+                0,
+            )
+        });
+        let present = [
+            true,
+            true,
+            terms.soft.is_some(),
+            terms.sp.is_some(),
+            terms.aux.is_some(),
+            terms.alpha_raw.is_some(),
+        ];
+        self.opt.zero_grad();
+        terms.total.backward();
+        self.opt
+            .step(lr)
+            .expect("fused Adam on tensors it was built for");
+        self.state.global_step += 1;
+        StepValues {
+            values,
+            present,
+            images: batch.indices.len(),
+            step,
+            global_step: self.state.global_step,
+        }
+    }
+
+    /// Evaluation, metrics, curves, label dynamics and the checkpoint of a finished epoch.
+    fn finish_epoch(&mut self, epoch: usize, stats: EpochStats) -> Result<()> {
+        let cfg = self.cfg;
+        let multi = cfg.train.mode.multi_branch();
+        self.images_seen += stats.images;
+        let eval_start = Instant::now();
+        let eval_report = self.evaluate();
         let metrics = EpochMetrics {
             epoch,
-            lr,
+            lr: cfg.train.lr_at(epoch),
             w_u: if multi {
                 crate::loss::ramp_up(epoch as f64, cfg.loss.beta)
             } else {
@@ -438,68 +600,89 @@ pub fn fit(cfg: &Config, run: &Path, resume: bool) -> Result<FitSummary> {
             } else {
                 0.0
             },
-            loss: acc.mean("total").unwrap_or(f64::NAN),
-            target: acc.mean("target").unwrap_or(f64::NAN),
-            soft: acc.mean("soft"),
-            sp: acc.mean("sp"),
-            aux: acc.mean("aux"),
-            alpha_mean: acc.mean("alpha"),
-            train_accuracy: acc.correct as f64 / acc.images.max(1) as f64,
+            loss: stats.mean(0).unwrap_or(f64::NAN),
+            target: stats.mean(1).unwrap_or(f64::NAN),
+            soft: stats.mean(2),
+            sp: stats.mean(3),
+            aux: stats.mean(4),
+            alpha_mean: stats.mean(5),
+            train_accuracy: stats.correct / stats.images.max(1) as f64,
             eval_accuracy: eval_report.as_ref().map(|r| r.accuracy),
-            images_per_second: acc.images as f64 / train_seconds.max(1e-9),
-            seconds: epoch_start.elapsed().as_secs_f64(),
+            images_per_second: stats.images as f64 / stats.seconds.max(1e-9),
+            seconds: stats.seconds + eval_start.elapsed().as_secs_f64(),
         };
         let left = cfg.train.epochs - epoch;
-        let per_epoch = started.elapsed().as_secs_f64() / (epoch + 1 - first_epoch) as f64;
+        let per_epoch =
+            self.started.elapsed().as_secs_f64() / (epoch + 1 - self.first_epoch) as f64;
         let eta = if left > 0 {
             format!("  run ETA {}", duration(per_epoch * left as f64))
         } else {
             String::new()
         };
-        println!("{}{eta}", epoch_line(&metrics, cfg.train.epochs));
-        append_metrics(&metrics_path, &metrics)?;
-        history.push(metrics);
-        plot_curves(&run.join(CURVES_FILE), &history)?;
+        tracing::info!("{}{eta}", epoch_line(&metrics, cfg.train.epochs));
+        append_metrics(&self.metrics_path, &metrics)?;
+        self.history.push(metrics);
+        plot_curves(&self.run.join(CURVES_FILE), &self.history)?;
 
         if let Some(r) = &eval_report {
-            if state.best_accuracy.is_none_or(|b| r.accuracy > b) {
-                state.best_accuracy = Some(r.accuracy);
-                state.best_epoch = Some(epoch);
+            if self.state.best_accuracy.is_none_or(|b| r.accuracy > b) {
+                self.state.best_accuracy = Some(r.accuracy);
+                self.state.best_epoch = Some(epoch);
             }
         }
-        dynamics.finish_epoch(run, epoch)?;
-        state.epoch = epoch;
-        state.optimizer_step = opt.step;
-        checkpoint::save(run, &vs, &opt, &state, cfg.train.keep_checkpoints)?;
+        self.dynamics.finish_epoch(self.run, epoch)?;
+        self.state.epoch = epoch;
+        self.state.optimizer_step = self.opt.step;
+        checkpoint::save(
+            self.run,
+            &self.vs,
+            &self.opt,
+            &self.state,
+            cfg.train.keep_checkpoints,
+        )?;
+        Ok(())
     }
-    let train_seconds = started.elapsed().as_secs_f64();
 
-    // ---- final evaluation and summary
-    vs.save(run.join(checkpoint::MODEL_FILE))
-        .context("cannot write the final weights")?;
-    let final_eval = eval_data
-        .as_ref()
-        .map(|e| eval::evaluate(&net, e, &ds.info.classes, &pre, device));
-    if let Some(r) = &final_eval {
-        eval::write(run, r)?;
+    fn evaluate(&self) -> Option<EvalReport> {
+        self.eval_data.as_ref().map(|e| {
+            eval::evaluate(
+                &self.net,
+                e,
+                &self.ds.info.classes,
+                &self.cfg.data.preprocess,
+                self.device,
+            )
+        })
     }
-    let summary = FitSummary {
-        run_dir: run.to_path_buf(),
-        mode: cfg.train.mode,
-        device: format!("{device:?}"),
-        epochs: cfg.train.epochs,
-        train_images: train.len(),
-        parameters_total: total_params,
-        parameters_deployed: deployed_params,
-        train_seconds,
-        images_per_second: images_seen as f64 / train_seconds.max(1e-9),
-        final_eval,
-    };
-    crate::util::write_atomic(
-        &run.join(SUMMARY_FILE),
-        serde_json::to_string_pretty(&summary)?.as_bytes(),
-    )?;
-    Ok(summary)
+
+    /// Final weights, final evaluation, summary.
+    fn finish(self) -> Result<FitSummary> {
+        let train_seconds = self.started.elapsed().as_secs_f64();
+        self.vs
+            .save(self.run.join(checkpoint::MODEL_FILE))
+            .context("cannot write the final weights")?;
+        let final_eval = self.evaluate();
+        if let Some(r) = &final_eval {
+            eval::write(self.run, r)?;
+        }
+        let summary = FitSummary {
+            run_dir: self.run.to_path_buf(),
+            mode: self.cfg.train.mode,
+            device: format!("{:?}", self.device),
+            epochs: self.cfg.train.epochs,
+            train_images: self.train.len(),
+            parameters_total: self.total_params,
+            parameters_deployed: self.deployed_params,
+            train_seconds,
+            images_per_second: self.images_seen as f64 / train_seconds.max(1e-9),
+            final_eval,
+        };
+        crate::util::write_atomic(
+            &self.run.join(SUMMARY_FILE),
+            serde_json::to_string_pretty(&summary)?.as_bytes(),
+        )?;
+        Ok(summary)
+    }
 }
 
 /// Steps measured before the start-up estimate of the whole run's time.

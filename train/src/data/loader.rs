@@ -490,6 +490,24 @@ fn assemble(
 
 impl HostBatch {
     /// Moves the batch to `device`: `([B, 3, crop, crop] float, [B] int64)`.
+    /// The batch as CPU tensors, in page-locked memory when `pin` names the CUDA device that
+    /// will read them (the copy can then run asynchronously). Called on the prefetch thread.
+    pub fn into_tensors(self, crop: u32, pin: Option<tch::Device>) -> ReadyBatch {
+        let n = self.labels.len() as i64;
+        let c = crop as i64;
+        let images = tch::Tensor::from_slice(&self.images).view([n, 3, c, c]);
+        let labels = tch::Tensor::from_slice(&self.labels);
+        let (images, labels) = match pin {
+            Some(d) => (images.pin_memory(d), labels.pin_memory(d)),
+            None => (images, labels),
+        };
+        ReadyBatch {
+            images,
+            labels,
+            indices: self.indices,
+        }
+    }
+
     pub fn to_device(&self, crop: u32, device: tch::Device) -> (tch::Tensor, tch::Tensor) {
         let n = self.labels.len() as i64;
         let c = crop as i64;
@@ -499,4 +517,40 @@ impl HostBatch {
         let y = tch::Tensor::from_slice(&self.labels).to_device(device);
         (x, y)
     }
+}
+
+/// A training batch ready for the device: images `[B, 3, crop, crop]` and labels as CPU tensors
+/// (pinned for a CUDA device), and the images' indices in the split.
+pub struct ReadyBatch {
+    pub images: tch::Tensor,
+    pub labels: tch::Tensor,
+    pub indices: Vec<usize>,
+}
+
+impl ReadyBatch {
+    /// `(images, labels)` on `device`; non-blocking from pinned memory.
+    pub fn to_device(&self, device: tch::Device) -> (tch::Tensor, tch::Tensor) {
+        let move_ = |t: &tch::Tensor| t.to_device_(device, t.kind(), true, false);
+        (move_(&self.images), move_(&self.labels))
+    }
+}
+
+/// Runs `make` on each of `batches` on a worker thread of `scope`, at most `depth` results
+/// ahead of the consumer; the receiver yields them in order. Dropping the receiver stops the
+/// worker at its next batch.
+pub fn prefetch<'scope, T: Send + 'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    depth: usize,
+    batches: &'scope [Vec<usize>],
+    mut make: impl FnMut(&[usize]) -> T + Send + 'scope,
+) -> std::sync::mpsc::Receiver<T> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<T>(depth.max(1));
+    scope.spawn(move || {
+        for idx in batches {
+            if tx.send(make(idx)).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }

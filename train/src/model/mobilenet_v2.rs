@@ -3,6 +3,7 @@
 //! channels, output stride 16), branch stage = `features.14..=18` (the stages of 160 and 320
 //! channels and the final 1x1 convolution to 1280 channels, output stride 32).
 
+use super::fused::{each, Stacked};
 use super::{bn, conv, Conv};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
@@ -238,6 +239,35 @@ impl ModuleT for Tail {
             .fold(xs.shallow_clone(), |y, b| b.forward_t(&y, train));
         self.last.forward_t(&y, train)
     }
+}
+
+/// [`ConvBn`] of every branch as one computation.
+fn fused_conv_bn(layers: &[&ConvBn], xs: &Tensor, s: &Stacked) -> Tensor {
+    let y = s.conv(&each(layers, |l| &l.conv), xs);
+    let y = s.bn(&each(layers, |l| &l.bn), &y);
+    if layers[0].relu6 {
+        y.clamp(0.0, 6.0)
+    } else {
+        y
+    }
+}
+
+/// The branch stage of every branch as one computation (`fused.rs`). `xs` is the trunk output
+/// shared by the branches: the first block expands it with a 1x1 convolution (`groups = 1`)
+/// and has stride 2, so no residual adds the unstacked input.
+pub fn fused_tail(tails: &[&Tail], xs: &Tensor, s: &Stacked) -> Tensor {
+    let y = (0..tails[0].blocks.len()).fold(xs.shallow_clone(), |x, i| {
+        let blocks = each(tails, |t| &t.blocks[i]);
+        let y = (0..blocks[0].layers.len()).fold(x.shallow_clone(), |y, j| {
+            fused_conv_bn(&each(&blocks, |b| &b.layers[j]), &y, s)
+        });
+        if blocks[0].residual {
+            y + x
+        } else {
+            y
+        }
+    });
+    fused_conv_bn(&each(tails, |t| &t.last), &y, s)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! ResNet-18 and ResNet-50-IBN-a with torchvision's (and IBN-Net's) weight names: trunk =
 //! stem + layer1..layer3, branch stage = layer4.
 
+use super::fused::{each, Stacked};
 use super::{bn, conv, Conv, Stem, BN_EPS};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
@@ -260,6 +261,74 @@ impl ModuleT for Layer {
             .iter()
             .fold(xs.shallow_clone(), |x, b| b.forward_t(&x, train))
     }
+}
+
+/// layer4 of every branch as one computation (`fused.rs`). `xs` is the trunk output shared by
+/// the branches (the first block's convolutions and downsample read it with `groups = 1`);
+/// the result is stacked `[B, G * c4, h/2, w/2]`.
+pub fn fused_layer(layers: &[&Layer], xs: &Tensor, s: &Stacked) -> Tensor {
+    (0..layers[0].blocks.len()).fold(xs.shallow_clone(), |x, i| {
+        let blocks = each(layers, |l| &l.blocks[i]);
+        match blocks[0] {
+            Block::Basic(_) => {
+                let b: Vec<&BasicBlock> = blocks
+                    .iter()
+                    .map(|b| match b {
+                        Block::Basic(b) => b.as_ref(),
+                        Block::Bottleneck(_) => unreachable!("one depth per network"),
+                    })
+                    .collect();
+                let y = s.conv(&each(&b, |b| &b.conv1), &x);
+                let y = s.bn(&each(&b, |b| &b.bn1), &y).relu();
+                let y = s.conv(&each(&b, |b| &b.conv2), &y);
+                let y = s.bn(&each(&b, |b| &b.bn2), &y);
+                fused_residual(&x, y, &each(&b, |b| &b.downsample), s)
+            }
+            Block::Bottleneck(_) => {
+                let b: Vec<&Bottleneck> = blocks
+                    .iter()
+                    .map(|b| match b {
+                        Block::Bottleneck(b) => b.as_ref(),
+                        Block::Basic(_) => unreachable!("one depth per network"),
+                    })
+                    .collect();
+                let y = s.conv(&each(&b, |b| &b.conv1), &x);
+                let y = s.bn(&each(&b, |b| plain_bn(&b.bn1)), &y).relu();
+                let y = s.conv(&each(&b, |b| &b.conv2), &y);
+                let y = s.bn(&each(&b, |b| &b.bn2), &y).relu();
+                let y = s.conv(&each(&b, |b| &b.conv3), &y);
+                let y = s.bn(&each(&b, |b| &b.bn3), &y);
+                fused_residual(&x, y, &each(&b, |b| &b.downsample), s)
+            }
+        }
+    })
+}
+
+/// The BatchNorm of a branch-stage block: IBN-a's split lives in layer1..3 only.
+fn plain_bn(n: &Norm) -> &nn::BatchNorm {
+    match n {
+        Norm::Bn(b) => b,
+        Norm::Ibn(_) => unreachable!("IBN-a has no InstanceNorm in layer4, the branch stage"),
+    }
+}
+
+/// [`residual`] for stacked branches.
+fn fused_residual(
+    xs: &Tensor,
+    ys: Tensor,
+    downsample: &[&Option<(Conv, nn::BatchNorm)>],
+    s: &Stacked,
+) -> Tensor {
+    let shortcut = if downsample[0].is_some() {
+        let d: Vec<&(Conv, nn::BatchNorm)> =
+            downsample.iter().map(|d| d.as_ref().unwrap()).collect();
+        let y = s.conv(&each(&d, |d| &d.0), xs);
+        s.bn(&each(&d, |d| &d.1), &y)
+    } else {
+        // Only blocks after the first lack a downsample, and their input is already stacked.
+        xs.shallow_clone()
+    };
+    (ys + shortcut).relu()
 }
 
 /// Stem convolution: kernel 7, stride 2 (padding 3, as every convolution pads by kernel / 2).

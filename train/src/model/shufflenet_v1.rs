@@ -7,6 +7,7 @@
 //! `model.width` is the first stage's output channels: 120, 240, 360, 480 are the published
 //! 0.5x, 1.0x, 1.5x and 2.0x (the paper's choice, the standard width here).
 
+use super::fused::{each, Stacked};
 use super::{bn, conv, Conv};
 use anyhow::{bail, Result};
 use tch::nn::{self, ModuleT};
@@ -181,6 +182,30 @@ impl ModuleT for Tail {
             .iter()
             .fold(xs.shallow_clone(), |y, u| u.forward_t(&y, train))
     }
+}
+
+/// The branch stage of every branch as one computation (`fused.rs`). The shared trunk output
+/// is repeated per branch first: the stage opens with a grouped convolution and concatenates
+/// its pooled input per branch.
+pub fn fused_tail(tails: &[&Tail], xs: &Tensor, s: &Stacked) -> Tensor {
+    let stacked = xs.repeat([1, s.g, 1, 1]);
+    (0..tails[0].units.len()).fold(stacked, |x, i| {
+        let u = each(tails, |t| &t.units[i]);
+        let y = s.conv(&each(&u, |u| &u.conv1), &x);
+        let y = s.bn(&each(&u, |u| &u.bn1), &y).relu();
+        let y = s.conv(&each(&u, |u| &u.conv2), &y);
+        let y = s.bn(&each(&u, |u| &u.bn2), &y);
+        let y = s.join(&channel_shuffle(&s.split(&y), GROUPS));
+        let y = s.conv(&each(&u, |u| &u.conv3), &y);
+        let y = s.bn(&each(&u, |u| &u.bn3), &y);
+        if u[0].stride == 1 {
+            (y + x).relu()
+        } else {
+            let (k, st, p) = SHORTCUT_POOL;
+            let proj = x.avg_pool2d([k; 2], [st; 2], [p; 2], false, true, None);
+            s.cat_channels(&proj, &y.relu())
+        }
+    })
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@ use std::process::{Command, Output};
 
 pub fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_dmue-train"));
-    c.env("DMUE_NO_PROGRESS", "1").env("DMUE_LOG", "warn");
+    // Info level: the tests read what a user sees (epoch lines, "resuming from", notes).
+    c.env("DMUE_NO_PROGRESS", "1").env("DMUE_LOG", "info");
     c
 }
 
