@@ -110,8 +110,9 @@ impl LabelDynamics {
         Ok(d)
     }
 
-    /// Adds one step's target logits `[B, C]` for the images `indices` with `labels` `[B]`.
-    pub fn record(&self, logits: &Tensor, labels: &Tensor, indices: &[usize]) {
+    /// Adds one step's target logits `[B, C]` for the images `indices` (int64 `[B]`, on the
+    /// logits' device) with `labels` `[B]`.
+    pub fn record(&self, logits: &Tensor, labels: &Tensor, indices: &Tensor) {
         tch::no_grad(|| {
             let p = logits
                 .detach()
@@ -120,17 +121,16 @@ impl LabelDynamics {
             let y = labels.unsqueeze(1);
             let py = p.gather(1, &y, false).squeeze_dim(1);
             let other = p.scatter_value(1, &y, -1.0).amax([1].as_slice(), false);
-            let idx: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
-            let idx = Tensor::from_slice(&idx).to_device(logits.device());
-            let _ = self.sum_prob.shallow_clone().index_add_(0, &idx, &py);
+            let idx = indices;
+            let _ = self.sum_prob.shallow_clone().index_add_(0, idx, &py);
             let _ = self
                 .sum_margin
                 .shallow_clone()
-                .index_add_(0, &idx, &(&py - other));
+                .index_add_(0, idx, &(&py - other));
             let _ = self
                 .count
                 .shallow_clone()
-                .index_add_(0, &idx, &py.ones_like());
+                .index_add_(0, idx, &py.ones_like());
         });
     }
 
@@ -176,11 +176,19 @@ mod tests {
         // Image 0 label 0, logits [ln 3, 0] -> p = [0.75, 0.25]: prob 0.75, margin 0.5.
         // Image 2 drawn twice: label 1 with [0, 0] (0.5, 0) and [0, ln 3] (0.75, 0.5).
         let logits = Tensor::from_slice(&[3f32.ln(), 0.0, 0.0, 0.0, 0.0, 3f32.ln()]).view([3, 2]);
-        d.record(&logits, &Tensor::from_slice(&[0i64, 1, 1]), &[0, 2, 2]);
+        d.record(
+            &logits,
+            &Tensor::from_slice(&[0i64, 1, 1]),
+            &Tensor::from_slice(&[0i64, 2, 2]),
+        );
         d.finish_epoch(&dir, 1).unwrap();
         // Epoch 2: only image 1 (label 0, p 0.25, margin -0.5).
         let logits = Tensor::from_slice(&[0.0f32, 3f32.ln()]).view([1, 2]);
-        d.record(&logits, &Tensor::from_slice(&[0i64]), &[1]);
+        d.record(
+            &logits,
+            &Tensor::from_slice(&[0i64]),
+            &Tensor::from_slice(&[1i64]),
+        );
         d.finish_epoch(&dir, 2).unwrap();
         let r = read(&dir).unwrap().unwrap();
         assert_eq!(r.epochs, vec![1, 2]);

@@ -522,7 +522,7 @@ impl<'a> Trainer<'a> {
     /// One optimisation step; its reported values stay on the device.
     fn step(&mut self, batch: &ReadyBatch, epoch: usize, step: usize, lr: f64) -> StepValues {
         let cfg = self.cfg;
-        let (x, y) = batch.to_device(self.device);
+        let (x, y, indices) = batch.to_device(self.device);
         // The forward pass may run under bf16 autocast; the losses always run in fp32 outside
         // it (small sums, divisions by counts and exp of logits need the range).
         let out =
@@ -532,7 +532,7 @@ impl<'a> Trainer<'a> {
         } else {
             single_branch_loss(&out, &y, cfg)
         };
-        self.dynamics.record(&out.target_logits, &y, &batch.indices);
+        self.dynamics.record(&out.target_logits, &y, &indices);
         let values = tch::no_grad(|| {
             let zero = || Tensor::zeros([], (Kind::Double, self.device));
             let as_f64 =
@@ -574,7 +574,7 @@ impl<'a> Trainer<'a> {
         StepValues {
             values,
             present,
-            images: batch.indices.len(),
+            images: batch.len(),
             step,
             global_step: self.state.global_step,
         }

@@ -491,20 +491,19 @@ fn assemble(
 impl HostBatch {
     /// Moves the batch to `device`: `([B, 3, crop, crop] float, [B] int64)`.
     /// The batch as CPU tensors, in page-locked memory when `pin` names the CUDA device that
-    /// will read them (the copy can then run asynchronously). Called on the prefetch thread.
+    /// will read them (the copies can then run asynchronously). Called on the prefetch thread.
     pub fn into_tensors(self, crop: u32, pin: Option<tch::Device>) -> ReadyBatch {
         let n = self.labels.len() as i64;
         let c = crop as i64;
-        let images = tch::Tensor::from_slice(&self.images).view([n, 3, c, c]);
-        let labels = tch::Tensor::from_slice(&self.labels);
-        let (images, labels) = match pin {
-            Some(d) => (images.pin_memory(d), labels.pin_memory(d)),
-            None => (images, labels),
+        let indices: Vec<i64> = self.indices.iter().map(|&i| i as i64).collect();
+        let pinned = |t: tch::Tensor| match pin {
+            Some(d) => t.pin_memory(d),
+            None => t,
         };
         ReadyBatch {
-            images,
-            labels,
-            indices: self.indices,
+            images: pinned(tch::Tensor::from_slice(&self.images).view([n, 3, c, c])),
+            labels: pinned(tch::Tensor::from_slice(&self.labels)),
+            indices: pinned(tch::Tensor::from_slice(&indices)),
         }
     }
 
@@ -519,19 +518,31 @@ impl HostBatch {
     }
 }
 
-/// A training batch ready for the device: images `[B, 3, crop, crop]` and labels as CPU tensors
-/// (pinned for a CUDA device), and the images' indices in the split.
+/// A training batch ready for the device: images `[B, 3, crop, crop]`, labels `[B]` and the
+/// images' indices in the split `[B]` (int64), as CPU tensors (pinned for a CUDA device).
 pub struct ReadyBatch {
     pub images: tch::Tensor,
     pub labels: tch::Tensor,
-    pub indices: Vec<usize>,
+    pub indices: tch::Tensor,
 }
 
 impl ReadyBatch {
-    /// `(images, labels)` on `device`; non-blocking from pinned memory.
-    pub fn to_device(&self, device: tch::Device) -> (tch::Tensor, tch::Tensor) {
+    /// `(images, labels, indices)` on `device`; non-blocking from pinned memory.
+    pub fn to_device(&self, device: tch::Device) -> (tch::Tensor, tch::Tensor, tch::Tensor) {
         let move_ = |t: &tch::Tensor| t.to_device_(device, t.kind(), true, false);
-        (move_(&self.images), move_(&self.labels))
+        (
+            move_(&self.images),
+            move_(&self.labels),
+            move_(&self.indices),
+        )
+    }
+
+    pub fn len(&self) -> usize {
+        self.labels.size()[0] as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
