@@ -51,4 +51,15 @@ impl Error {
             Error::Engine(_) => "engine",
         }
     }
+
+    /// The same error with `what` (an image's name) in front of an input error's message.
+    pub fn with_context(self, what: &str) -> Self {
+        match self {
+            Error::BadInput(m) => Error::BadInput(format!("{what}: {m}")),
+            Error::Unsupported(m) => Error::Unsupported(format!("{what}: {m}")),
+            Error::Undecodable(m) => Error::Undecodable(format!("{what}: {m}")),
+            Error::TooLarge(m) => Error::TooLarge(format!("{what}: {m}")),
+            other => other,
+        }
+    }
 }

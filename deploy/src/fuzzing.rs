@@ -90,7 +90,8 @@ pub fn request(data: &[u8]) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("a current-thread runtime");
-    if let Ok(images) = rt.block_on(crate::server::images_of(req)) {
+    let max_images = crate::server::ServeConfig::default().max_images;
+    if let Ok(images) = rt.block_on(crate::server::images_of(req, max_images)) {
         assert!(!images.is_empty(), "Ok with no image");
         for (name, bytes) in images {
             assert!(

@@ -27,8 +27,9 @@ pub const SUPPORTED_FORMATS: &str = "PNG, JPEG";
 /// File extensions of [`SUPPORTED_FORMATS`] (lower case), for picking files out of folders.
 pub const SUPPORTED_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 
-pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage> {
-    let mut reader = ImageReader::new(Cursor::new(bytes))
+/// A reader of `bytes` whose format is known, or why not.
+fn reader(bytes: &[u8]) -> Result<ImageReader<Cursor<&[u8]>>> {
+    let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| Error::BadInput(format!("cannot read image: {e}")))?;
     if reader.format().is_none() {
@@ -36,6 +37,19 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage> {
             "not an image in a supported format ({SUPPORTED_FORMATS})"
         )));
     }
+    Ok(reader)
+}
+
+/// `(width, height)` from the image's header, without decoding its pixels (admission control
+/// reads it before any decoding).
+pub fn dimensions(bytes: &[u8]) -> Result<(u32, u32)> {
+    reader(bytes)?
+        .into_dimensions()
+        .map_err(|e| Error::Undecodable(format!("cannot read the image header: {e}")))
+}
+
+pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage> {
+    let mut reader = reader(bytes)?;
     let mut l = image::Limits::default();
     l.max_image_width = Some(limits.max_side);
     l.max_image_height = Some(limits.max_side);

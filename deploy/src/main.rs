@@ -36,6 +36,19 @@ struct Cli {
     /// Images that may wait for inference before new requests get 429.
     #[arg(long, default_value_t = 64, env = "DMUE_QUEUE")]
     queue: usize,
+    /// Requests served at once; more get 429 before their body is read.
+    #[arg(long, default_value_t = ServeConfig::default().max_in_flight, env = "DMUE_MAX_IN_FLIGHT")]
+    max_in_flight: usize,
+    /// Images (multipart file parts) per request (413 beyond).
+    #[arg(long, default_value_t = ServeConfig::default().max_images, env = "DMUE_MAX_IMAGES")]
+    max_images: usize,
+    /// Decoded pixels per request, all images together, in megapixels (413 beyond; read from
+    /// the image headers before decoding). The default admits one 8192x8192 image.
+    #[arg(long, default_value_t = ServeConfig::default().max_pixels as f64 / 1e6, env = "DMUE_MAX_MEGAPIXELS")]
+    max_megapixels: f64,
+    /// Face detectors in the pool (images detected in parallel); 0: cores / --threads.
+    #[arg(long, default_value_t = 0, env = "DMUE_DETECTORS")]
+    detectors: usize,
     /// Per-request timeout in milliseconds (504 beyond).
     #[arg(long, default_value_t = 10_000, env = "DMUE_TIMEOUT_MS")]
     timeout_ms: u64,
@@ -55,6 +68,14 @@ struct Cli {
     /// Lowest detection score kept.
     #[arg(long, default_value_t = 0.6, env = "DMUE_DET_THRESHOLD", global = true)]
     det_threshold: f32,
+    /// Detector input size (longer side) for photos up to this size; larger photos run nearer
+    /// their own size, up to --det-max-size (small faces in big group photos stay findable).
+    #[arg(long, default_value_t = DetectorConfig::default().input_size, env = "DMUE_DET_SIZE", global = true)]
+    det_size: u32,
+    /// Cap of the detector input size for large photos (the cost grows with its square: 3200 is
+    /// 25x the work of 640). Set it to --det-size for one fixed size.
+    #[arg(long, default_value_t = DetectorConfig::default().max_input_size, env = "DMUE_DET_MAX_SIZE", global = true)]
+    det_max_size: u32,
     /// Write every aligned crop the classifier sees into this directory.
     #[arg(long, env = "DMUE_SAVE_CROPS", global = true)]
     save_crops: Option<PathBuf>,
@@ -146,8 +167,16 @@ fn run(mut cli: Cli) -> Result<i32, Error> {
                 dmue_deploy::face::TEMPLATE_ID
             )));
         }
+        if cli.det_size < 32 || cli.det_max_size < cli.det_size {
+            return Err(Error::BadInput(format!(
+                "--det-size must be at least 32 and --det-max-size at least --det-size (got {} and {})",
+                cli.det_size, cli.det_max_size
+            )));
+        }
         let config = DetectorConfig {
             score_threshold: cli.det_threshold,
+            input_size: cli.det_size,
+            max_input_size: cli.det_max_size,
             ..Default::default()
         };
         Some(
@@ -203,14 +232,35 @@ fn run(mut cli: Cli) -> Result<i32, Error> {
                 timeout: Duration::from_millis(cli.timeout_ms),
                 max_body: cli.max_body_mb << 20,
                 limits,
+                max_in_flight: cli.max_in_flight,
+                max_images: cli.max_images.max(1),
+                max_pixels: (cli.max_megapixels * 1e6) as u64,
+                workers: 0,
             };
-            let mut detector = detector;
-            if let Some(d) = detector.as_mut() {
+            // The pool: one detector per `--threads` cores, so that parallel detections do
+            // not oversubscribe the cores.
+            let mut pool = Vec::new();
+            if let Some(first) = detector {
+                let n = match cli.detectors {
+                    0 => (dmue_deploy::engine::cores() / cli.threads.max(1)).max(1),
+                    n => n,
+                };
+                pool.push(first);
+                for _ in 1..n {
+                    pool.push(Detector::load(
+                        &cli.detector,
+                        cli.engine,
+                        cli.threads,
+                        pool[0].config,
+                    )?);
+                }
+            }
+            for d in &mut pool {
                 // The first photo of each input shape pays for tract's plan (about 0.1 s):
                 // pay it now for the usual 4:3 landscape and portrait photos.
                 d.warm_up(&[(640, 480), (480, 640)])?;
             }
-            serve(classifier, detector, cli.save_crops, cli.addr, config)?;
+            serve(classifier, pool, cli.save_crops, cli.addr, config)?;
             Ok(0)
         }
     }
@@ -218,7 +268,7 @@ fn run(mut cli: Cli) -> Result<i32, Error> {
 
 fn serve(
     classifier: Classifier,
-    detector: Option<Detector>,
+    detector: Vec<Detector>,
     save_crops: Option<PathBuf>,
     addr: SocketAddr,
     config: ServeConfig,
@@ -238,12 +288,34 @@ fn serve(
         // Nothing else goes to stdout: a reader may close it after that first line.
         tracing::info!(classes = ?state.card.classes, engine = state.engine, "dmue-serve ready");
         tracing::info!("open http://{bound}/ in a browser to try the model on a photo");
-        server::serve_on(listener, state.clone(), server::shutdown_signal())
+        // A dead inference worker or detector pool cannot be restarted in process: stop
+        // (finishing what is in flight) and exit non-zero, for the supervisor to restart us.
+        let watched = state.clone();
+        let broken = async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if let Some(why) = watched.problem().filter(|w| *w != "shutting down") {
+                    tracing::error!("{why}: shutting down");
+                    return;
+                }
+            }
+        };
+        let stop = async move {
+            tokio::select! { _ = server::shutdown_signal() => {}, _ = broken => {} }
+        };
+        server::serve_on(listener, state.clone(), stop)
             .await
             .map_err(|e| Error::Engine(format!("server error: {e}")))
     })?;
+    let broken =
+        state.batcher.is_closed() || state.detectors.as_ref().is_some_and(|d| d.alive() == 0);
     drop(state);
-    let _ = worker.join();
+    if worker.join().is_err() || broken {
+        return Err(Error::Engine(
+            "the inference worker or every face detector failed (see the log above); exiting"
+                .into(),
+        ));
+    }
     Ok(())
 }
 

@@ -1,11 +1,17 @@
 //! The HTTP service of `dmue-serve` (axum).
 //!
-//! Requests are decoded and preprocessed on the blocking pool, then each image, with all its
-//! faces, is queued as one job for the inference worker thread that owns the engine. The worker
-//! takes the images that arrived while the previous batch ran (until they hold `max_batch`
-//! faces) and runs their faces in batches of at most `max_batch`. The queue counts images and
-//! is bounded: when it is full the image is refused with 429 (none of its faces queued)
-//! instead of waiting forever.
+//! Admission comes before any work: at most `max_in_flight` requests are served at once (more
+//! get 429 before their body is read), a request holds at most `max_images` images and
+//! `max_pixels` decoded pixels in all (413; the pixels are read from the image headers, before
+//! decoding). Each image is then decoded, its faces detected and preprocessed on the blocking
+//! pool, at most `workers` images at a time, each with a detector from the pool. Each image, with
+//! all its faces, is queued as one job for the inference worker thread that owns the engine. The
+//! worker takes the images that arrived while the previous batch ran (until they hold
+//! `max_batch` faces) and runs their faces in batches of at most `max_batch`. The queue counts
+//! images and is bounded: when it is full the image is refused with 429 (none of its faces
+//! queued) instead of waiting forever. A request that times out (504) or is dropped stops its
+//! remaining work: images not yet decoded or detected are skipped, and queued faces are not
+//! computed.
 //!
 //! Status codes: 200 ok; 400 bad request (empty body, bad multipart); 413 body or image too
 //! large; 415 not an image in a supported format; 422 a damaged image; 429 queue full; 503 not
@@ -41,6 +47,16 @@ pub struct ServeConfig {
     /// Largest accepted request body in bytes (413 beyond).
     pub max_body: usize,
     pub limits: DecodeLimits,
+    /// Requests served at once; more get 429 before their body is read.
+    pub max_in_flight: usize,
+    /// Images (multipart file parts) per request; more: 413.
+    pub max_images: usize,
+    /// Decoded pixels per request, all its images together, read from the image headers before
+    /// anything is decoded; more: 413. One image at the side limit (8192 x 8192) fits.
+    pub max_pixels: u64,
+    /// Images decoded and detected at once (one detector each when detecting). 0: one per
+    /// detector in the pool, or one per core without detection.
+    pub workers: usize,
 }
 
 impl Default for ServeConfig {
@@ -51,6 +67,66 @@ impl Default for ServeConfig {
             timeout: Duration::from_secs(10),
             max_body: 20 << 20,
             limits: DecodeLimits::default(),
+            max_in_flight: 64,
+            max_images: 16,
+            max_pixels: 8192 * 8192,
+            workers: 0,
+        }
+    }
+}
+
+/// Face detectors shared by the request handlers: each image takes one for its detection, so
+/// images are detected in parallel up to the pool's size. A detector whose run panicked is
+/// dropped; the service is ready while at least one is left.
+pub struct DetectorPool {
+    free: std::sync::Mutex<Vec<crate::face::detect::Detector>>,
+    pub size: usize,
+    lost: std::sync::atomic::AtomicUsize,
+    pub config: crate::face::detect::DetectorConfig,
+}
+
+impl DetectorPool {
+    pub fn new(detectors: Vec<crate::face::detect::Detector>) -> Option<Self> {
+        let config = detectors.first()?.config;
+        Some(Self {
+            size: detectors.len(),
+            free: std::sync::Mutex::new(detectors),
+            lost: Default::default(),
+            config,
+        })
+    }
+
+    /// Detectors still working.
+    pub fn alive(&self) -> usize {
+        self.size - self.lost.load(Ordering::Relaxed)
+    }
+
+    /// Runs `f` with a free detector. The caller holds one of the `workers` permits, of which
+    /// there are as many as working detectors, so one is free.
+    pub fn with<T>(
+        &self,
+        f: impl FnOnce(&mut crate::face::detect::Detector) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let taken = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let Some(mut d) = taken else {
+            return Err(Error::Unavailable("no face detector is free".into()));
+        };
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut d))) {
+            Ok(r) => {
+                self.free.lock().unwrap_or_else(|p| p.into_inner()).push(d);
+                r
+            }
+            Err(_) => {
+                self.lost.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    "a face detector panicked and was dropped ({} of {} left)",
+                    self.alive(),
+                    self.size
+                );
+                Err(Error::Engine(
+                    "the face detector failed on this image".into(),
+                ))
+            }
         }
     }
 }
@@ -245,35 +321,62 @@ pub struct AppState {
     pub config: ServeConfig,
     pub ready: AtomicBool,
     pub metrics: PrometheusHandle,
-    /// Face detector; `None` takes every image as one aligned face crop (`--no-detect`).
-    pub detector: Option<std::sync::Mutex<crate::face::detect::Detector>>,
+    /// Face detectors; `None` takes every image as one aligned face crop (`--no-detect`).
+    pub detectors: Option<DetectorPool>,
     /// Where to write every aligned crop the classifier saw (`--save-crops`).
     pub save_crops: Option<std::path::PathBuf>,
+    /// Permits for requests being served (`max_in_flight`).
+    in_flight: Arc<tokio::sync::Semaphore>,
+    /// Permits for images being decoded and detected (`workers`).
+    workers: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
-    /// Starts the inference worker for `classifier` and builds the service's state around it.
-    /// The worker thread ends once the state (and every clone of its queue) is dropped.
+    /// Starts the inference worker for `classifier` and builds the service's state around it;
+    /// `detectors` form the detection pool (none: `--no-detect`). The worker thread ends once
+    /// the state (and every clone of its queue) is dropped.
     pub fn start(
         classifier: Classifier,
-        detector: Option<crate::face::detect::Detector>,
+        detectors: impl IntoIterator<Item = crate::face::detect::Detector>,
         config: ServeConfig,
         save_crops: Option<std::path::PathBuf>,
     ) -> (Arc<Self>, std::thread::JoinHandle<()>) {
         let card = classifier.card.clone();
         let engine = classifier.engine_name();
         let (batcher, worker) = Batcher::start(classifier, config.max_batch, config.queue);
+        let detectors = DetectorPool::new(detectors.into_iter().collect());
+        let workers = match (config.workers, &detectors) {
+            (0, Some(p)) => p.size,
+            (0, None) => crate::engine::cores(),
+            (n, Some(p)) => n.min(p.size),
+            (n, None) => n,
+        };
         let state = Arc::new(AppState {
             card,
             engine,
             batcher,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1))),
+            workers: Arc::new(tokio::sync::Semaphore::new(workers.max(1))),
             config,
             ready: AtomicBool::new(true),
             metrics: metrics_handle(),
-            detector: detector.map(std::sync::Mutex::new),
+            detectors,
             save_crops,
         });
         (state, worker)
+    }
+
+    /// Why the service cannot serve, if it cannot.
+    pub fn problem(&self) -> Option<&'static str> {
+        if !self.ready.load(Ordering::Relaxed) {
+            Some("shutting down")
+        } else if self.batcher.is_closed() {
+            Some("the inference worker has stopped")
+        } else if self.detectors.as_ref().is_some_and(|d| d.alive() == 0) {
+            Some("every face detector failed (panicked)")
+        } else {
+            None
+        }
     }
 }
 
@@ -338,19 +441,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Ready unless shutting down, the inference worker has stopped, or the face detector
-/// panicked (its lock is poisoned): a balancer should send traffic elsewhere then.
+/// Ready unless shutting down, the inference worker has stopped, or every face detector
+/// panicked: a balancer should send traffic elsewhere then.
 async fn readyz(State(s): State<Arc<AppState>>) -> Response {
-    let problem = if !s.ready.load(Ordering::Relaxed) {
-        Some("shutting down")
-    } else if s.batcher.is_closed() {
-        Some("the inference worker has stopped")
-    } else if s.detector.as_ref().is_some_and(|d| d.is_poisoned()) {
-        Some("the face detector failed (panicked)")
-    } else {
-        None
-    };
-    match problem {
+    match s.problem() {
         None => Json(serde_json::json!({"status": "ready"})).into_response(),
         Some(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -371,12 +465,12 @@ async fn metrics_text(State(s): State<Arc<AppState>>) -> Response {
 
 /// The model card and how this instance serves it (the web page's model panel reads this).
 async fn model(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    let detector = s.detector.as_ref().and_then(|d| {
-        d.lock().ok().map(|d| {
-            serde_json::json!({
-                "input_size": d.config.input_size,
-                "score_threshold": d.config.score_threshold,
-            })
+    let detector = s.detectors.as_ref().map(|d| {
+        serde_json::json!({
+            "input_size": d.config.input_size,
+            "max_input_size": d.config.max_input_size,
+            "score_threshold": d.config.score_threshold,
+            "pool": d.size,
         })
     });
     Json(serde_json::json!({
@@ -388,6 +482,9 @@ async fn model(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> {
         "limits": {
             "max_body_bytes": s.config.max_body,
             "max_side": s.config.limits.max_side,
+            "max_images": s.config.max_images,
+            "max_pixels": s.config.max_pixels,
+            "max_in_flight": s.config.max_in_flight,
             "timeout_ms": s.config.timeout.as_millis() as u64,
         },
     }))
@@ -431,8 +528,12 @@ struct ImageResult {
     timing: Timing,
 }
 
-/// The images of a request: the raw body, or every file part of a multipart form.
-pub(crate) async fn images_of(req: Request) -> Result<Vec<(String, Bytes)>, Error> {
+/// The images of a request: the raw body, or every file part of a multipart form (at most
+/// `max_images`: 413 at the next part, before it is read).
+pub(crate) async fn images_of(
+    req: Request,
+    max_images: usize,
+) -> Result<Vec<(String, Bytes)>, Error> {
     let too_large = |status: StatusCode, msg: String| {
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             Error::TooLarge(format!("request body is larger than the limit: {msg}"))
@@ -455,6 +556,11 @@ pub(crate) async fn images_of(req: Request) -> Result<Vec<(String, Bytes)>, Erro
             .await
             .map_err(|e| too_large(e.status(), e.body_text()))?
         {
+            if images.len() == max_images {
+                return Err(Error::TooLarge(format!(
+                    "more than {max_images} images in one request (--max-images)"
+                )));
+            }
             let name = field.file_name().or(field.name()).unwrap_or("").to_string();
             let bytes = field
                 .bytes()
@@ -507,6 +613,15 @@ async fn predict(
             .into_response()
         }
     };
+    // Admission before anything is read: a bounded number of requests in flight.
+    let Ok(_permit) = s.in_flight.clone().try_acquire_owned() else {
+        let e = Error::Overloaded(format!(
+            "{} requests are being served (--max-in-flight); retry later",
+            s.config.max_in_flight
+        ));
+        metrics::counter!("dmue_requests_total", "status" => "429").increment(1);
+        return e.into_response();
+    };
     let result = tokio::time::timeout(
         s.config.timeout,
         predict_inner(s.clone(), req, return_crops),
@@ -534,18 +649,45 @@ async fn predict_inner(
     req: Request,
     return_crops: bool,
 ) -> Result<Vec<ImageResult>, Error> {
-    if !s.ready.load(Ordering::Relaxed) {
-        return Err(Error::Unavailable("the service is shutting down".into()));
+    if let Some(why) = s.problem() {
+        return Err(Error::Unavailable(format!(
+            "the service cannot serve: {why}"
+        )));
     }
-    let images = images_of(req).await?;
+    let images = images_of(req, s.config.max_images).await?;
+    // The decoded size of every image, from its header, before any is decoded.
+    let mut pixels = 0u64;
+    for (name, bytes) in &images {
+        let (w, h) = crate::image_io::dimensions(bytes).map_err(|e| e.with_context(name))?;
+        pixels += w as u64 * h as u64;
+    }
+    if pixels > s.config.max_pixels {
+        return Err(Error::TooLarge(format!(
+            "the request's images hold {pixels} pixels, more than the {} allowed per request (--max-pixels)",
+            s.config.max_pixels
+        )));
+    }
+    // Set when this request's future is dropped (timeout, client gone): its blocking work
+    // not started yet is skipped.
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let _cancel_on_drop = CancelOnDrop(cancelled.clone());
     // All images of a request are decoded and queued together, so they can share batches.
-    let work = images
-        .into_iter()
-        .map(|(name, bytes)| predict_image(s.clone(), name, bytes, return_crops));
+    let work = images.into_iter().map(|(name, bytes)| {
+        predict_image(s.clone(), name, bytes, return_crops, cancelled.clone())
+    });
     futures_util::future::join_all(work)
         .await
         .into_iter()
         .collect()
+}
+
+/// Sets its flag when dropped.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 async fn predict_image(
@@ -553,21 +695,37 @@ async fn predict_image(
     name: String,
     bytes: Bytes,
     return_crops: bool,
+    cancelled: Arc<AtomicBool>,
 ) -> Result<ImageResult, Error> {
     let state = s.clone();
+    // At most `workers` images are decoded and detected at once: that bounds the memory of
+    // decoded images, and each holds a detector from the pool.
+    let permit = s
+        .workers
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| Error::Unavailable("the service is shutting down".into()))?;
     // Decoding, detection, alignment and resizing are CPU work: keep them off the async threads.
     let (crops, inputs, decode_s, detect_s) = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let gone = || {
+            cancelled
+                .load(Ordering::Relaxed)
+                .then(|| Error::Timeout("the request ended before this image was processed".into()))
+        };
+        if let Some(e) = gone() {
+            return Err(e);
+        }
         let t = Instant::now();
         let img = decode(&bytes, &state.config.limits)?;
         let decode_s = t.elapsed().as_secs_f64();
+        if let Some(e) = gone() {
+            return Err(e);
+        }
         let t = Instant::now();
-        let crops = match &state.detector {
-            Some(d) => {
-                let mut guard = d
-                    .lock()
-                    .map_err(|_| Error::Engine("the detector panicked earlier".into()))?;
-                face_crops(&img, Some(&mut *guard), state.card.aligned_size)?
-            }
+        let crops = match &state.detectors {
+            Some(pool) => pool.with(|d| face_crops(&img, Some(d), state.card.aligned_size))?,
             None => face_crops(&img, None, state.card.aligned_size)?,
         };
         let inputs = crops
@@ -578,13 +736,7 @@ async fn predict_image(
     })
     .await
     .map_err(|e| Error::Engine(format!("decode task failed: {e}")))?
-    .map_err(|e| match e {
-        Error::BadInput(m) => Error::BadInput(format!("{name}: {m}")),
-        Error::Unsupported(m) => Error::Unsupported(format!("{name}: {m}")),
-        Error::Undecodable(m) => Error::Undecodable(format!("{name}: {m}")),
-        Error::TooLarge(m) => Error::TooLarge(format!("{name}: {m}")),
-        other => other,
-    })?;
+    .map_err(|e| e.with_context(&name))?;
     metrics::histogram!("dmue_decode_seconds").record(decode_s);
     metrics::histogram!("dmue_detect_seconds").record(detect_s);
     let mut timing = Timing {

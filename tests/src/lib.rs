@@ -218,3 +218,76 @@ pub fn detector() -> dmue_deploy::face::detect::Detector {
     )
     .unwrap()
 }
+
+/// A crowded group photo for detection tests: a `width` x `height` canvas with `n` synthetic
+/// faces (photo mode, one face per rendered photo) pasted on a grid over a noisy background,
+/// each scaled so that its face is `face_px` pixels wide (2.2 eye distances, the width of the
+/// alignment template's face). Returns the photo and each face's centre.
+pub fn group_photo(
+    dir: &Path,
+    width: u32,
+    height: u32,
+    n: usize,
+    face_px: &dyn Fn(usize) -> f32,
+) -> (image::RgbImage, Vec<[f32; 2]>) {
+    use dmue_train::synth::{self, Mode, PhotoRow, SynthOptions};
+    let out = dir.join("group-sources");
+    let opts = SynthOptions {
+        mode: Mode::Photo,
+        train: 0,
+        test: n,
+        max_faces: 1,
+        seed: 11,
+        ..Default::default()
+    };
+    synth::generate(&opts, &out).unwrap();
+    let rows: Vec<PhotoRow> = std::fs::read_to_string(out.join(synth::PHOTOS_FILE))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // A deterministic noisy background (no face-like structure).
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut photo = image::RgbImage::from_fn(width, height, |_, _| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let v = 90 + (state % 60) as u8;
+        image::Rgb([v, v.wrapping_add(10), v.wrapping_sub(20)])
+    });
+    let cols = (n as f32 * width as f32 / height as f32).sqrt().ceil() as u32;
+    let rows_n = (n as u32).div_ceil(cols);
+    let (cell_w, cell_h) = (width / cols, height / rows_n);
+    let mut centres = Vec::new();
+    for (k, row) in rows.iter().enumerate().take(n) {
+        let src = image::open(out.join(&row.path)).unwrap().to_rgb8();
+        let lm = row.faces[0].landmarks;
+        let eye = ((lm[1][0] - lm[0][0]).powi(2) + (lm[1][1] - lm[0][1]).powi(2)).sqrt();
+        let (cx, cy) = (
+            lm.iter().map(|p| p[0]).sum::<f32>() / 5.0,
+            lm.iter().map(|p| p[1]).sum::<f32>() / 5.0,
+        );
+        // Cut a square of 2 face widths around the face, scaled to the wanted face size.
+        let face = 2.2 * eye;
+        let half = face;
+        let (x0, y0) = ((cx - half).max(0.0) as u32, (cy - half).max(0.0) as u32);
+        let side = ((2.0 * half) as u32)
+            .min(src.width() - x0)
+            .min(src.height() - y0);
+        let cut = image::imageops::crop_imm(&src, x0, y0, side, side).to_image();
+        let scale = face_px(k) / face;
+        let s = ((side as f32 * scale).round() as u32).max(1);
+        let small = image::imageops::resize(&cut, s, s, image::imageops::FilterType::Triangle);
+        let (col, r) = (k as u32 % cols, k as u32 / cols);
+        let (px, py) = (
+            col * cell_w + (cell_w.saturating_sub(s)) / 2,
+            r * cell_h + (cell_h.saturating_sub(s)) / 2,
+        );
+        image::imageops::replace(&mut photo, &small, px as i64, py as i64);
+        centres.push([
+            px as f32 + (cx - x0 as f32) * scale,
+            py as f32 + (cy - y0 as f32) * scale,
+        ]);
+    }
+    (photo, centres)
+}

@@ -4,6 +4,7 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use dmue_deploy::engine::EngineKind;
+use dmue_deploy::face::detect::DetectorConfig;
 use dmue_deploy::pipeline::Classifier;
 use dmue_deploy::server::{self, AppState, ServeConfig};
 use dmue_e2e::{detector, root};
@@ -26,13 +27,17 @@ fn fixture(config: ServeConfig) -> Fixture {
 /// `detect`: find faces with RetinaFace (models/, from scripts/fetch-models.sh); otherwise
 /// every image is one aligned crop.
 fn fixture_with(config: ServeConfig, detect: bool) -> Fixture {
-    fixture_for(config, detect, &dmue_e2e::test_configs()[0])
+    fixture_for(
+        config,
+        detect.then(DetectorConfig::default),
+        &dmue_e2e::test_configs()[0],
+    )
 }
 
-/// The fixture for a network of any backbone.
+/// The fixture for a network of any backbone; `detect`: the detector's settings.
 fn fixture_for(
     config: ServeConfig,
-    detect: bool,
+    detect: Option<DetectorConfig>,
     model: &dmue_train::model::ModelConfig,
 ) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
@@ -65,7 +70,12 @@ fn fixture_for(
         })
         .collect();
     let classifier = Classifier::load(&m.path, EngineKind::Tract, 1).unwrap();
-    let (state, _worker) = AppState::start(classifier, detect.then(detector), config, None);
+    let detectors = detect.map(|c| {
+        let mut d = detector();
+        d.config = c;
+        d
+    });
+    let (state, _worker) = AppState::start(classifier, detectors, config, None);
     Fixture {
         _dir: dir,
         app: server::router(state.clone()),
@@ -151,7 +161,7 @@ async fn predictions_match_the_training_network() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_backbone_serves_the_training_networks_predictions() {
     for model in dmue_e2e::test_configs() {
-        let f = fixture_for(ServeConfig::default(), false, &model);
+        let f = fixture_for(ServeConfig::default(), None, &model);
         let parts: Vec<(&str, &[u8])> =
             vec![("a", &f.faces[0]), ("b", &f.faces[1]), ("c", &f.faces[2])];
         let (status, json, text) = call(&f.app, multipart(&parts)).await;
@@ -263,6 +273,7 @@ async fn a_full_queue_answers_429() {
     let f = fixture(ServeConfig {
         queue: 1,
         max_batch: 1,
+        max_images: 64,
         ..Default::default()
     });
     let parts: Vec<(&str, &[u8])> = (0..24).map(|_| ("x", f.faces[0].as_slice())).collect();
@@ -288,6 +299,7 @@ async fn a_request_over_the_time_limit_answers_504() {
     // 24 faces take far longer than 1 ms to decode and classify on any machine.
     let f = fixture(ServeConfig {
         timeout: std::time::Duration::from_millis(1),
+        max_images: 64,
         ..Default::default()
     });
     let parts: Vec<(&str, &[u8])> = (0..24).map(|i| ("x", f.faces[i % 3].as_slice())).collect();
@@ -372,8 +384,8 @@ async fn a_crowded_photo_takes_one_place_in_the_queue() {
     assert_eq!(json["results"][0]["timing"]["batch_size"], 2, "{text}");
 }
 
-/// Readiness turns false when the face detector has panicked (its lock is poisoned), with
-/// the reason, while liveness stays ok.
+/// Readiness turns false when every face detector of the pool has panicked, with the reason,
+/// while liveness stays ok; predictions then answer 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_detector_makes_the_service_not_ready() {
     let f = fixture_with(ServeConfig::default(), true);
@@ -381,12 +393,25 @@ async fn a_failed_detector_makes_the_service_not_ready() {
         call(&app, Request::get("/readyz").body(Body::empty()).unwrap()).await
     };
     assert_eq!(ready(f.app.clone()).await.0, StatusCode::OK);
-    let state = f.state.clone();
-    let _ = std::thread::spawn(move || {
-        let _guard = state.detector.as_ref().unwrap().lock().unwrap();
-        panic!("a detector failure, on purpose");
-    })
-    .join();
+    let pool = f.state.detectors.as_ref().unwrap();
+    assert_eq!(pool.alive(), 1);
+    let r = pool.with(|_| -> Result<(), dmue_deploy::error::Error> {
+        panic!("a detector failure, on purpose")
+    });
+    assert_eq!(r.unwrap_err().kind(), "engine");
+    assert_eq!(pool.alive(), 0);
+    let (status, json, _) = call(
+        &f.app,
+        Request::post("/v1/predict")
+            .body(Body::from(f.faces[0].clone()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, json["kind"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")),
+        "{json}"
+    );
     let (status, json, _) = ready(f.app.clone()).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{json}");
     assert!(
@@ -436,4 +461,160 @@ async fn photos_give_one_result_per_face() {
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(json["results"][0]["faces"], serde_json::json!([]));
+}
+
+/// A crowded group photo, 3000x2000 with 30 faces of 60-100 px, returns at least 90 % of its
+/// faces at the default detector settings. The old fixed 640 input size (faces shrunk to
+/// 13-21 px) finds none of them: the test fails without the size rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_group_photo_returns_its_small_faces_at_the_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 30;
+    let (photo, centres) = dmue_e2e::group_photo(dir.path(), 3000, 2000, n, &|k| {
+        60.0 + 40.0 * k as f32 / 29.0
+    });
+    let mut jpeg = Vec::new();
+    image::DynamicImage::ImageRgb8(photo)
+        .write_to(
+            &mut std::io::Cursor::new(&mut jpeg),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
+    let found = |cfg: DetectorConfig| {
+        let jpeg = jpeg.clone();
+        let centres = centres.clone();
+        async move {
+            let f = fixture_for(
+                ServeConfig::default(),
+                Some(cfg),
+                &dmue_e2e::test_configs()[0],
+            );
+            let (status, json, text) = call(
+                &f.app,
+                Request::post("/v1/predict").body(Body::from(jpeg)).unwrap(),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{text}");
+            let boxes: Vec<[f64; 4]> = json["results"][0]["faces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| {
+                    let b = f["box"].as_array().unwrap();
+                    [0, 1, 2, 3].map(|i| b[i].as_f64().unwrap())
+                })
+                .collect();
+            // A face counts as found when one detection's box holds its centre.
+            let hits = centres
+                .iter()
+                .filter(|c| {
+                    boxes.iter().any(|b| {
+                        (b[0]..=b[2]).contains(&(c[0] as f64))
+                            && (b[1]..=b[3]).contains(&(c[1] as f64))
+                    })
+                })
+                .count();
+            (hits, boxes.len())
+        }
+    };
+    let (hits, detections) = found(DetectorConfig::default()).await;
+    assert!(
+        hits * 10 >= n * 9,
+        "defaults: {hits} of {n} faces found ({detections} detections)"
+    );
+    assert!(detections <= n + 2, "{detections} detections for {n} faces");
+    let fixed = DetectorConfig {
+        max_input_size: 640,
+        ..Default::default()
+    };
+    let (old_hits, _) = found(fixed).await;
+    assert!(
+        old_hits * 10 < n * 9,
+        "the fixed 640 input found {old_hits} of {n}: this photo does not test the size rule"
+    );
+    eprintln!("group photo: {hits}/{n} faces at the defaults, {old_hits}/{n} at a fixed 640");
+}
+
+/// Admission comes before the work: too many parts, too many pixels (read from the headers,
+/// nothing decoded), too many requests in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_refuses_before_decoding() {
+    let f = fixture(ServeConfig {
+        max_pixels: 1_000_000,
+        max_in_flight: 1,
+        ..Default::default()
+    });
+    // 1,000 parts: 413 at the 17th, naming the flag.
+    let parts: Vec<(&str, &[u8])> = (0..1000).map(|_| ("x", f.faces[0].as_slice())).collect();
+    let (status, json, text) = call(&f.app, multipart(&parts)).await;
+    assert_eq!(
+        (status, json["kind"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("too_large")),
+        "{text}"
+    );
+    assert!(text.contains("--max-images"), "{text}");
+    // A decompression bomb: a 2,000 x 2,000 grey PNG of a few kB claims 4 megapixels.
+    let mut bomb = Vec::new();
+    image::GrayImage::new(2000, 2000)
+        .write_to(
+            &mut std::io::Cursor::new(&mut bomb),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    assert!(bomb.len() < 64 << 10, "{} bytes", bomb.len());
+    let (status, json, text) = call(
+        &f.app,
+        Request::post("/v1/predict").body(Body::from(bomb)).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, json["kind"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("too_large")),
+        "{text}"
+    );
+    assert!(text.contains("--max-pixels"), "{text}");
+    // Small images under the cap pass: 16 faces of 96x96 hold 0.15 megapixels.
+    let many: Vec<(&str, &[u8])> = (0..16).map(|_| ("x", f.faces[0].as_slice())).collect();
+    let (status, _, text) = call(&f.app, multipart(&many)).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+
+    // One request in flight (its body still arriving) holds the only permit: the next gets
+    // 429 at once, before its body is read; once the first ends, requests are served again.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(1);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let slow = Request::post("/v1/predict")
+        .body(Body::from_stream(stream))
+        .unwrap();
+    let app = f.app.clone();
+    let first = tokio::spawn(async move { call(&app, slow).await });
+    tx.send(Ok(axum::body::Bytes::from_static(b"\x89PNG")))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (status, json, text) = call(
+        &f.app,
+        Request::post("/v1/predict")
+            .body(Body::from(f.faces[0].clone()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, json["kind"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("overloaded")),
+        "{text}"
+    );
+    assert!(text.contains("--max-in-flight"), "{text}");
+    drop(tx);
+    let (status, _, _) = first.await.unwrap();
+    assert_ne!(status, StatusCode::OK);
+    let (status, _, text) = call(
+        &f.app,
+        Request::post("/v1/predict")
+            .body(Body::from(f.faces[1].clone()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
 }

@@ -14,9 +14,15 @@ use tract_onnx::prelude::*;
 pub struct TractEngine {
     path: PathBuf,
     model: InferenceModel,
-    /// Optimised plans by `[C, H, W]` of a single image.
-    plans: HashMap<[usize; 3], Arc<TypedSimplePlan>>,
+    /// Optimised plans by `[C, H, W]` of a single image, with the tick of their last use.
+    plans: HashMap<[usize; 3], (Arc<TypedSimplePlan>, u64)>,
+    tick: u64,
 }
+
+/// Plans kept per engine. Each input shape (for the detector: each photo size after scaling)
+/// gets its own plan, so a client sending photos of many sizes would otherwise grow the cache,
+/// and the server's memory, without bound; the least recently used plan goes first.
+pub const MAX_PLANS: usize = 16;
 
 impl TractEngine {
     /// `threads` > 1 runs matrix products on a thread pool of that size (process-wide).
@@ -37,6 +43,7 @@ impl TractEngine {
             path,
             model,
             plans: HashMap::new(),
+            tick: 0,
         }
     }
 
@@ -58,9 +65,26 @@ impl TractEngine {
         Ok(Self::new(PathBuf::from(name), model, threads))
     }
 
+    /// Optimised plans held now.
+    pub fn plans(&self) -> usize {
+        self.plans.len()
+    }
+
     fn plan(&mut self, chw: [usize; 3]) -> Result<Arc<TypedSimplePlan>> {
-        if let Some(p) = self.plans.get(&chw) {
+        self.tick += 1;
+        if let Some((p, used)) = self.plans.get_mut(&chw) {
+            *used = self.tick;
             return Ok(p.clone());
+        }
+        if self.plans.len() >= MAX_PLANS {
+            if let Some(oldest) = self
+                .plans
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(k, _)| *k)
+            {
+                self.plans.remove(&oldest);
+            }
         }
         let mut m = self.model.clone();
         let shape: TVec<TDim> = tvec![1.into(), chw[0].into(), chw[1].into(), chw[2].into()];
@@ -74,7 +98,7 @@ impl TractEngine {
                     self.path.display()
                 ))
             })?;
-        self.plans.insert(chw, plan.clone());
+        self.plans.insert(chw, (plan.clone(), self.tick));
         Ok(plan)
     }
 }

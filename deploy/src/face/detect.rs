@@ -1,7 +1,8 @@
 //! RetinaFace-MobileNet0.25 face detection with 5 landmarks (models/retinaface-mnet025.onnx,
 //! fetched by scripts/fetch-models.sh), run through the deploy engine trait.
 //!
-//! The image is scaled so that its longer side is `input_size` and placed at the top-left of a
+//! The image is scaled so that its longer side is `input_size` (640; larger photos nearer their
+//! own size, up to `max_input_size`, see [`DetectorConfig`]) and placed at the top-left of a
 //! canvas padded up to multiples of 32 (padding is the mean colour, 0 after mean subtraction):
 //! a 640x480 photo runs at 640x480, as in the reference, not on a 640x640 square (25 % less
 //! work). Photos of one aspect ratio share one input shape (and one optimised tract plan). The decoding follows the model's reference package
@@ -40,21 +41,41 @@ pub struct Detection {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DetectorConfig {
-    /// Side of the square network input; the longer image side is scaled to it.
+    /// The longer side of the network input for photos up to this size (smaller photos are
+    /// scaled up to it, as the reference does).
     pub input_size: u32,
+    /// Larger photos are detected at their own size: the longer side rounded down to a
+    /// multiple of [`SIZE_STEP`], up to this cap. A group photo of 3000x2000 with 30 faces of
+    /// 60-100 px runs at 2880x1920, where this detector finds 28 of them; scaled to 640 the
+    /// faces shrink to 13-21 px and it finds none, and at 1920 (38-64 px) 19
+    /// (`tests/tests/serve.rs`). The cost grows with the input's area: 3200 is 25 times the
+    /// work of 640. Equal to `input_size`: one fixed size.
+    pub max_input_size: u32,
     pub score_threshold: f32,
     pub nms_iou: f32,
     pub max_faces: usize,
 }
 
+/// Step of the automatic input sizes: few distinct sizes, so few optimised plans.
+pub const SIZE_STEP: u32 = 320;
+
 impl Default for DetectorConfig {
     fn default() -> Self {
         Self {
             input_size: 640,
+            max_input_size: 3200,
             score_threshold: 0.6,
             nms_iou: 0.4,
             max_faces: 64,
         }
+    }
+}
+
+impl DetectorConfig {
+    /// The longer side of the network input for a photo whose longer side is `longer`.
+    pub fn input_side(&self, longer: u32) -> u32 {
+        let own = longer / SIZE_STEP * SIZE_STEP;
+        own.clamp(self.input_size, self.max_input_size.max(self.input_size))
     }
 }
 
@@ -191,11 +212,11 @@ impl Detector {
     /// The network input for `img`: scaled so that its longer side is `input_size`, BGR minus
     /// the mean, NCHW, on a canvas padded up to multiples of 32 (the largest stride).
     pub fn preprocess(&self, img: &RgbImage) -> Result<DetectorInput> {
-        let s = self.config.input_size;
         let (w, h) = img.dimensions();
         if w == 0 || h == 0 {
             return Err(Error::BadInput("empty image".into()));
         }
+        let s = self.config.input_side(w.max(h));
         let scale = s as f32 / w.max(h) as f32;
         let (nw, nh) = (
             ((w as f32 * scale).round() as u32).clamp(1, s),
@@ -291,6 +312,28 @@ impl Detector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn input_side_follows_the_photo_between_the_bounds() {
+        let c = DetectorConfig::default();
+        // Up to 959 px: the reference's 640 (small photos scaled up, as before).
+        assert_eq!(c.input_side(300), 640);
+        assert_eq!(c.input_side(640), 640);
+        assert_eq!(c.input_side(959), 640);
+        // Larger: the photo's own size rounded down to a multiple of 320, up to 3200.
+        assert_eq!(c.input_side(1000), 960);
+        assert_eq!(c.input_side(1600), 1600);
+        assert_eq!(c.input_side(3000), 2880);
+        assert_eq!(c.input_side(8000), 3200);
+        // --det-size N: one fixed size whatever the photo.
+        let fixed = DetectorConfig {
+            input_size: 800,
+            max_input_size: 800,
+            ..c
+        };
+        assert_eq!(fixed.input_side(300), 800);
+        assert_eq!(fixed.input_side(3000), 800);
+    }
 
     #[test]
     fn anchor_count_and_order() {
