@@ -142,3 +142,84 @@ impl Engine for TractEngine {
         Ok(outputs)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::pb;
+    use prost::Message;
+
+    /// `y = relu(x)` with every input dimension symbolic: any shape makes a plan of its own.
+    fn relu_model() -> Vec<u8> {
+        use pb::tensor_shape_proto::{dimension::Value, Dimension};
+        let any = |names: &[&str]| {
+            Some(pb::TypeProto {
+                value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                    elem_type: Some(pb::tensor_proto::DataType::Float as i32),
+                    shape: Some(pb::TensorShapeProto {
+                        dim: names
+                            .iter()
+                            .map(|n| Dimension {
+                                value: Some(Value::DimParam(n.to_string())),
+                                ..Default::default()
+                            })
+                            .collect(),
+                    }),
+                })),
+                ..Default::default()
+            })
+        };
+        pb::ModelProto {
+            ir_version: Some(8),
+            opset_import: vec![pb::OperatorSetIdProto {
+                domain: Some(String::new()),
+                version: Some(17),
+            }],
+            graph: Some(pb::GraphProto {
+                name: Some("relu".into()),
+                node: vec![pb::NodeProto {
+                    op_type: Some("Relu".into()),
+                    input: vec!["x".into()],
+                    output: vec!["y".into()],
+                    ..Default::default()
+                }],
+                input: vec![pb::ValueInfoProto {
+                    name: Some("x".into()),
+                    r#type: any(&["n", "c", "h", "w"]),
+                    ..Default::default()
+                }],
+                output: vec![pb::ValueInfoProto {
+                    name: Some("y".into()),
+                    r#type: any(&["n", "c", "h", "w"]),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn plans_are_bounded_and_the_least_recently_used_goes() {
+        let mut e =
+            TractEngine::from_bytes_with_outputs("relu", &relu_model(), &["y".into()], 1).unwrap();
+        let run = |e: &mut TractEngine, h: usize| {
+            let out = e.run(&vec![-1.0; 2 * h], [1, 1, h, 2]).unwrap();
+            assert_eq!(out[0].1, vec![0.0; 2 * h]);
+        };
+        for h in 1..=MAX_PLANS {
+            run(&mut e, h);
+        }
+        assert_eq!(e.plans(), MAX_PLANS);
+        run(&mut e, 1); // shape 1 is now the most recently used; shape 2 the least
+        run(&mut e, MAX_PLANS + 1);
+        assert_eq!(e.plans(), MAX_PLANS);
+        assert!(e.plans.contains_key(&[1, 1, 2]));
+        assert!(!e.plans.contains_key(&[1, 2, 2]));
+        for h in 100..140 {
+            run(&mut e, h);
+        }
+        assert_eq!(e.plans(), MAX_PLANS);
+    }
+}
