@@ -15,8 +15,8 @@
 //!
 //! Status codes: 200 ok; 400 bad request (empty body, bad multipart); 413 body or image too
 //! large; 415 not an image in a supported format; 422 a damaged image; 429 queue full; 503 not
-//! ready / shutting down; 504 request timed out; 500 engine failure.
-//! Every error body is `{"error": "...", "kind": "..."}`.
+//! ready / shutting down; 504 request timed out; 500 engine failure; 404 unknown route; 405
+//! wrong method. Every error body is `{"error": "...", "kind": "..."}`.
 
 use crate::error::Error;
 use crate::image_io::{decode, DecodeLimits};
@@ -437,8 +437,32 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .merge(crate::web::routes())
+        .method_not_allowed_fallback(|| async {
+            json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method: POST /v1/predict; GET /v1/model, /healthz, /readyz, /metrics, /"
+                    .into(),
+            )
+        })
+        .fallback(|uri: axum::http::Uri| async move {
+            json_error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no route {uri}: POST /v1/predict; GET /v1/model, /healthz, /readyz, /metrics, /"),
+            )
+        })
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
+}
+
+/// The one error body for responses that are not an [`Error`] (unknown route, wrong method).
+fn json_error(status: StatusCode, kind: &str, error: String) -> Response {
+    (
+        status,
+        Json(serde_json::json!({ "error": error, "kind": kind })),
+    )
+        .into_response()
 }
 
 /// Ready unless shutting down, the inference worker has stopped, or every face detector

@@ -618,3 +618,304 @@ async fn admission_refuses_before_decoding() {
     .await;
     assert_eq!(status, StatusCode::OK, "{text}");
 }
+
+/// PNG chunk: length, type, data, CRC-32 (written here, not by a PNG library, so that the
+/// tests can build files no encoder would write).
+fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut crc = 0xffff_ffffu32;
+    for &b in kind.iter().chain(data) {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    let mut c = (data.len() as u32).to_be_bytes().to_vec();
+    c.extend(kind);
+    c.extend(data);
+    c.extend((!crc).to_be_bytes());
+    c
+}
+
+/// A PNG from raw scanlines (filter byte 0 each), zlib with stored (uncompressed) blocks.
+fn raw_png(
+    width: u32,
+    height: u32,
+    depth: u8,
+    colour: u8,
+    plte: Option<&[u8]>,
+    rows: &[Vec<u8>],
+) -> Vec<u8> {
+    let raw: Vec<u8> = rows
+        .iter()
+        .flat_map(|r| std::iter::once(0u8).chain(r.iter().copied()))
+        .collect();
+    let mut z = vec![0x78, 0x01];
+    let chunks: Vec<&[u8]> = raw.chunks(65_535).collect();
+    for (i, c) in chunks.iter().enumerate() {
+        z.push((i + 1 == chunks.len()) as u8);
+        z.extend((c.len() as u16).to_le_bytes());
+        z.extend((!(c.len() as u16)).to_le_bytes());
+        z.extend(*c);
+    }
+    let (mut a, mut b) = (1u32, 0u32);
+    for &x in &raw {
+        a = (a + x as u32) % 65_521;
+        b = (b + a) % 65_521;
+    }
+    z.extend(((b << 16) | a).to_be_bytes());
+    let mut ihdr = width.to_be_bytes().to_vec();
+    ihdr.extend(height.to_be_bytes());
+    ihdr.extend([depth, colour, 0, 0, 0]);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(png_chunk(b"IHDR", &ihdr));
+    if let Some(p) = plte {
+        png.extend(png_chunk(b"PLTE", p));
+    }
+    png.extend(png_chunk(b"IDAT", &z));
+    png.extend(png_chunk(b"IEND", &[]));
+    png
+}
+
+fn encode(img: image::DynamicImage, format: image::ImageFormat) -> Vec<u8> {
+    let mut buf = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut buf), format)
+        .unwrap();
+    buf
+}
+
+/// A status and, for errors, the error kind (`None`: a 200 with results).
+type Expected = (StatusCode, Option<&'static str>);
+
+/// The bad-input table of docs/reliability.md, over HTTP: every row is one request with the
+/// status and error kind it must get; after all of them the service still answers a good
+/// request. (The `predict` and `prepare` rows are tests in deploy/tests/cli.rs and
+/// train/tests/prepare.rs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bad_input_table() {
+    let f = fixture(ServeConfig {
+        max_body: 2 << 20,
+        ..Default::default()
+    });
+    let face = f.faces[0].clone();
+    let face_img = image::load_from_memory(&face).unwrap();
+    let jpeg = encode(face_img.clone(), image::ImageFormat::Jpeg);
+    let png_of = |img: image::DynamicImage| encode(img, image::ImageFormat::Png);
+    let post = |body: Vec<u8>| Request::post("/v1/predict").body(Body::from(body)).unwrap();
+    let typed = |ct: &str, body: Vec<u8>| {
+        Request::post("/v1/predict")
+            .header("content-type", ct)
+            .body(Body::from(body))
+            .unwrap()
+    };
+    // A JPEG with a 60 kB APP1 (EXIF) segment of junk right after its start marker.
+    let mut big_exif = jpeg[..2].to_vec();
+    let junk: Vec<u8> = b"Exif\0\0"
+        .iter()
+        .copied()
+        .chain((0..60_000).map(|i| (i * 7 % 251) as u8))
+        .collect();
+    big_exif.extend([0xff, 0xe1]);
+    big_exif.extend(((junk.len() + 2) as u16).to_be_bytes());
+    big_exif.extend(&junk);
+    big_exif.extend(&jpeg[2..]);
+    // A PNG whose image data is damaged (bytes flipped in the middle of IDAT).
+    let mut corrupt_png = png_of(face_img.clone());
+    let mid = corrupt_png.len() / 2;
+    for b in &mut corrupt_png[mid..mid + 16] {
+        *b ^= 0x5a;
+    }
+    let palette: Vec<u8> = (0..=255u8).flat_map(|i| [i, 255 - i, i / 2]).collect();
+    let pal_rows: Vec<Vec<u8>> = (0..64)
+        .map(|y| (0..64).map(|x| (x * 4 + y) as u8).collect())
+        .collect();
+    let many: Vec<(&str, &[u8])> = (0..1000).map(|_| ("x", face.as_slice())).collect();
+    let empty_parts: Vec<(&str, &[u8])> = vec![("a", b""), ("b", b"")];
+    let not_image_part: Vec<(&str, &[u8])> = vec![("photo", b"just text, named .png")];
+
+    let ok = (StatusCode::OK, None);
+    let err = |s: StatusCode, k: &'static str| (s, Some(k));
+    let rows: Vec<(&str, Request<Body>, Expected)> = vec![
+        (
+            "empty body",
+            post(Vec::new()),
+            err(StatusCode::BAD_REQUEST, "bad_input"),
+        ),
+        (
+            "text, not an image",
+            post(b"hello".to_vec()),
+            err(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+        ),
+        (
+            "non-image bytes in a part named .png",
+            multipart(&not_image_part),
+            err(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+        ),
+        (
+            "PNG cut after its header",
+            post(png_of(face_img.clone())[..60].to_vec()),
+            err(StatusCode::UNPROCESSABLE_ENTITY, "undecodable"),
+        ),
+        (
+            "JPEG cut after 300 bytes",
+            post(jpeg[..300].to_vec()),
+            err(StatusCode::UNPROCESSABLE_ENTITY, "undecodable"),
+        ),
+        (
+            "PNG with damaged image data",
+            post(corrupt_png),
+            err(StatusCode::UNPROCESSABLE_ENTITY, "undecodable"),
+        ),
+        (
+            "PNG signature only",
+            post(b"\x89PNG\r\n\x1a\n".to_vec()),
+            err(StatusCode::UNPROCESSABLE_ENTITY, "undecodable"),
+        ),
+        (
+            "decompression bomb: 20,000 x 20,000 grey PNG of a few kB",
+            post(raw_png(20_000, 20_000, 8, 0, None, &[])),
+            err(StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+        ),
+        (
+            "0 x 0 PNG",
+            post(raw_png(0, 0, 8, 2, None, &[])),
+            err(StatusCode::UNPROCESSABLE_ENTITY, "undecodable"),
+        ),
+        (
+            "1 x 300 image",
+            post(png_of(image::DynamicImage::ImageRgb8(
+                image::RgbImage::new(1, 300),
+            ))),
+            ok,
+        ),
+        (
+            "300 x 1 image",
+            post(png_of(image::DynamicImage::ImageRgb8(
+                image::RgbImage::new(300, 1),
+            ))),
+            ok,
+        ),
+        (
+            "1 x 1 image",
+            post(png_of(image::DynamicImage::ImageRgb8(
+                image::RgbImage::new(1, 1),
+            ))),
+            ok,
+        ),
+        (
+            "16-bit RGB PNG",
+            post(png_of(image::DynamicImage::ImageRgb16(face_img.to_rgb16()))),
+            ok,
+        ),
+        (
+            "grey PNG",
+            post(png_of(image::DynamicImage::ImageLuma8(face_img.to_luma8()))),
+            ok,
+        ),
+        (
+            "grey + alpha PNG",
+            post(png_of(image::DynamicImage::ImageLumaA8(
+                face_img.to_luma_alpha8(),
+            ))),
+            ok,
+        ),
+        (
+            "RGBA PNG",
+            post(png_of(image::DynamicImage::ImageRgba8(face_img.to_rgba8()))),
+            ok,
+        ),
+        (
+            "palette PNG",
+            post(raw_png(64, 64, 8, 3, Some(&palette), &pal_rows)),
+            ok,
+        ),
+        (
+            "grey JPEG",
+            post(encode(
+                image::DynamicImage::ImageLuma8(face_img.to_luma8()),
+                image::ImageFormat::Jpeg,
+            )),
+            ok,
+        ),
+        ("JPEG with a 60 kB junk EXIF block", post(big_exif), ok),
+        (
+            "multipart content type, body not multipart",
+            typed("multipart/form-data; boundary=xyz", face.clone()),
+            err(StatusCode::BAD_REQUEST, "bad_input"),
+        ),
+        (
+            "multipart without a boundary",
+            typed("multipart/form-data", face.clone()),
+            err(StatusCode::BAD_REQUEST, "bad_input"),
+        ),
+        (
+            "content type image/png, JSON body",
+            typed("image/png", b"{\"image\": 1}".to_vec()),
+            err(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+        ),
+        (
+            "multipart with only empty parts",
+            multipart(&empty_parts),
+            err(StatusCode::BAD_REQUEST, "bad_input"),
+        ),
+        (
+            "multipart with 1,000 parts",
+            multipart(&many),
+            err(StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+        ),
+        (
+            "body over --max-body-mb",
+            post(vec![0u8; 3 << 20]),
+            err(StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+        ),
+        (
+            "malformed query string",
+            Request::post("/v1/predict?return_crops=maybe")
+                .body(Body::from(face.clone()))
+                .unwrap(),
+            err(StatusCode::BAD_REQUEST, "bad_input"),
+        ),
+        (
+            "unknown query parameter",
+            Request::post("/v1/predict?crops=1")
+                .body(Body::from(face.clone()))
+                .unwrap(),
+            err(StatusCode::BAD_REQUEST, "bad_input"),
+        ),
+        (
+            "GET on the predict route",
+            Request::get("/v1/predict").body(Body::empty()).unwrap(),
+            err(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        ),
+        (
+            "unknown route",
+            Request::post("/v2/predict")
+                .body(Body::from(face.clone()))
+                .unwrap(),
+            err(StatusCode::NOT_FOUND, "not_found"),
+        ),
+    ];
+    assert!(rows.len() >= 25);
+    let mut failures = Vec::new();
+    for (name, req, (status, kind)) in rows {
+        let (got, json, text) = call(&f.app, req).await;
+        let got_kind = json["kind"].as_str();
+        let kind_ok = match kind {
+            Some(k) => got_kind == Some(k) && json["error"].as_str().is_some_and(|e| !e.is_empty()),
+            None => json["results"].is_array(),
+        };
+        if got != status || !kind_ok {
+            failures.push(format!(
+                "{name}: want {status} {kind:?}, got {got} {}",
+                &text[..text.len().min(200)]
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Still serving.
+    let (status, _, text) = call(&f.app, post(face)).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+}
