@@ -71,7 +71,7 @@ load() {  # connections seconds -> wrk output file
 }
 load 16 "$DURATION_16"
 rps16=$(sed -n 's/^RPS //p' "$WORK/wrk-16.txt")
-d64=$(python3 -c "import math,sys; print(max(30, math.ceil(float(sys.argv[1]) / max(float(sys.argv[2]), 0.1))))" "$REQUESTS_64" "$rps16")
+d64=$(python3 -c "import math,sys; print(max(30, math.ceil(1.1 * float(sys.argv[1]) / max(float(sys.argv[2]), 0.1))))" "$REQUESTS_64" "$rps16")
 date +%s.%N >"$WORK/start-64"
 load 64 "$d64"
 date +%s.%N >"$WORK/end-64"
