@@ -365,19 +365,17 @@ struct EvalArgs {
 /// second run) the spinning threads steal the time the working ones need. Measured on 2 cores,
 /// one DMUE epoch at the demo size (scripts/bench-shared-cpu.sh, docs/performance.md): spinning
 /// 2.7 s idle, 10.7 s next to one busy process; passive waiting 4.6 s and 4.7 s (the speed of
-/// one thread). So when the cores are already busy as we start (1-minute load average of at
-/// least [`BUSY_LOAD`]) we wait passively, and otherwise keep libgomp's default. libgomp reads
-/// OMP_WAIT_POLICY once, when it is loaded (before `main`), hence the re-execution; a policy the
-/// user set is never overridden.
+/// one thread). So when the cores are busy as we start we wait passively, and otherwise keep
+/// libgomp's default. "Busy" is measured now, over [`SAMPLE`], from /proc/stat: the 1-minute
+/// load average stays high for minutes after a job ends, and made the README demo's training,
+/// which starts right after its face preparation, wait passively on an idle machine. libgomp
+/// reads OMP_WAIT_POLICY once, when it is loaded (before `main`), hence the re-execution; a
+/// policy the user set is never overridden.
 fn openmp_wait_policy() {
     #[cfg(target_os = "linux")]
     if std::env::var_os("OMP_WAIT_POLICY").is_none() {
         use std::os::unix::process::CommandExt;
-        let busy = std::fs::read_to_string("/proc/loadavg")
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
-            .is_some_and(|load| load >= BUSY_LOAD);
-        if !busy {
+        if !busy_cores().is_some_and(|b| b >= BUSY_SHARE) {
             return;
         }
         if let Ok(exe) = std::env::current_exe() {
@@ -391,8 +389,32 @@ fn openmp_wait_policy() {
     }
 }
 
-/// Load average from which the cores count as shared at start-up.
-const BUSY_LOAD: f64 = 0.5;
+/// Share of all cores busy over [`SAMPLE`] (from /proc/stat's first line), `None` when unknown.
+fn busy_cores() -> Option<f64> {
+    let read = || -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let v: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal ...
+        let idle = v.get(3)? + v.get(4).unwrap_or(&0);
+        Some((v.iter().sum(), idle))
+    };
+    let (t0, i0) = read()?;
+    std::thread::sleep(SAMPLE);
+    let (t1, i1) = read()?;
+    let total = t1.checked_sub(t0)?;
+    (total > 0).then(|| 1.0 - (i1 - i0) as f64 / total as f64)
+}
+
+/// How long the cores are watched at start-up.
+const SAMPLE: std::time::Duration = std::time::Duration::from_millis(150);
+/// Share of the cores busy from which they count as shared (on 2 cores: one core 60 % busy).
+const BUSY_SHARE: f64 = 0.3;
 
 fn main() {
     openmp_wait_policy();
