@@ -365,26 +365,29 @@ struct EvalArgs {
 /// second run) the spinning threads steal the time the working ones need. Measured on 2 cores,
 /// one DMUE epoch at the demo size (scripts/bench-shared-cpu.sh, docs/performance.md): spinning
 /// 2.7 s idle, 10.7 s next to one busy process; passive waiting 4.6 s and 4.7 s (the speed of
-/// one thread). So when the cores are busy as we start we wait passively, and otherwise keep
-/// libgomp's default. "Busy" is measured now, over [`SAMPLE`], from /proc/stat: the 1-minute
-/// load average stays high for minutes after a job ends, and made the README demo's training,
-/// which starts right after its face preparation, wait passively on an idle machine. libgomp
+/// one thread); `ACTIVE` (spin without limit) beat libgomp's default in both columns (2.70 s
+/// and 8.67 s against 2.79 s and 10.65 s), and on 2026-11-29 the demo's training ran at 250
+/// img/s with it against 206-218 with the default. So when the cores are busy as we start we
+/// wait passively, and otherwise spin. "Busy" is measured now, over [`SAMPLE`], from /proc/stat
+/// (the 1-minute load average, used first, stays high for minutes after a job ends). libgomp
 /// reads OMP_WAIT_POLICY once, when it is loaded (before `main`), hence the re-execution; a
 /// policy the user set is never overridden.
 fn openmp_wait_policy() {
     #[cfg(target_os = "linux")]
     if std::env::var_os("OMP_WAIT_POLICY").is_none() {
         use std::os::unix::process::CommandExt;
-        if !busy_cores().is_some_and(|b| b >= BUSY_SHARE) {
-            return;
-        }
+        let policy = if busy_cores().is_some_and(|b| b >= BUSY_SHARE) {
+            "PASSIVE"
+        } else {
+            "ACTIVE"
+        };
         if let Ok(exe) = std::env::current_exe() {
             let err = std::process::Command::new(exe)
                 .args(std::env::args_os().skip(1))
-                .env("OMP_WAIT_POLICY", "PASSIVE")
+                .env("OMP_WAIT_POLICY", policy)
                 .exec();
-            // exec returns only when it failed: carry on with the default policy.
-            eprintln!("warning: could not re-run with OMP_WAIT_POLICY=PASSIVE: {err}");
+            // exec returns only when it failed: carry on with libgomp's default.
+            eprintln!("warning: could not re-run with OMP_WAIT_POLICY={policy}: {err}");
         }
     }
 }
