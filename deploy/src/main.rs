@@ -300,7 +300,7 @@ fn serve(
         let broken = async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                if let Some(why) = watched.problem().filter(|w| *w != "shutting down") {
+                if let Some(why) = watched.broken() {
                     tracing::error!("{why}: shutting down");
                     return;
                 }
@@ -313,8 +313,7 @@ fn serve(
             .await
             .map_err(|e| Error::Engine(format!("server error: {e}")))
     })?;
-    let broken =
-        state.batcher.is_closed() || state.detectors.as_ref().is_some_and(|d| d.alive() == 0);
+    let broken = state.broken().is_some();
     drop(state);
     if worker.join().is_err() || broken {
         return Err(Error::Engine(

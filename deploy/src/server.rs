@@ -370,7 +370,15 @@ impl AppState {
     pub fn problem(&self) -> Option<&'static str> {
         if !self.ready.load(Ordering::Relaxed) {
             Some("shutting down")
-        } else if self.batcher.is_closed() {
+        } else {
+            self.broken()
+        }
+    }
+
+    /// What failed beyond recovery in this process, if anything: the inference worker, or every
+    /// face detector.
+    pub fn broken(&self) -> Option<&'static str> {
+        if self.batcher.is_closed() {
             Some("the inference worker has stopped")
         } else if self.detectors.as_ref().is_some_and(|d| d.alive() == 0) {
             Some("every face detector failed (panicked)")

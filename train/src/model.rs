@@ -464,40 +464,29 @@ impl MultiBranchNet {
         let g = branches.len() as i64;
         let s = fused::Stacked { g, train };
         let stages = fused::each(&branches, |b| &b.stage);
+        const SAME: &str = "one backbone per network";
         let y = match stages[0] {
-            Stage::Resnet(_) => resnet::fused_layer(
-                &stages
-                    .iter()
-                    .map(|st| match st {
-                        Stage::Resnet(l) => l,
-                        _ => unreachable!("one backbone per network"),
-                    })
-                    .collect::<Vec<_>>(),
-                trunk,
-                &s,
-            ),
-            Stage::MobilenetV2(_) => mobilenet_v2::fused_tail(
-                &stages
-                    .iter()
-                    .map(|st| match st {
-                        Stage::MobilenetV2(t) => t.as_ref(),
-                        _ => unreachable!("one backbone per network"),
-                    })
-                    .collect::<Vec<_>>(),
-                trunk,
-                &s,
-            ),
-            Stage::ShufflenetV1(_) => shufflenet_v1::fused_tail(
-                &stages
-                    .iter()
-                    .map(|st| match st {
-                        Stage::ShufflenetV1(t) => t,
-                        _ => unreachable!("one backbone per network"),
-                    })
-                    .collect::<Vec<_>>(),
-                trunk,
-                &s,
-            ),
+            Stage::Resnet(_) => {
+                let layers = fused::each_variant(&stages, SAME, |st| match st {
+                    Stage::Resnet(l) => Some(l),
+                    _ => None,
+                });
+                resnet::fused_layer(&layers, trunk, &s)
+            }
+            Stage::MobilenetV2(_) => {
+                let tails = fused::each_variant(&stages, SAME, |st| match st {
+                    Stage::MobilenetV2(t) => Some(t.as_ref()),
+                    _ => None,
+                });
+                mobilenet_v2::fused_tail(&tails, trunk, &s)
+            }
+            Stage::ShufflenetV1(_) => {
+                let tails = fused::each_variant(&stages, SAME, |st| match st {
+                    Stage::ShufflenetV1(t) => Some(t),
+                    _ => None,
+                });
+                shufflenet_v1::fused_tail(&tails, trunk, &s)
+            }
         };
         // [B, G * F, h, w] -> [B, G, F]: global average pooling per branch.
         let b = y.size()[0];

@@ -125,6 +125,19 @@ pub fn each<'a, T, U>(items: &[&'a T], f: impl Fn(&'a T) -> &'a U) -> Vec<&'a U>
     items.iter().map(|t| f(t)).collect()
 }
 
+/// The variant `f` picks out of every branch's module. Every branch has the same architecture,
+/// so a module of another variant is a bug: `what` names the invariant in the panic.
+pub fn each_variant<'a, T, U>(
+    items: &[&'a T],
+    what: &str,
+    f: impl Fn(&'a T) -> Option<&'a U>,
+) -> Vec<&'a U> {
+    items
+        .iter()
+        .map(|t| f(t).unwrap_or_else(|| unreachable!("{what}")))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,7 @@
 //! ResNet-18 and ResNet-50-IBN-a with torchvision's (and IBN-Net's) weight names: trunk =
 //! stem + layer1..layer3, branch stage = layer4.
 
-use super::fused::{each, Stacked};
+use super::fused::{each, each_variant, Stacked};
 use super::{bn, conv, Conv, Stem, BN_EPS};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
@@ -267,17 +267,15 @@ impl ModuleT for Layer {
 /// the branches (the first block's convolutions and downsample read it with `groups = 1`);
 /// the result is stacked `[B, G * c4, h/2, w/2]`.
 pub fn fused_layer(layers: &[&Layer], xs: &Tensor, s: &Stacked) -> Tensor {
+    const SAME: &str = "one depth per network";
     (0..layers[0].blocks.len()).fold(xs.shallow_clone(), |x, i| {
         let blocks = each(layers, |l| &l.blocks[i]);
         match blocks[0] {
             Block::Basic(_) => {
-                let b: Vec<&BasicBlock> = blocks
-                    .iter()
-                    .map(|b| match b {
-                        Block::Basic(b) => b.as_ref(),
-                        Block::Bottleneck(_) => unreachable!("one depth per network"),
-                    })
-                    .collect();
+                let b = each_variant(&blocks, SAME, |b| match b {
+                    Block::Basic(b) => Some(b.as_ref()),
+                    Block::Bottleneck(_) => None,
+                });
                 let y = s.conv(&each(&b, |b| &b.conv1), &x);
                 let y = s.bn(&each(&b, |b| &b.bn1), &y).relu();
                 let y = s.conv(&each(&b, |b| &b.conv2), &y);
@@ -285,13 +283,10 @@ pub fn fused_layer(layers: &[&Layer], xs: &Tensor, s: &Stacked) -> Tensor {
                 fused_residual(&x, y, &each(&b, |b| &b.downsample), s)
             }
             Block::Bottleneck(_) => {
-                let b: Vec<&Bottleneck> = blocks
-                    .iter()
-                    .map(|b| match b {
-                        Block::Bottleneck(b) => b.as_ref(),
-                        Block::Basic(_) => unreachable!("one depth per network"),
-                    })
-                    .collect();
+                let b = each_variant(&blocks, SAME, |b| match b {
+                    Block::Bottleneck(b) => Some(b.as_ref()),
+                    Block::Basic(_) => None,
+                });
                 let y = s.conv(&each(&b, |b| &b.conv1), &x);
                 let y = s.bn(&each(&b, |b| plain_bn(&b.bn1)), &y).relu();
                 let y = s.conv(&each(&b, |b| &b.conv2), &y);
