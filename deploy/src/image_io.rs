@@ -138,6 +138,41 @@ mod tests {
         );
     }
 
+    /// Print workflows and Photoshop save CMYK JPEGs (plain, and YCCK: Adobe's transform 2).
+    /// Both come out as the RGB they stand for: four colour blocks, each converted by hand with
+    /// the usual black extraction (K = 255 - max(R, G, B)), survive within JPEG's loss.
+    #[test]
+    fn cmyk_and_ycck_jpegs_become_their_rgb() {
+        let blocks: [[u8; 3]; 4] = [[200, 30, 40], [20, 180, 60], [40, 50, 210], [128, 128, 128]];
+        let (w, h) = (64u16, 16u16);
+        let rgb_at = |x: u16| blocks[(x / 16) as usize];
+        let mut cmyk = Vec::with_capacity(4 * w as usize * h as usize);
+        for _ in 0..h {
+            for x in 0..w {
+                let [r, g, b] = rgb_at(x).map(f32::from);
+                let k = 255.0 - r.max(g).max(b);
+                let ink = |c: f32| (255.0 * (255.0 - c - k) / (255.0 - k)).round() as u8;
+                cmyk.extend([ink(r), ink(g), ink(b), k.round() as u8]);
+            }
+        }
+        for color in [
+            jpeg_encoder::ColorType::Cmyk,
+            jpeg_encoder::ColorType::CmykAsYcck,
+        ] {
+            let mut jpeg = Vec::new();
+            jpeg_encoder::Encoder::new(&mut jpeg, 100)
+                .encode(&cmyk, w, h, color)
+                .unwrap();
+            let rgb = decode(&jpeg, &DecodeLimits::default()).unwrap();
+            assert_eq!(rgb.dimensions(), (w as u32, h as u32));
+            for (i, want) in blocks.iter().enumerate() {
+                let got = rgb.get_pixel(16 * i as u32 + 8, 8).0;
+                let off = (0..3).map(|c| got[c].abs_diff(want[c])).max().unwrap();
+                assert!(off <= 12, "{color:?} block {i}: {got:?} for {want:?}");
+            }
+        }
+    }
+
     #[test]
     fn garbage_is_unsupported_damage_undecodable_and_huge_too_large() {
         assert_eq!(

@@ -388,7 +388,7 @@ async fn photos_give_one_result_per_face() {
     let group = std::fs::read(photos.join("multi_face.jpg"))
         .unwrap_or_else(|e| panic!("{e}: run scripts/fetch-test-data.sh"));
     let req = Request::post("/v1/predict?return_crops=true")
-        .body(Body::from(group))
+        .body(Body::from(group.clone()))
         .unwrap();
     let (status, json, text) = call(&f.app, req).await;
     assert_eq!(status, StatusCode::OK, "{text}");
@@ -404,6 +404,25 @@ async fn photos_give_one_result_per_face() {
         let crop = image::load_from_memory(&png).unwrap();
         assert_eq!((crop.width(), crop.height()), (256, 256));
     }
+    // The same photo as a CMYK JPEG (K = 0, as a print workflow might save it): the same 5
+    // faces.
+    let rgb = image::load_from_memory(&group).unwrap().to_rgb8();
+    let cmyk: Vec<u8> = rgb
+        .pixels()
+        .flat_map(|p| [255 - p[0], 255 - p[1], 255 - p[2], 0])
+        .collect();
+    let mut cmyk_jpeg = Vec::new();
+    jpeg_encoder::Encoder::new(&mut cmyk_jpeg, 95)
+        .encode(
+            &cmyk,
+            rgb.width() as u16,
+            rgb.height() as u16,
+            jpeg_encoder::ColorType::Cmyk,
+        )
+        .unwrap();
+    let (status, json, text) = call(&f.app, post(cmyk_jpeg)).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(json["results"][0]["faces"].as_array().unwrap().len(), 5);
     let empty = std::fs::read(photos.join("free-mountain-vector-01.jpg")).unwrap();
     let (status, json, _) = call(&f.app, post(empty)).await;
     assert_eq!(status, StatusCode::OK);
