@@ -9,6 +9,13 @@
 #
 # The photo is a synthetic 640x480 one-face photo (`dmue-train synth --mode photo`) unless
 # PHOTO is set. Issue 4's target: detect + align + classify one face <= 60 ms p50, 2 cores, ort.
+#
+#   GROUP=1 scripts/bench-photo.sh         # a 3000x2000 group photo of 30 faces of 60-100 px
+#
+# GROUP=1 times the crowded photo of the detection test (tests/examples/group_photo.rs) at the
+# defaults (the detector input follows the photo, up to --det-max-size 3200) against the fixed
+# 640 input of before (--det-max-size 640) in the same run, with both engines at 2 threads, and
+# prints the faces each finds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ITERS=${ITERS:-40}
@@ -17,15 +24,36 @@ export DMUE_NO_PROGRESS=1 DMUE_LOG=warn
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 source scripts/lib/bench-model.sh
-if [ -z "${PHOTO:-}" ]; then
+if [ "${GROUP:-0}" = 1 ]; then
+  cargo build --release --workspace --example group_photo -q
+  PHOTO="$WORK/group.jpg"
+  target/release/examples/group_photo "$PHOTO" 3000 2000 30 >/dev/null
+elif [ -z "${PHOTO:-}" ]; then
   "$TRAIN" synth --mode photo --max-faces 1 --out "$WORK/photo" --train 0 --test 1 --seed 2 >/dev/null
   PHOTO="$WORK/photo/images/test/000000.png"
 fi
 echo "model: $MODEL, photo: $PHOTO, machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 
 RESULTS="$WORK/results.jsonl"
-run() { "$SERVE" --model "$MODEL" --engine "$1" --threads "$2" bench --photo "$PHOTO" --iters "$ITERS" --warmup 5 \
+run() { "$SERVE" --model "$MODEL" --engine "$1" --threads "$2" bench --photo "$PHOTO" --iters "$ITERS" --warmup 5 "${@:4}" \
           | python3 -c "import json,sys; r=json.loads(sys.stdin.read()); r['label']='$3'; print(json.dumps(r))" >> "$RESULTS"; }
+if [ "${GROUP:-0}" = 1 ]; then
+  for e in ort tract; do
+    run "$e" 2 "$e, defaults"
+    run "$e" 2 "$e, fixed 640 (baseline)" --det-max-size 640
+  done
+  python3 - "$RESULTS" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+print(f"{'engine, detector input':<32} {'threads':>7} {'faces':>5} {'decode+detect+align p50 ms':>27} {'total p50 ms':>13} {'p99 ms':>8}")
+for r in rows:
+    print(f"{r['label']:<32} {r['threads']:>7} {r['faces']:>5} {r['decode_detect_align_p50_ms']:>27.1f} {r['p50_ms']:>13.1f} {r['p99_ms']:>8.1f}")
+for e in ("ort", "tract"):
+    d, b = (next(r for r in rows if r["label"] == f"{e}, {k}") for k in ("defaults", "fixed 640 (baseline)"))
+    print(f"ratio {e}, defaults / fixed 640, total p50: {d['p50_ms'] / b['p50_ms']:.2f} ({d['faces']} faces against {b['faces']} of 30)")
+PY
+  exit 0
+fi
 for t in 1 2; do
   run tract "$t" "tract"
   run ort "$t" "ort"

@@ -6,10 +6,13 @@
 use crate::image_io::{decode, DecodeLimits};
 use crate::preprocess::Preprocess;
 
-/// Small limits keep each execution fast and its memory bounded, the way the server's do.
+/// Small limits keep each execution fast and its memory bounded, the way the server's do. The
+/// decoders' code paths do not depend on the size beyond their loop counts, while a mutated
+/// header that claims thousands of pixels per side costs a full decode and resize of that size;
+/// the refusal path for larger images runs either way.
 pub const LIMITS: DecodeLimits = DecodeLimits {
-    max_side: 2048,
-    max_alloc: 64 << 20,
+    max_side: 512,
+    max_alloc: 8 << 20,
 };
 
 /// Bytes -> decode -> 5-landmark alignment -> classifier preprocessing. The first 40 bytes are
