@@ -156,14 +156,45 @@ pub fn fit(cfg: &Config, run: &Path, resume: bool) -> Result<FitSummary> {
 /// host sync, and the most steps that can run after a non-finite loss before it is reported.
 pub const SYNC_EVERY: usize = 10;
 
-/// The loss terms a step reports, in the order of [`StepValues`] (after them: correct count).
-const TERMS: [&str; 6] = ["total", "target", "soft", "sp", "aux", "alpha"];
+/// What a step reports besides its correct count, in the order of [`StepValues`]: the loss
+/// terms, then the confidence module's mean output (not a loss).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Term {
+    Total,
+    Target,
+    Soft,
+    Sp,
+    Aux,
+    Alpha,
+}
 
-/// One step's reported values, still on the device: `[total, target, soft, sp, aux, alpha,
-/// correct]` as f64 (absent terms hold 0), which of the terms exist, and the batch size.
+impl Term {
+    const ALL: [Term; 6] = [
+        Term::Total,
+        Term::Target,
+        Term::Soft,
+        Term::Sp,
+        Term::Aux,
+        Term::Alpha,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Term::Total => "total",
+            Term::Target => "target",
+            Term::Soft => "soft",
+            Term::Sp => "sp",
+            Term::Aux => "aux",
+            Term::Alpha => "alpha",
+        }
+    }
+}
+
+/// One step's reported values, still on the device: one f64 per [`Term`] (absent ones hold 0)
+/// then the correct count, which of the terms exist, and the batch size.
 struct StepValues {
     values: Tensor,
-    present: [bool; 6],
+    present: [bool; Term::ALL.len()],
     images: usize,
     /// 1-based step of the epoch and global step, for a NaN report.
     step: usize,
@@ -176,14 +207,15 @@ pub struct EpochStats {
     steps: usize,
     images: usize,
     correct: f64,
-    sums: [f64; 6],
-    counts: [usize; 6],
+    sums: [f64; Term::ALL.len()],
+    counts: [usize; Term::ALL.len()],
     seconds: f64,
 }
 
 impl EpochStats {
-    fn mean(&self, term: usize) -> Option<f64> {
-        (self.counts[term] > 0).then(|| self.sums[term] / self.counts[term] as f64)
+    fn mean(&self, term: Term) -> Option<f64> {
+        let k = term as usize;
+        (self.counts[k] > 0).then(|| self.sums[k] / self.counts[k] as f64)
     }
 
     /// Adds steps read back from the device; stops at the first non-finite total.
@@ -194,15 +226,15 @@ impl EpochStats {
         let stacked = Tensor::stack(&steps.iter().map(|s| &s.values).collect::<Vec<_>>(), 0);
         // The one device-to-host transfer of these steps.
         let host = Vec::<f64>::try_from(stacked.to_device(Device::Cpu).flatten(0, -1))?;
-        let width = TERMS.len() + 1;
+        let width = Term::ALL.len() + 1;
         for (s, row) in steps.iter().zip(host.chunks(width)) {
             if !row[0].is_finite() {
                 return Err(non_finite_report(epoch, s, row));
             }
             self.steps += 1;
             self.images += s.images;
-            self.correct += row[TERMS.len()];
-            for (k, v) in row[..TERMS.len()].iter().enumerate() {
+            self.correct += row[Term::ALL.len()];
+            for (k, v) in row[..Term::ALL.len()].iter().enumerate() {
                 if s.present[k] {
                     self.sums[k] += v;
                     self.counts[k] += 1;
@@ -214,10 +246,9 @@ impl EpochStats {
 
     /// "total 1.2345 target ..." for the progress bar.
     fn shown(&self) -> String {
-        TERMS
+        Term::ALL
             .iter()
-            .enumerate()
-            .filter_map(|(k, n)| self.mean(k).map(|v| format!("{n} {v:.4}")))
+            .filter_map(|&t| self.mean(t).map(|v| format!("{} {v:.4}", t.name())))
             .collect::<Vec<_>>()
             .join(" ")
     }
@@ -225,11 +256,10 @@ impl EpochStats {
 
 /// The error of a step whose total loss is not finite, naming the terms that are not.
 fn non_finite_report(epoch: usize, s: &StepValues, row: &[f64]) -> anyhow::Error {
-    let terms: Vec<(&str, f64)> = TERMS
+    let terms: Vec<(&str, f64)> = Term::ALL
         .iter()
-        .enumerate()
-        .filter(|&(k, _)| s.present[k] && k < 5)
-        .map(|(k, n)| (*n, row[k]))
+        .filter(|&&t| s.present[t as usize] && t != Term::Alpha)
+        .map(|&t| (t.name(), row[t as usize]))
         .collect();
     let bad: Vec<&str> = terms
         .iter()
@@ -533,38 +563,30 @@ impl<'a> Trainer<'a> {
             single_branch_loss(&out, &y, cfg)
         };
         self.dynamics.record(&out.target_logits, &y, &indices);
+        // The module's own output: the normalised weights average 1 by construction.
+        let alpha = tch::no_grad(|| terms.alpha_raw.as_ref().map(|a| a.mean(Kind::Float)));
+        let term = |t: Term| match t {
+            Term::Total => Some(&terms.total),
+            Term::Target => Some(&terms.target),
+            Term::Soft => terms.soft.as_ref(),
+            Term::Sp => terms.sp.as_ref(),
+            Term::Aux => terms.aux.as_ref(),
+            Term::Alpha => alpha.as_ref(),
+        };
         let values = tch::no_grad(|| {
             let zero = || Tensor::zeros([], (Kind::Double, self.device));
             let as_f64 =
                 |t: Option<&Tensor>| t.map_or_else(zero, |t| t.detach().to_kind(Kind::Double));
-            // The module's own output: the normalised weights average 1 by construction.
-            let alpha = terms.alpha_raw.as_ref().map(|a| a.mean(Kind::Float));
             let correct = out
                 .target_logits
                 .argmax(1, false)
                 .eq_tensor(&y)
                 .sum(Kind::Double);
-            Tensor::stack(
-                &[
-                    as_f64(Some(&terms.total)),
-                    as_f64(Some(&terms.target)),
-                    as_f64(terms.soft.as_ref()),
-                    as_f64(terms.sp.as_ref()),
-                    as_f64(terms.aux.as_ref()),
-                    as_f64(alpha.as_ref()),
-                    correct,
-                ],
-                0,
-            )
+            let mut row: Vec<Tensor> = Term::ALL.map(|t| as_f64(term(t))).into();
+            row.push(correct);
+            Tensor::stack(&row, 0)
         });
-        let present = [
-            true,
-            true,
-            terms.soft.is_some(),
-            terms.sp.is_some(),
-            terms.aux.is_some(),
-            terms.alpha_raw.is_some(),
-        ];
+        let present = Term::ALL.map(|t| term(t).is_some());
         self.opt.zero_grad();
         terms.total.backward();
         self.opt
@@ -600,12 +622,12 @@ impl<'a> Trainer<'a> {
             } else {
                 0.0
             },
-            loss: stats.mean(0).unwrap_or(f64::NAN),
-            target: stats.mean(1).unwrap_or(f64::NAN),
-            soft: stats.mean(2),
-            sp: stats.mean(3),
-            aux: stats.mean(4),
-            alpha_mean: stats.mean(5),
+            loss: stats.mean(Term::Total).unwrap_or(f64::NAN),
+            target: stats.mean(Term::Target).unwrap_or(f64::NAN),
+            soft: stats.mean(Term::Soft),
+            sp: stats.mean(Term::Sp),
+            aux: stats.mean(Term::Aux),
+            alpha_mean: stats.mean(Term::Alpha),
             train_accuracy: stats.correct / stats.images.max(1) as f64,
             eval_accuracy: eval_report.as_ref().map(|r| r.accuracy),
             images_per_second: stats.images as f64 / stats.seconds.max(1e-9),

@@ -781,6 +781,8 @@ fn a_non_finite_loss_stops_with_the_step_and_the_terms() {
         "{msg}"
     );
     assert!(msg.contains("target =") && msg.contains("aux ="), "{msg}");
+    // The confidence module's mean is reported per epoch, but it is not a loss term.
+    assert!(!msg.contains("alpha ="), "{msg}");
     assert!(
         msg.contains("is not finite") && msg.contains("--resume"),
         "{msg}"
