@@ -31,7 +31,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::Serialize;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -329,6 +329,11 @@ pub struct AppState {
     in_flight: Arc<tokio::sync::Semaphore>,
     /// Permits for images being decoded and detected (`workers`).
     workers: Arc<tokio::sync::Semaphore>,
+    /// When a request last started or ended (ms after `born`), and whether one has since the
+    /// last time [`AppState::went_idle`] said so.
+    last_activity_ms: AtomicU64,
+    active_since_idle: AtomicBool,
+    born: Instant,
 }
 
 impl AppState {
@@ -362,8 +367,30 @@ impl AppState {
             metrics: metrics_handle(),
             detectors,
             save_crops,
+            last_activity_ms: AtomicU64::new(0),
+            active_since_idle: AtomicBool::new(false),
+            born: Instant::now(),
         });
         (state, worker)
+    }
+
+    fn touch(&self) {
+        self.last_activity_ms
+            .store(self.born.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.active_since_idle.store(true, Ordering::Relaxed);
+    }
+
+    /// True once per quiet spell: no request in flight, none started or ended for `quiet`, and
+    /// at least one served since the last time this returned true. dmue-serve gives freed
+    /// memory back to the system then (a large photo's buffers would otherwise stay in the
+    /// allocator's heaps), in a gap between requests rather than while they are served.
+    pub fn went_idle(&self, quiet: Duration) -> bool {
+        let none_in_flight = self.in_flight.available_permits() == self.config.max_in_flight.max(1);
+        let now = self.born.elapsed().as_millis() as u64;
+        let quiet_for = now.saturating_sub(self.last_activity_ms.load(Ordering::Relaxed));
+        none_in_flight
+            && quiet_for >= quiet.as_millis() as u64
+            && self.active_since_idle.swap(false, Ordering::Relaxed)
     }
 
     /// Why the service cannot serve, if it cannot.
@@ -654,6 +681,7 @@ async fn predict(
         metrics::counter!("dmue_requests_total", "status" => "429").increment(1);
         return e.into_response();
     };
+    s.touch();
     let result = tokio::time::timeout(
         s.config.timeout,
         predict_inner(s.clone(), req, return_crops),
@@ -673,6 +701,7 @@ async fn predict(
     metrics::counter!("dmue_requests_total", "status" => response.status().as_u16().to_string())
         .increment(1);
     metrics::histogram!("dmue_request_seconds").record(started.elapsed().as_secs_f64());
+    s.touch();
     response
 }
 

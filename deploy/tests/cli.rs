@@ -281,7 +281,19 @@ fn server_starts_on_a_free_port_and_stops_gracefully_on_sigterm() {
         .status()
         .unwrap();
     assert!(status.success());
-    let exit = child.wait().unwrap();
+    // Bounded: a server that never exits (seen once: a task kept the state, and with it the
+    // inference worker, alive) must fail the test, not hang the suite.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("dmue-serve did not exit within 20 s of SIGTERM");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     assert!(exit.success(), "exit status {exit:?}");
     let mut log = String::new();
     child

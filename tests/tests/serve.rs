@@ -640,6 +640,29 @@ type Expected = (StatusCode, Option<&'static str>);
 /// status and error kind it must get; after all of them the service still answers a good
 /// request. (The `predict` and `prepare` rows are tests in deploy/tests/cli.rs and
 /// train/tests/prepare.rs.)
+/// The quiet-spell signal that makes dmue-serve give freed memory back (main.rs): false before
+/// any request, true once after requests end and the service has been quiet long enough, then
+/// false until another request comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_goes_idle_once_per_quiet_spell() {
+    let f = fixture(ServeConfig::default());
+    let quiet = std::time::Duration::from_millis(200);
+    assert!(
+        !f.state.went_idle(std::time::Duration::ZERO),
+        "no request yet"
+    );
+    let (status, _, text) = call(&f.app, post(f.faces[0].clone())).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert!(!f.state.went_idle(quiet), "quiet for less than {quiet:?}");
+    tokio::time::sleep(quiet).await;
+    assert!(f.state.went_idle(quiet));
+    assert!(!f.state.went_idle(quiet), "once per quiet spell");
+    let (status, _, _) = call(&f.app, post(f.faces[0].clone())).await;
+    assert_eq!(status, StatusCode::OK);
+    tokio::time::sleep(quiet).await;
+    assert!(f.state.went_idle(quiet), "a new request starts a new spell");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bad_input_table() {
     let f = fixture(ServeConfig {
