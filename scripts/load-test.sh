@@ -43,31 +43,8 @@ URL=$(sed -n 's/^listening on //p' "$WORK/serve.out")
     echo "$(date +%s.%N) $(awk '/VmRSS/ {print $2}' /proc/$PID/status 2>/dev/null)"; sleep 1
   done ) >"$WORK/rss.txt" &
 
-cat >"$WORK/post.lua" <<'EOF'
-local f = assert(io.open(os.getenv("PHOTO"), "rb"))
-wrk.method = "POST"
-wrk.body = f:read("*all")
-f:close()
-wrk.headers["Content-Type"] = "application/octet-stream"
-local threads = {}
-function setup(thread) table.insert(threads, thread) end
-function init(args) statuses = {} end
-function response(status, headers, body) statuses[status] = (statuses[status] or 0) + 1 end
-function done(summary, latency, requests)
-  local total = {}
-  for _, t in ipairs(threads) do
-    for k, v in pairs(t:get("statuses")) do total[k] = (total[k] or 0) + v end
-  end
-  io.write("STATUS")
-  for k, v in pairs(total) do io.write(string.format(" %d:%d", k, v)) end
-  io.write(string.format("\nP50_MS %.2f\nP99_MS %.2f\nRPS %.3f\nREQUESTS %d\nERRORS %d\n",
-    latency:percentile(50) / 1000, latency:percentile(99) / 1000,
-    summary.requests / (summary.duration / 1e6), summary.requests,
-    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
-end
-EOF
 load() {  # connections seconds -> wrk output file
-  PHOTO="$PHOTO" wrk -t2 -c"$1" -d"$2"s --timeout 30s -s "$WORK/post.lua" "$URL/v1/predict" >"$WORK/wrk-$1.txt"
+  BODY="$PHOTO" wrk -t2 -c"$1" -d"$2"s --timeout 30s -s scripts/lib/wrk-post.lua "$URL/v1/predict" >"$WORK/wrk-$1.txt"
 }
 load 16 "$DURATION_16"
 rps16=$(sed -n 's/^RPS //p' "$WORK/wrk-16.txt")
@@ -77,7 +54,7 @@ load 64 "$d64"
 date +%s.%N >"$WORK/end-64"
 # SIGTERM under load: 16 connections keep posting; after 3 s the server is told to stop. It
 # must finish the requests in flight (answering new ones 503 or closing) and exit 0 in time.
-( PHOTO="$PHOTO" wrk -t2 -c16 -d10s --timeout 30s -s "$WORK/post.lua" "$URL/v1/predict" >"$WORK/wrk-term.txt" 2>&1 || true ) &
+( BODY="$PHOTO" wrk -t2 -c16 -d10s --timeout 30s -s scripts/lib/wrk-post.lua "$URL/v1/predict" >"$WORK/wrk-term.txt" 2>&1 || true ) &
 WRK=$!
 sleep 3
 t0=$(date +%s.%N)
