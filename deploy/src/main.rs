@@ -544,8 +544,8 @@ fn predict(
     Ok(if failures > 0 { 2 } else { 0 })
 }
 
-/// Returns the free pages of every glibc heap to the system (`malloc_trim`). Measured with
-/// three 8192 x 8192 PNGs in a row (`scripts/hostile-load.sh` has the figures).
+/// Returns the free pages of every glibc heap to the system (`malloc_trim`): after a burst of
+/// large photos (docs/reliability.md, "Memory under hostile input").
 fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
