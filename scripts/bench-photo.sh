@@ -42,30 +42,27 @@ if [ "${GROUP:-0}" = 1 ]; then
     run "$e" 2 "$e, defaults"
     run "$e" 2 "$e, fixed 640 (baseline)" --det-max-size 640
   done
-  python3 - "$RESULTS" <<'PY'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1])]
-print(f"{'engine, detector input':<32} {'threads':>7} {'faces':>5} {'decode+detect+align p50 ms':>27} {'total p50 ms':>13} {'p99 ms':>8}")
-for r in rows:
-    print(f"{r['label']:<32} {r['threads']:>7} {r['faces']:>5} {r['decode_detect_align_p50_ms']:>27.1f} {r['p50_ms']:>13.1f} {r['p99_ms']:>8.1f}")
-for e in ("ort", "tract"):
-    d, b = (next(r for r in rows if r["label"] == f"{e}, {k}") for k in ("defaults", "fixed 640 (baseline)"))
-    print(f"ratio {e}, defaults / fixed 640, total p50: {d['p50_ms'] / b['p50_ms']:.2f} ({d['faces']} faces against {b['faces']} of 30)")
-PY
-  exit 0
+else
+  for t in 1 2; do
+    run tract "$t" "tract"
+    run ort "$t" "ort"
+    DMUE_ORT_SPIN=1 run ort "$t" "ort, spinning pools (baseline)"
+  done
 fi
-for t in 1 2; do
-  run tract "$t" "tract"
-  run ort "$t" "ort"
-  DMUE_ORT_SPIN=1 run ort "$t" "ort, spinning pools (baseline)"
-done
 
-python3 - "$RESULTS" <<'PY'
+python3 - "$RESULTS" "${GROUP:-0}" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-print(f"{'engine':<32} {'threads':>7} {'faces':>5} {'decode+detect+align p50 ms':>27} {'total p50 ms':>13} {'p99 ms':>8}")
+group = sys.argv[2] == "1"
+label = "engine, detector input" if group else "engine"
+print(f"{label:<32} {'threads':>7} {'faces':>5} {'decode+detect+align p50 ms':>27} {'total p50 ms':>13} {'p99 ms':>8}")
 for r in rows:
     print(f"{r['label']:<32} {r['threads']:>7} {r['faces']:>5} {r['decode_detect_align_p50_ms']:>27.1f} {r['p50_ms']:>13.1f} {r['p99_ms']:>8.1f}")
+if group:
+    for e in ("ort", "tract"):
+        d, b = (next(r for r in rows if r["label"] == f"{e}, {k}") for k in ("defaults", "fixed 640 (baseline)"))
+        print(f"ratio {e}, defaults / fixed 640, total p50: {d['p50_ms'] / b['p50_ms']:.2f} ({d['faces']} faces against {b['faces']} of 30)")
+    sys.exit(0)
 get = lambda label, t: next(r for r in rows if r["label"] == label and r["threads"] == t)
 ort2, base2 = get("ort", 2), get("ort, spinning pools (baseline)", 2)
 print(f"ratio ort / baseline (spinning), 2 threads, total p50: {ort2['p50_ms'] / base2['p50_ms']:.3f}")

