@@ -17,6 +17,8 @@
 #   GRID="0.3|1 2|baseline dmue-paper" bash scripts/experiments/run.sh
 #   INIT=runs/exp10/pretrain/backbone.safetensors REGIME=pretrained OUT=runs/exp9-pretrained \
 #     DATA=runs/exp9/data bash scripts/experiments/run.sh   # every arm from pretrained weights
+#   EXTRA="--set train.epochs=24 --set train.lr_milestones=[17,22]" REGIME=scratch-e24 ...
+#                                                         # the same fit arguments for every arm
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export TRAIN=${TRAIN:-target/release/dmue-train}
@@ -26,6 +28,8 @@ export REGIME=${REGIME:-scratch}
 # Pretrained backbone for every arm (fit --init), and where the rendered data lives (shared
 # between regimes: the same seeds give the same images).
 export INIT=${INIT:-}
+# Extra `fit` arguments given to every arm (a longer schedule, say), split on spaces.
+export EXTRA=${EXTRA:-}
 export DATA=${DATA:-$OUT/data}
 NTRAIN=${NTRAIN:-4200}
 NTEST=${NTEST:-2100}
@@ -71,9 +75,9 @@ run_job() {  # run_job ARM RATE SEED
   local t0; t0=$(date +%s)
   local init=()
   [ -n "$INIT" ] && init=(--init "$INIT")
-  # shellcheck disable=SC2046
+  # shellcheck disable=SC2046,SC2086
   if ! "$TRAIN" fit --data "$(data_dir "$rate" "$seed")" -c "$CONFIG" $(arm_args "$arm") \
-      "${init[@]}" --out "$dir" --set "train.seed=$seed" > "$dir.log" 2>&1; then
+      "${init[@]}" $EXTRA --out "$dir" --set "train.seed=$seed" > "$dir.log" 2>&1; then
     echo "FAILED: $arm rate $rate seed $seed (see $dir.log)"; tail -3 "$dir.log"; return 1
   fi
   # Every arm: DMUE runs give latent distributions and alpha, the others their softmax.
