@@ -633,13 +633,6 @@ fn encode(img: image::DynamicImage, format: image::ImageFormat) -> Vec<u8> {
     buf
 }
 
-/// A status and, for errors, the error kind (`None`: a 200 with results).
-type Expected = (StatusCode, Option<&'static str>);
-
-/// The bad-input table of docs/reliability.md, over HTTP: every row is one request with the
-/// status and error kind it must get; after all of them the service still answers a good
-/// request. (The `predict` and `prepare` rows are tests in deploy/tests/cli.rs and
-/// train/tests/prepare.rs.)
 /// The quiet-spell signal that makes dmue-serve give freed memory back (main.rs): false before
 /// any request, true once after requests end and the service has been quiet long enough, then
 /// false until another request comes.
@@ -663,6 +656,13 @@ async fn the_service_goes_idle_once_per_quiet_spell() {
     assert!(f.state.went_idle(quiet), "a new request starts a new spell");
 }
 
+/// A status and, for errors, the error kind (`None`: a 200 with results).
+type Expected = (StatusCode, Option<&'static str>);
+
+/// The bad-input table of docs/reliability.md, over HTTP: every row is one request with the
+/// status and error kind it must get; after all of them the service still answers a good
+/// request. (The `predict` and `prepare` rows are tests in deploy/tests/cli.rs and
+/// train/tests/prepare.rs.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bad_input_table() {
     let f = fixture(ServeConfig {
