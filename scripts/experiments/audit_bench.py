@@ -180,7 +180,7 @@ def candidates(audit_json, arm):
 
 def retrain(before, after, rate, relabelled):
     """Paired by seed: accuracy of each arm on the original labels and after relabelling."""
-    import math
+    from summarize import mean_ci95
 
     def load(path):
         return {(r["arm"], r["seed"]): r for r in read_jsonl(path)
@@ -208,10 +208,8 @@ def retrain(before, after, rate, relabelled):
             print(f"| {arm} | {seed} | {fixed} | {broken} | {100 * b[(arm, seed)]['accuracy']:.2f} "
                   f"| {100 * r['accuracy']:.2f} | {d:+.2f} |")
         if len(diffs) > 1:
-            m, s = statistics.mean(diffs), statistics.stdev(diffs)
-            t = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776}.get(len(diffs), 2.0)
-            h = t * s / math.sqrt(len(diffs))
-            print(f"| {arm} | mean | | | | | {m:+.2f} (95 % interval {m - h:+.2f} to {m + h:+.2f}) |")
+            m, low, high = mean_ci95(diffs)
+            print(f"| {arm} | mean | | | | | {m:+.2f} (95 % interval {low:+.2f} to {high:+.2f}) |")
 
 
 if __name__ == "__main__":

@@ -13,11 +13,10 @@ flipped samples predicted as their wrong label, the direct measure of memorisati
 """
 import argparse
 import json
-import math
 import statistics as st
 from pathlib import Path
 
-from summarize import t975
+from summarize import mean_ci95
 
 
 def curves(out, arm, rate):
@@ -51,12 +50,10 @@ def main():
         for arm in a.arms:
             cells.append(f"{100 * st.mean(by_arm[arm][s][e]['eval_accuracy'] for s in seeds):.2f}")
             cells.append(f"{100 * st.mean(by_arm[arm][s][e]['train_accuracy'] for s in seeds):.2f}")
-        d = [100 * (by_arm[other][s][e]["eval_accuracy"] - by_arm[ref][s][e]["eval_accuracy"])
-             for s in seeds]
-        diff = f"{st.mean(d):+.2f}"
-        if len(d) > 1:
-            half = t975(len(d) - 1) * st.stdev(d) / math.sqrt(len(d))
-            diff += f" ({st.mean(d) - half:+.2f} to {st.mean(d) + half:+.2f})"
+        m, low, high = mean_ci95(
+            [100 * (by_arm[other][s][e]["eval_accuracy"] - by_arm[ref][s][e]["eval_accuracy"])
+             for s in seeds])
+        diff = f"{m:+.2f}" if low is None else f"{m:+.2f} ({low:+.2f} to {high:+.2f})"
         print(f"| {e + 1} | {' | '.join(cells)} | {diff} |")
     print("\nFinal models on their training split, means over the seeds (%):\n")
     print("| arm | flipped samples predicted as their wrong label | clean samples predicted as their label |")

@@ -27,6 +27,16 @@ def t975(df):
     return T975[df - 1] if df <= len(T975) else 1.96
 
 
+def mean_ci95(xs):
+    """Mean of paired differences and its two-sided 95 % interval (Student t over them), or
+    (mean, None, None) for a single difference."""
+    m = st.mean(xs)
+    if len(xs) < 2:
+        return m, None, None
+    half = t975(len(xs) - 1) * st.stdev(xs) / math.sqrt(len(xs))
+    return m, m - half, m + half
+
+
 def load(paths):
     latest = {}
     for path in paths:
@@ -51,12 +61,9 @@ def regime_effects(rows):
                  for (g, a, fr, s) in acc if g == other and a == arm and fr == rate and (ref, arm, rate, s) in acc]
             if not d:
                 continue
-            e = {"regime": other, "reference": ref, "arm": arm, "flip_rate": rate, "n": len(d),
-                 "diff": st.mean(d), "ci95_low": None, "ci95_high": None}
-            if len(d) > 1:
-                half = t975(len(d) - 1) * st.stdev(d) / math.sqrt(len(d))
-                e["ci95_low"], e["ci95_high"] = e["diff"] - half, e["diff"] + half
-            out.append(e)
+            diff, low, high = mean_ci95(d)
+            out.append({"regime": other, "reference": ref, "arm": arm, "flip_rate": rate,
+                        "n": len(d), "diff": diff, "ci95_low": low, "ci95_high": high})
     return out
 
 
@@ -77,11 +84,7 @@ def summarise(rows):
              "classes": next(iter(runs.values()))["classes"],
              "paired_n": len(paired), "paired_diff": None, "ci95_low": None, "ci95_high": None}
         if arm != "baseline" and paired:
-            d = st.mean(paired)
-            e["paired_diff"] = d
-            if len(paired) > 1:
-                half = t975(len(paired) - 1) * st.stdev(paired) / math.sqrt(len(paired))
-                e["ci95_low"], e["ci95_high"] = d - half, d + half
+            e["paired_diff"], e["ci95_low"], e["ci95_high"] = mean_ci95(paired)
         an = [r["analysis"] for r in runs.values() if r.get("analysis")]
         for key in ("kl_latent_mean", "kl_softmax_mean", "spearman_alpha_entropy",
                     "auroc_alpha_flipped", "alpha_clean_mean", "alpha_flipped_mean"):
