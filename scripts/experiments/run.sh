@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Issue 9's paired experiments on the synthetic benchmark (ground truth known).
+# Paired experiments on the synthetic benchmark (ground truth known).
 #
 # Every arm of one seed trains on the same data (`synth --seed SEED`) from the same initial trunk
 # and target weights (`train.seed = SEED`; the network draws them before any auxiliary part),
 # with the same batches and augmentation. Arms:
-#   baseline, label-smoothing, gce          single-branch losses on the same backbone
-#   dmue-paper, dmue-authors, dmue-frozen, dmue-class-norm
+#   baseline, label-smoothing, gce, sce, elr, eac
+#                                           single-branch losses on the same backbone
+#   dmue-paper, dmue-authors, dmue-frozen, dmue-class-norm, dmue-gce, dmue-gce-target, dmue-elr
 #                                           DMUE variants, configs/variants/<name>.toml
 #   <dmue-arm>+no-latent|no-sp|no-confidence   Table 2 ablations of a variant
 # GRID lines are "RATE|SEEDS|ARMS". Jobs run seed by seed (all arms of seed 1, then seed 2...),
@@ -50,7 +51,7 @@ arm_args() {  # arm_args ARM -> fit arguments
   local base=${1%%+*} extra=""
   [[ $1 == *+* ]] && extra=${1#*+}
   case $base in
-    baseline | label-smoothing | gce) echo "--mode $base" ;;
+    baseline | label-smoothing | gce | sce | elr | eac) echo "--mode $base" ;;
     dmue-*)
       local f="configs/variants/${base#dmue-}.toml"
       [ -f "$f" ] || { echo "unknown arm $base: no $f" >&2; return 1; }

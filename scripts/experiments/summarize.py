@@ -1,6 +1,7 @@
 """Paired summary of scripts/experiments/run.sh's results.jsonl.
 
-    python3 scripts/experiments/summarize.py runs/exp9/results.jsonl [MORE.jsonl ...] [--json docs/results-summary.json]
+    python3 scripts/experiments/summarize.py runs/exp9/results.jsonl [MORE.jsonl ...] \
+        [--json docs/results-summary.json] [--default-arm dmue-class-norm] [--seed-sets 1-5 6-10]
 
 Prints markdown tables (stdout). For every regime x flip rate x arm: mean and sample std of the
 clean-test accuracy over seeds, and the paired difference to the baseline of the same seeds
@@ -9,7 +10,10 @@ recall of any run (an arm that never predicts a class is broken), and, for DMUE 
 analysis (KL to the true mixtures, Spearman of alpha with ambiguity, AUROC of alpha for flips).
 With several files (for instance the scratch and the pretrained grids), also the paired effect
 of the regime on each arm (same seeds, same data). With --json the same figures go to a file a
-program can check.
+program can check, with every arm's accuracy per seed (`per_seed`, in the order of `seeds`),
+the default arm against the best single-network arm (`vs_best_single`: per regime, flip rate
+and seed set, the best of SINGLE_ARMS by its mean on those seeds, and the paired difference to
+it), and how well each per-sample score flags flipped labels (`flip_auroc`).
 """
 import json
 import math
@@ -35,6 +39,10 @@ def mean_ci95(xs):
         return m, None, None
     half = t975(len(xs) - 1) * st.stdev(xs) / math.sqrt(len(xs))
     return m, m - half, m + half
+
+
+# The single-network arms the default must beat: CE, label smoothing, GCE, SCE, ELR, EAC.
+SINGLE_ARMS = ("baseline", "label-smoothing", "gce", "sce", "elr", "eac")
 
 
 def load(paths):
@@ -77,7 +85,8 @@ def summarise(rows):
         base = by.get((regime, rate, "baseline"), {})
         paired = [100 * (runs[s]["accuracy"] - base[s]["accuracy"]) for s in runs if s in base]
         e = {"regime": regime, "flip_rate": rate, "arm": arm, "n": len(acc),
-             "seeds": sorted(runs), "mean": st.mean(acc),
+             "seeds": sorted(runs), "per_seed": [100 * runs[s]["accuracy"] for s in sorted(runs)],
+             "mean": st.mean(acc),
              "std": st.stdev(acc) if len(acc) > 1 else None,
              "min_class_recall": min(min(r["per_class_recall"]) for r in runs.values()),
              "mean_per_class_recall": [st.mean(v) for v in zip(*(r["per_class_recall"] for r in runs.values()))],
@@ -87,12 +96,56 @@ def summarise(rows):
             e["paired_diff"], e["ci95_low"], e["ci95_high"] = mean_ci95(paired)
         an = [r["analysis"] for r in runs.values() if r.get("analysis")]
         for key in ("kl_latent_mean", "kl_softmax_mean", "spearman_alpha_entropy",
-                    "auroc_alpha_flipped", "alpha_clean_mean", "alpha_flipped_mean"):
+                    "auroc_alpha_flipped", "auroc_label_prob_flipped", "alpha_clean_mean",
+                    "alpha_flipped_mean"):
             vals = [a[key] for a in an if a.get(key) is not None]
             if vals:
                 e[key] = st.mean(vals)
         out.append(e)
     return out
+
+
+def seed_set(text):
+    """'1-5' -> [1, 2, 3, 4, 5]; '1,3' -> [1, 3]."""
+    if "-" in text:
+        lo, hi = text.split("-")
+        return list(range(int(lo), int(hi) + 1))
+    return [int(x) for x in text.split(",")]
+
+
+def vs_best_single(rows, default_arm, sets):
+    """Per regime, flip rate and seed set: the default arm against the best single-network arm
+    (by its mean over the seeds where both ran), paired over those seeds."""
+    acc = {(r.get("regime", "scratch"), r["flip_rate"], r["arm"], r["seed"]): 100 * r["accuracy"]
+           for r in rows}
+    out = []
+    for regime, rate in sorted({(k[0], k[1]) for k in acc}):
+        for seeds in sets:
+            have = [s for s in seeds if (regime, rate, default_arm, s) in acc]
+            best, best_mean = None, None
+            for arm in SINGLE_ARMS:
+                common = [s for s in have if (regime, rate, arm, s) in acc]
+                if len(common) < len(have) or not have:
+                    continue
+                m = st.mean(acc[(regime, rate, arm, s)] for s in common)
+                if best_mean is None or m > best_mean:
+                    best, best_mean = arm, m
+            if best is None:
+                continue
+            d = [acc[(regime, rate, default_arm, s)] - acc[(regime, rate, best, s)] for s in have]
+            diff, low, high = mean_ci95(d)
+            out.append({"regime": regime, "flip_rate": rate, "seeds": have, "default_arm": default_arm,
+                        "best_single_arm": best, "n": len(d), "diff": diff,
+                        "ci95_low": low, "ci95_high": high})
+    return out
+
+
+def flip_auroc(entries):
+    """AUROC for flipped labels of each per-sample score an arm's analysis gives."""
+    scores = {"auroc_alpha_flipped": "alpha", "auroc_label_prob_flipped": "p(label)"}
+    return [{"regime": e["regime"], "flip_rate": e["flip_rate"], "arm": e["arm"], "score": name,
+             "n": e["n"], "auroc": e[key]}
+            for e in entries for key, name in scores.items() if e.get(key) is not None]
 
 
 def fmt(v, p=2, sign=False):
@@ -135,6 +188,19 @@ def main():
         i = args.index("--json")
         json_out = args[i + 1]
         del args[i:i + 2]
+    default_arm = "dmue-class-norm"
+    if "--default-arm" in args:
+        i = args.index("--default-arm")
+        default_arm = args[i + 1]
+        del args[i:i + 2]
+    sets = [list(range(1, 6)), list(range(6, 11))]
+    if "--seed-sets" in args:
+        i = args.index("--seed-sets")
+        j = i + 1
+        while j < len(args) and not args[j].endswith(".jsonl"):
+            j += 1
+        sets = [seed_set(a) for a in args[i + 1:j]]
+        del args[i:j]
     rows = load(args)
     entries = summarise(rows)
     for regime in sorted({e["regime"] for e in entries}):
@@ -161,9 +227,21 @@ def main():
             ci = "-" if e["ci95_low"] is None else f"{e['ci95_low']:+.2f} to {e['ci95_high']:+.2f}"
             print(f"| {e['regime']} - {e['reference']} | {e['flip_rate']:.0%} | {e['arm']} | {e['n']} | "
                   f"{fmt(e['diff'], sign=True)} | {ci} |")
+    best = vs_best_single(rows, default_arm, sets)
+    if best:
+        print(f"\n#### The default ({default_arm}) against the best single-network arm (paired)\n")
+        print("| regime | flip rate | seeds | best single arm | n | default - best | 95 % interval |")
+        print("|---|---|---|---|---|---|---|")
+        for b in best:
+            ci = "-" if b["ci95_low"] is None else f"{b['ci95_low']:+.2f} to {b['ci95_high']:+.2f}"
+            seeds = f"{b['seeds'][0]}-{b['seeds'][-1]}" if b["seeds"] else "-"
+            print(f"| {b['regime']} | {b['flip_rate']:.0%} | {seeds} | {b['best_single_arm']} | {b['n']} | "
+                  f"{fmt(b['diff'], sign=True)} | {ci} |")
     if json_out:
         with open(json_out, "w") as f:
-            json.dump({"source": args, "entries": entries, "regime_effects": effects}, f, indent=1)
+            json.dump({"source": args, "default_arm": default_arm, "entries": entries,
+                       "regime_effects": effects, "vs_best_single": best,
+                       "flip_auroc": flip_auroc(entries)}, f, indent=1)
             f.write("\n")
 
 

@@ -56,6 +56,10 @@ pub struct Analysis {
     /// flipped sample gets a lower alpha than a clean one (ties count half); 0.5 is chance.
     #[serde(default)]
     pub auroc_alpha_flipped: Option<f64>,
+    /// The same for the final model's probability of the given label, a score every arm has:
+    /// the yardstick alpha must beat to add anything.
+    #[serde(default)]
+    pub auroc_label_prob_flipped: Option<f64>,
     pub flipped: usize,
 }
 
@@ -82,6 +86,9 @@ impl std::fmt::Display for Analysis {
         }
         if let Some(a) = self.auroc_alpha_flipped {
             writeln!(f, "  AUROC(low alpha -> flipped label)     {a:.4}")?;
+        }
+        if let Some(a) = self.auroc_label_prob_flipped {
+            writeln!(f, "  AUROC(low p(label) -> flipped label)  {a:.4}")?;
         }
         Ok(())
     }
@@ -220,6 +227,13 @@ pub fn analyze(run: &Path, device: Device) -> Result<Analysis> {
             .collect()
     };
     let (clean, flipped) = (pick(false), pick(true));
+    let label_prob = |flipped: bool| -> Vec<f64> {
+        views
+            .iter()
+            .filter(|v| v.flipped == flipped)
+            .map(|v| v.softmax[v.label] as f64)
+            .collect()
+    };
     let analysis = Analysis {
         samples: views.len(),
         ambiguous_samples: ambiguous.len(),
@@ -232,6 +246,7 @@ pub fn analyze(run: &Path, device: Device) -> Result<Analysis> {
         alpha_clean_mean: mean(&clean),
         alpha_flipped_mean: mean(&flipped),
         auroc_alpha_flipped: auroc_lower(&flipped, &clean),
+        auroc_label_prob_flipped: auroc_lower(&label_prob(true), &label_prob(false)),
         flipped: views.iter().filter(|v| v.flipped).count(),
     };
     crate::util::write_atomic(

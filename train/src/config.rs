@@ -22,6 +22,17 @@ pub enum Mode {
     /// Generalised cross-entropy with `train.gce_q` (Zhang & Sabuncu 2018; a cheap
     /// noise-robust baseline on the same backbone).
     Gce,
+    /// Symmetric cross-entropy (Wang et al. 2019): `train.sce_alpha` CE + `train.sce_beta`
+    /// reverse CE, on the same backbone.
+    Sce,
+    /// Early-learning regularisation (Liu et al. 2020): CE + `train.elr_lambda` times
+    /// `log(1 - <p, t>)`, t a running average (`train.elr_beta`) of each training sample's
+    /// prediction, on the same backbone.
+    Elr,
+    /// Erasing attention consistency (Zhang et al. 2022): CE on a randomly erased view
+    /// (`train.eac_erasing`) + `train.eac_lambda` times the squared difference between its class
+    /// activation maps and those of its mirror image; two views per step.
+    Eac,
 }
 
 impl Mode {
@@ -101,8 +112,23 @@ pub struct TrainConfig {
     pub weight_decay: f64,
     /// Smoothing of `--mode label-smoothing`.
     pub label_smoothing: f64,
-    /// q of `--mode gce`.
+    /// q of `--mode gce` (and of the DMUE terms that `loss.target_loss` / `loss.aux_loss` set
+    /// to gce).
     pub gce_q: f64,
+    /// Weight of the cross-entropy in `--mode sce` (Wang et al.: 0.1 for 10 classes).
+    pub sce_alpha: f64,
+    /// Weight of the reverse cross-entropy in `--mode sce` (Wang et al.: 1.0 for 10 classes).
+    pub sce_beta: f64,
+    /// Weight lambda of ELR's regulariser (`--mode elr`, `loss.elr`; Liu et al.: 3 for 10
+    /// classes).
+    pub elr_lambda: f64,
+    /// Momentum beta of ELR's running-average targets (Liu et al.: 0.7 for 10 classes).
+    pub elr_beta: f64,
+    /// Weight lambda of EAC's consistency term (`--mode eac`; Zhang et al.: 5).
+    pub eac_lambda: f64,
+    /// Probability of random erasing (area 2-25 %) per image in `--mode eac` (Zhang et al.:
+    /// torchvision's 0.5).
+    pub eac_erasing: f32,
     pub seed: u64,
     pub device: DeviceChoice,
     pub precision: Precision,
@@ -133,6 +159,12 @@ impl Default for TrainConfig {
             weight_decay: 1e-4,
             label_smoothing: 0.1,
             gce_q: 0.7,
+            sce_alpha: 0.1,
+            sce_beta: 1.0,
+            elr_lambda: 3.0,
+            elr_beta: 0.7,
+            eac_lambda: 5.0,
+            eac_erasing: 0.5,
             seed: 0,
             device: DeviceChoice::Auto,
             precision: Precision::Fp32,
@@ -164,7 +196,22 @@ pub struct Config {
 impl Config {
     /// Defaults, then each TOML file in order, then each `section.field=value` override.
     pub fn load<P: AsRef<Path>>(files: &[P], overrides: &[String]) -> Result<Self> {
+        Self::load_layers(&[], files, overrides)
+    }
+
+    /// As [`Config::load`], with named TOML texts (presets) applied over the defaults before
+    /// the files.
+    pub fn load_layers<P: AsRef<Path>>(
+        texts: &[(&str, &str)],
+        files: &[P],
+        overrides: &[String],
+    ) -> Result<Self> {
         let mut value = toml::Value::try_from(Config::default()).context("serialising defaults")?;
+        for (name, text) in texts {
+            let layer: toml::Value =
+                toml::from_str(text).with_context(|| format!("{name} is not valid TOML"))?;
+            merge(&mut value, layer);
+        }
         for path in files {
             let path = path.as_ref();
             let text = std::fs::read_to_string(path)
@@ -176,14 +223,15 @@ impl Config {
         for o in overrides {
             apply_override(&mut value, o)?;
         }
-        let what = if files.is_empty() {
+        let layers: Vec<String> = texts
+            .iter()
+            .map(|(name, _)| name.to_string())
+            .chain(files.iter().map(|p| p.as_ref().display().to_string()))
+            .collect();
+        let what = if layers.is_empty() {
             "the defaults".to_string()
         } else {
-            files
-                .iter()
-                .map(|p| p.as_ref().display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            layers.join(", ")
         };
         let config: Config = value
             .try_into()
@@ -212,6 +260,22 @@ impl Config {
         }
         if !(t.gce_q > 0.0 && t.gce_q <= 1.0) {
             bail!("train.gce_q must be in (0, 1], got {}", t.gce_q);
+        }
+        for (name, v) in [
+            ("sce_alpha", t.sce_alpha),
+            ("sce_beta", t.sce_beta),
+            ("elr_lambda", t.elr_lambda),
+            ("eac_lambda", t.eac_lambda),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                bail!("train.{name} must be a finite weight >= 0, got {v}");
+            }
+        }
+        if !(0.0..1.0).contains(&t.elr_beta) {
+            bail!("train.elr_beta must be in [0, 1), got {}", t.elr_beta);
+        }
+        if !(0.0..=1.0).contains(&t.eac_erasing) {
+            bail!("train.eac_erasing is a probability, got {}", t.eac_erasing);
         }
         if t.freeze_trunk_epochs > 0 && t.init.is_none() {
             bail!("train.freeze_trunk_epochs needs pretrained weights (train.init / --init)");
@@ -384,7 +448,7 @@ mod tests {
     /// Every shipped configuration loads, and each variant preset sets what its comments say.
     #[test]
     fn shipped_configs_load_and_presets_differ_as_documented() {
-        use crate::loss::{AlphaNorm, SpSource};
+        use crate::loss::{AlphaNorm, HardLabel, SpSource};
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
         for f in ["demo-cpu.toml", "bench-cpu.toml"] {
             Config::load(&[dir.join(f)], &[]).unwrap();
@@ -402,6 +466,31 @@ mod tests {
         assert_eq!(authors.sp_aux_source, SpSource::Logits);
         let frozen = variant("frozen").loss;
         assert!(!frozen.train_uncertainty && frozen.similarity_detach);
-        assert_eq!(variant("class-norm").loss.alpha_norm, AlphaNorm::Class);
+        let class_norm = variant("class-norm");
+        assert_eq!(class_norm.loss.alpha_norm, AlphaNorm::Class);
+        // The hybrids are class-norm (the defaults) with their one change.
+        let gce = variant("gce");
+        assert_eq!(
+            (gce.loss.target_loss, gce.loss.aux_loss),
+            (HardLabel::Gce, HardLabel::Gce)
+        );
+        let gce_target = variant("gce-target");
+        assert_eq!(
+            (gce_target.loss.target_loss, gce_target.loss.aux_loss),
+            (HardLabel::Gce, HardLabel::Ce)
+        );
+        let elr = variant("elr");
+        assert!(elr.loss.elr);
+        for (hybrid, mut expected) in [
+            (gce, class_norm.clone()),
+            (gce_target, class_norm.clone()),
+            (elr, class_norm.clone()),
+        ] {
+            expected.loss.target_loss = hybrid.loss.target_loss;
+            expected.loss.aux_loss = hybrid.loss.aux_loss;
+            expected.loss.elr = hybrid.loss.elr;
+            assert_eq!(hybrid, expected);
+        }
+        assert_eq!(class_norm, Config::default());
     }
 }

@@ -56,6 +56,39 @@ pub struct LossConfig {
     /// What the auxiliary Gram matrices of L_sp are built from: the branch features (paper,
     /// appendix Eq. 13-17) or the branch logits (authors' code).
     pub sp_aux_source: SpSource,
+    /// The target branch's hard-label term (not in the paper): `ce` (Eq. 9), or `gce`, the
+    /// generalised cross-entropy with `train.gce_q` on the same confidence-scaled logits.
+    #[serde(default)]
+    pub target_loss: HardLabel,
+    /// The auxiliary branches' hard-label term (not in the paper): `ce` (Eq. 1-2) or `gce`.
+    #[serde(default)]
+    pub aux_loss: HardLabel,
+    /// Add early-learning regularisation (`train.elr_lambda`, `train.elr_beta`) to the target
+    /// branch's term (not in the paper; default false).
+    #[serde(default)]
+    pub elr: bool,
+}
+
+/// A loss against the given (hard) label; both read the per-sample negative log-likelihood.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HardLabel {
+    /// Cross-entropy: `-log p_y`.
+    #[default]
+    Ce,
+    /// Generalised cross-entropy: `(1 - p_y^q) / q`.
+    Gce,
+}
+
+impl HardLabel {
+    /// Per-sample loss from the per-sample `nll = -log p_y` (any shape): `nll` itself, or
+    /// `(1 - exp(-q nll)) / q`, which is `(1 - p_y^q) / q`.
+    pub fn from_nll(self, nll: &Tensor, q: f64) -> Tensor {
+        match self {
+            HardLabel::Ce => nll.shallow_clone(),
+            HardLabel::Gce => ((nll * -q).exp().neg() + 1.0) / q,
+        }
+    }
 }
 
 /// Normalisation of the confidence alpha (see `LossConfig::alpha_norm`).
@@ -93,6 +126,9 @@ impl Default for LossConfig {
             confidence_from_epoch: 1,
             sp_detach_aux: true,
             sp_aux_source: SpSource::Features,
+            target_loss: HardLabel::Ce,
+            aux_loss: HardLabel::Ce,
+            elr: false,
         }
     }
 }
@@ -136,6 +172,91 @@ pub fn generalized_ce(logits: &Tensor, labels: &Tensor, q: f64) -> Tensor {
     (p_y.clamp_min(EPS).pow_tensor_scalar(q).neg() + 1.0).mean(Kind::Float) / q
 }
 
+/// Per-sample `-log p_y`: `logits [N, C]`, `labels [N]` -> `[N]`.
+fn nll_per_sample(logits: &Tensor, labels: &Tensor) -> Tensor {
+    -logits
+        .log_softmax(-1, Kind::Float)
+        .gather(1, &labels.unsqueeze(1), false)
+        .squeeze_dim(1)
+}
+
+/// The weighted target term of DMUE with `loss` as the hard-label loss: Eq. 9's
+/// `CE(alpha_i W^T f_i)` for CE, the same scaled logits through GCE otherwise. Mean over the
+/// batch. `alpha [N]`.
+pub fn weighted_hard_label(
+    target_logits: &Tensor,
+    alpha: &Tensor,
+    labels: &Tensor,
+    loss: HardLabel,
+    q: f64,
+) -> Tensor {
+    match loss {
+        HardLabel::Ce => weighted_ce(target_logits, alpha, labels),
+        HardLabel::Gce => generalized_ce(&(target_logits * alpha.unsqueeze(1)), labels, q),
+    }
+}
+
+/// The unweighted target term: CE, or GCE with exponent q.
+pub fn hard_label(target_logits: &Tensor, labels: &Tensor, loss: HardLabel, q: f64) -> Tensor {
+    match loss {
+        HardLabel::Ce => cross_entropy(target_logits, labels),
+        HardLabel::Gce => generalized_ce(target_logits, labels, q),
+    }
+}
+
+/// The clipped `log 0` of symmetric cross-entropy's reverse term (Wang et al., 2019: A = -4).
+pub const SCE_LOG_ZERO: f64 = -4.0;
+
+/// Symmetric cross-entropy (Wang et al., ICCV 2019): `alpha CE + beta RCE`, mean over the
+/// batch. The reverse term `-sum_k p_k log q_k` against the one-hot label q, with `log 0`
+/// clipped to A, is `-A (1 - p_y)`.
+pub fn symmetric_ce(logits: &Tensor, labels: &Tensor, alpha: f64, beta: f64) -> Tensor {
+    let p_y = nll_per_sample(logits, labels).neg().exp();
+    let rce = (p_y.neg() + 1.0).mean(Kind::Float) * (-SCE_LOG_ZERO);
+    cross_entropy(logits, labels) * alpha + rce * beta
+}
+
+/// ELR's clamp of the predicted probabilities (Liu et al., NeurIPS 2020).
+const ELR_CLAMP: f64 = 1e-4;
+
+/// Softmax clamped to `[1e-4, 1 - 1e-4]`, as ELR uses it on both of its sides. `[N, C]`.
+fn elr_probabilities(logits: &Tensor) -> Tensor {
+    logits
+        .softmax(-1, Kind::Float)
+        .clamp(ELR_CLAMP, 1.0 - ELR_CLAMP)
+}
+
+/// ELR's running-average targets of a batch after this step's update:
+/// `beta t + (1 - beta) p / sum(p)`, p the clamped softmax, detached. `targets`, `logits`:
+/// `[N, C]` (the rows of the batch's samples).
+pub fn elr_targets(targets: &Tensor, logits: &Tensor, beta: f64) -> Tensor {
+    let p = elr_probabilities(&logits.detach());
+    let p = &p / p.sum_dim_intlist(-1, true, Kind::Float);
+    targets * beta + p * (1.0 - beta)
+}
+
+/// ELR's regulariser `mean_i log(1 - <p_i, t_i>)` (p the clamped softmax, t the updated
+/// targets, no gradient through t). It falls as the prediction agrees with the running
+/// average, which holds the early, mostly clean predictions against memorisation.
+pub fn elr_regulariser(logits: &Tensor, targets: &Tensor) -> Tensor {
+    let dot =
+        (elr_probabilities(logits) * targets.detach()).sum_dim_intlist(-1, false, Kind::Float);
+    (dot.neg() + 1.0).clamp_min(EPS).log().mean(Kind::Float)
+}
+
+/// Class activation maps: the classifier applied at every position of the last feature map,
+/// `features [N, F, h, w]`, `weights [C, F]` -> `[N, C, h, w]` (the bias, constant over
+/// positions, is left out, as in EAC). EAC passes the weights detached.
+pub fn class_activation_maps(features: &Tensor, weights: &Tensor) -> Tensor {
+    Tensor::einsum("nfhw,cf->nchw", &[features, weights], None::<&[i64]>)
+}
+
+/// EAC's consistency (Zhang et al., ECCV 2022): the mean squared difference between the maps
+/// of a view and the maps of its mirror image, mirrored back. Both `[N, C, h, w]`.
+pub fn flip_consistency(maps: &Tensor, maps_of_mirror: &Tensor) -> Tensor {
+    maps.mse_loss(&maps_of_mirror.flip([3]), Reduction::Mean)
+}
+
 /// Per branch j: label of each sample in j's (C-1)-class space (k -> k if k < j else k-1), and
 /// whether the sample counts for j (label != j). Returns `([C, N] int64, [C, N] float)`.
 fn remapped_labels(labels: &Tensor, c: i64) -> (Tensor, Tensor) {
@@ -150,12 +271,18 @@ fn remapped_labels(labels: &Tensor, c: i64) -> (Tensor, Tensor) {
 /// into its (C-1)-class space; the mean over the branches that have samples in the batch.
 /// `aux_logits`: C tensors `[N, C-1]`.
 pub fn aux_ce(aux_logits: &[Tensor], labels: &Tensor) -> Tensor {
+    aux_hard_label(aux_logits, labels, HardLabel::Ce, 0.0)
+}
+
+/// L_aux with the per-sample loss `loss` (q: GCE's exponent) in place of CE.
+pub fn aux_hard_label(aux_logits: &[Tensor], labels: &Tensor, loss: HardLabel, q: f64) -> Tensor {
     let c = aux_logits.len() as i64;
     let stacked = Tensor::stack(aux_logits, 0).log_softmax(-1, Kind::Float); // [C, N, C-1]
     let (remapped, keep) = remapped_labels(labels, c);
     let nll = -stacked
         .gather(2, &remapped.unsqueeze(2), false)
         .squeeze_dim(2); // [C, N]
+    let nll = loss.from_nll(&nll, q);
     let count = keep.sum_dim_intlist(1, false, Kind::Float); // [C]
     let per_branch = (nll * &keep).sum_dim_intlist(1, false, Kind::Float) / count.clamp_min(1.0);
     let present = count.gt(0.0).to_kind(Kind::Float);
@@ -318,6 +445,9 @@ pub struct LossTerms {
     pub soft: Option<Tensor>,
     pub sp: Option<Tensor>,
     pub aux: Option<Tensor>,
+    /// A peer method's regulariser (ELR's, EAC's consistency), unweighted; its weighted value
+    /// is part of `total`.
+    pub reg: Option<Tensor>,
     /// The confidence that weighted the CE (after `alpha_norm`).
     pub alpha: Option<Tensor>,
     /// The uncertainty module's own output, before `alpha_norm` (what is logged: under the
@@ -331,7 +461,12 @@ impl LossTerms {
     /// Name and value of every term present, for logging and NaN reports.
     pub fn named(&self) -> Vec<(&'static str, &Tensor)> {
         let mut v = vec![("total", &self.total), ("target", &self.target)];
-        for (name, t) in [("soft", &self.soft), ("sp", &self.sp), ("aux", &self.aux)] {
+        for (name, t) in [
+            ("soft", &self.soft),
+            ("sp", &self.sp),
+            ("aux", &self.aux),
+            ("reg", &self.reg),
+        ] {
             if let Some(t) = t {
                 v.push((name, t));
             }
@@ -390,12 +525,14 @@ pub fn mined_latent(aux_logits: &[Tensor], labels: &Tensor, cfg: &LossConfig) ->
 
 /// Eq. 10: `w_u(e) (L_wce + omega L_soft + gamma L_sp) + w_d(e) L_aux` at 1-based `epoch`,
 /// with the Table 2 switches. Needs the multi-branch outputs and the uncertainty module.
+/// `gce_q`: the exponent of the hard-label terms that `cfg` sets to GCE.
 pub fn dmue_loss(
     out: &crate::model::TrainOutput,
     uncertainty: Option<&crate::model::UncertaintyModule>,
     labels: &Tensor,
     cfg: &LossConfig,
     epoch: usize,
+    gce_q: f64,
 ) -> LossTerms {
     let c = out.target_logits.size()[1];
     let (w_u, w_d) = (
@@ -407,12 +544,16 @@ pub fn dmue_loss(
             let raw = raw_confidence(&out.target_feat, labels, c, module, cfg);
             let alpha = normalise_alpha(&raw, labels, c, cfg.alpha_norm);
             (
-                weighted_ce(&out.target_logits, &alpha, labels),
+                weighted_hard_label(&out.target_logits, &alpha, labels, cfg.target_loss, gce_q),
                 Some(alpha),
                 Some(raw),
             )
         }
-        _ => (cross_entropy(&out.target_logits, labels), None, None),
+        _ => (
+            hard_label(&out.target_logits, labels, cfg.target_loss, gce_q),
+            None,
+            None,
+        ),
     };
     let has_aux = !out.aux_logits.is_empty();
     let soft = (cfg.latent && has_aux).then(|| {
@@ -430,7 +571,7 @@ pub fn dmue_loss(
         similarity_preserving(&out.target_feat, aux, labels, cfg.sp_detach_aux)
     });
     let aux = (has_aux && (cfg.latent || cfg.similarity_preserving))
-        .then(|| aux_ce(&out.aux_logits, labels));
+        .then(|| aux_hard_label(&out.aux_logits, labels, cfg.aux_loss, gce_q));
 
     // No in-place ops here: `target` is reported on its own and must not absorb the others.
     let upper_terms: Vec<Tensor> = [
@@ -452,6 +593,7 @@ pub fn dmue_loss(
         soft,
         sp,
         aux,
+        reg: None,
         alpha,
         alpha_raw,
         w_u,
@@ -630,6 +772,98 @@ pub(crate) mod tests {
             &labels(&[0]),
         );
         close(scalar(&got), 0.313262);
+    }
+
+    // Two samples, C = 2: logits [0, ln 3] label 1 (p_y = 3/4) and [0, 0] label 0 (p_y = 1/2).
+    //   CE = (-ln 0.75 - ln 0.5) / 2 = 0.490415; RCE = -A (1 - p_y), A = -4: (4 * 0.25 + 4 * 0.5) / 2
+    //   = 1.5. alpha 0.1, beta 1 (CIFAR-10): 0.0490415 + 1.5 = 1.549041; alpha 6, beta 0.1
+    //   (CIFAR-100): 2.942487 + 0.15 = 3.092488.
+    #[test]
+    fn symmetric_ce_matches_hand_values() {
+        let z = t2(&[&[0.0, 3f32.ln()], &[0.0, 0.0]]);
+        let y = labels(&[1, 0]);
+        close(scalar(&symmetric_ce(&z, &y, 0.1, 1.0)), 1.549041);
+        close(scalar(&symmetric_ce(&z, &y, 6.0, 0.1)), 3.092488);
+        // beta 0 is CE scaled by alpha.
+        close(
+            scalar(&symmetric_ce(&z, &y, 1.0, 0.0)),
+            scalar(&cross_entropy(&z, &y)),
+        );
+    }
+
+    // ELR with beta 0.7. Sample 0: target row [0.5, 0.5], logits [0, ln 3] -> p = [0.25, 0.75]:
+    //   t = 0.7 [0.5, 0.5] + 0.3 [0.25, 0.75] = [0.425, 0.575]; <p, t> = 0.5375.
+    // Sample 1: target row [0, 0] (never seen), logits [0, 0] -> p = [0.5, 0.5]:
+    //   t = [0.15, 0.15]; <p, t> = 0.15.
+    // Regulariser: (ln(1 - 0.5375) + ln(1 - 0.15)) / 2 = -0.466814.
+    #[test]
+    fn elr_targets_and_regulariser_match_hand_values() {
+        let z = t2(&[&[0.0, 3f32.ln()], &[0.0, 0.0]]).set_requires_grad(true);
+        let rows = t2(&[&[0.5, 0.5], &[0.0, 0.0]]).set_requires_grad(true);
+        let t = elr_targets(&rows, &z, 0.7);
+        let got = Vec::<f32>::try_from(t.flatten(0, -1)).unwrap();
+        for (g, e) in got.iter().zip([0.425, 0.575, 0.15, 0.15]) {
+            close(*g as f64, e);
+        }
+        let reg = elr_regulariser(&z, &t);
+        close(scalar(&reg), -0.466814);
+        // No gradient reaches the targets (ELR detaches them): only the prediction moves.
+        reg.backward();
+        assert!(!rows.grad().defined());
+        assert!(z.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
+        // A confident prediction is clamped to [1e-4, 1 - 1e-4] before it enters the targets.
+        let t = elr_targets(&t2(&[&[0.0, 0.0]]), &t2(&[&[40.0, -40.0]]), 0.0);
+        let got = Vec::<f32>::try_from(t.flatten(0, -1)).unwrap();
+        close(got[1] as f64, 1e-4);
+    }
+
+    // CAMs: features at two positions f(0, 0) = [1, 2], f(0, 1) = [3, 4]; W = [[1, 1], [1, -1]]:
+    //   class 0: [3, 7]; class 1: [-1, -1].
+    // The mirror view's maps [[7, 3], [-1, -1]] mirror back to the same maps: consistency 0.
+    // Maps [[3, 7], [0, -1]] mirror back to [[7, 3], [-1, 0]]: squared differences 16, 16, 0, 1,
+    //   mean 33 / 4 = 8.25.
+    #[test]
+    fn class_activation_maps_and_flip_consistency_match_hand_values() {
+        let f = Tensor::from_slice(&[1.0f32, 3.0, 2.0, 4.0]).view([1, 2, 1, 2]);
+        let w = t2(&[&[1.0, 1.0], &[1.0, -1.0]]);
+        let cams = class_activation_maps(&f, &w);
+        assert_eq!(cams.size(), [1, 2, 1, 2]);
+        let got = Vec::<f32>::try_from(cams.flatten(0, -1)).unwrap();
+        assert_eq!(got, [3.0, 7.0, -1.0, -1.0]);
+        let mirror = Tensor::from_slice(&[7.0f32, 3.0, -1.0, -1.0]).view([1, 2, 1, 2]);
+        close(scalar(&flip_consistency(&cams, &mirror)), 0.0);
+        let other = Tensor::from_slice(&[3.0f32, 7.0, 0.0, -1.0]).view([1, 2, 1, 2]);
+        close(scalar(&flip_consistency(&cams, &other)), 8.25);
+    }
+
+    // GCE with q = 0.7 through the confidence: logits [0, ln 3], label 1.
+    //   alpha 1: p_y = 3/4, (1 - 0.75^0.7) / 0.7 = 0.260566.
+    //   alpha 2: logits [0, 2 ln 3], p_y = 9/10, (1 - 0.9^0.7) / 0.7 = 0.101569.
+    // CE keeps Eq. 9 (the weighted CE).
+    #[test]
+    fn weighted_gce_scales_logits_then_applies_gce() {
+        let z = t2(&[&[0.0, 3f32.ln()], &[0.0, 3f32.ln()]]);
+        let y = labels(&[1, 1]);
+        let alpha = Tensor::from_slice(&[1.0f32, 2.0]);
+        let got = weighted_hard_label(&z, &alpha, &y, HardLabel::Gce, 0.7);
+        close(scalar(&got), (0.260566 + 0.101569) / 2.0);
+        let ce = weighted_hard_label(&z, &alpha, &y, HardLabel::Ce, 0.7);
+        close(scalar(&ce), scalar(&weighted_ce(&z, &alpha, &y)));
+    }
+
+    // The auxiliary term through GCE: the aux_ce example above with each branch's CE replaced by
+    // (1 - p^q) / q of the same probability (q = 0.7).
+    #[test]
+    fn aux_gce_replaces_each_branch_ce() {
+        let gce = |logits: &[f64], y: usize| (1.0 - (-ce(logits, y)).exp().powf(0.7)) / 0.7;
+        let b0 = t2(&[&[5.0, -5.0], &[0.0, 3f32.ln()]]);
+        let b1 = t2(&[&[1.0, 0.0], &[0.5, 2.0]]);
+        let b2 = t2(&[&[0.2, 0.1], &[9.0, 9.0]]);
+        let got = aux_hard_label(&[b0, b1, b2], &labels(&[0, 2]), HardLabel::Gce, 0.7);
+        let expected =
+            (0.260566 + (gce(&[1.0, 0.0], 0) + gce(&[0.5, 2.0], 1)) / 2.0 + gce(&[0.2, 0.1], 0))
+                / 3.0;
+        close(scalar(&got), expected);
     }
 
     // N = 2, D = 2, C = 2, labels [0, 1].
@@ -818,7 +1052,7 @@ pub(crate) mod tests {
         ));
         let aux = scalar(&aux_ce(&out.aux_logits, &y));
         // Epoch 3, beta 6: w_u = exp(-0.25) = 0.778801, w_d = 1.
-        let t = dmue_loss(&out, Some(module), &y, &cfg, 3);
+        let t = dmue_loss(&out, Some(module), &y, &cfg, 3, 0.7);
         // What is logged is the module's own output; the CE weights are that divided by the
         // mean of each class (so they average 1 per class, and the raw values do not).
         let raw = Vec::<f32>::try_from(t.alpha_raw.as_ref().unwrap()).unwrap();
@@ -837,7 +1071,7 @@ pub(crate) mod tests {
             scalar(&t.total)
         );
         // Epoch 10: w_u = 1, w_d = exp(-(1 - 0.6)^2) = exp(-0.16) = 0.852144.
-        let t = dmue_loss(&out, Some(module), &y, &cfg, 10);
+        let t = dmue_loss(&out, Some(module), &y, &cfg, 10, 0.7);
         let expected = (wce + 0.5 * soft + 1e3 * sp) + 0.852144 * aux;
         assert!((scalar(&t.total) - expected).abs() < 1e-4 * expected.abs().max(1.0));
         // Each switch removes exactly its own term.
@@ -845,7 +1079,7 @@ pub(crate) mod tests {
             similarity_preserving: false,
             ..cfg.clone()
         };
-        let t = dmue_loss(&out, Some(module), &y, &no_sp, 10);
+        let t = dmue_loss(&out, Some(module), &y, &no_sp, 10, 0.7);
         let expected = (wce + 0.5 * soft) + 0.852144 * aux;
         assert!((scalar(&t.total) - expected).abs() < 1e-4 * expected.abs().max(1.0));
         // Confidence warm-up: before `confidence_from_epoch` the target CE is plain.
@@ -854,10 +1088,10 @@ pub(crate) mod tests {
             ..cfg.clone()
         };
         let ce = scalar(&cross_entropy(&out.target_logits, &y));
-        let t = dmue_loss(&out, Some(module), &y, &warm, 3);
+        let t = dmue_loss(&out, Some(module), &y, &warm, 3, 0.7);
         assert!(t.alpha.is_none());
         close(scalar(&t.target), ce);
-        let t = dmue_loss(&out, Some(module), &y, &warm, 4);
+        let t = dmue_loss(&out, Some(module), &y, &warm, 4, 0.7);
         close(scalar(&t.target), wce);
         let off = LossConfig {
             latent: false,
@@ -865,7 +1099,7 @@ pub(crate) mod tests {
             confidence: false,
             ..cfg
         };
-        let t = dmue_loss(&out, Some(module), &y, &off, 10);
+        let t = dmue_loss(&out, Some(module), &y, &off, 10, 0.7);
         assert!(t.soft.is_none() && t.sp.is_none() && t.aux.is_none() && t.alpha.is_none());
         close(
             scalar(&t.total),

@@ -298,6 +298,10 @@ struct FitArgs {
     /// Shorthand for --set train.mode=...
     #[arg(long, value_enum)]
     mode: Option<Mode>,
+    /// A named DMUE variant (configs/variants/NAME.toml, built in), applied over the defaults
+    /// before any --config file. The defaults are class-norm.
+    #[arg(long, value_enum)]
+    preset: Option<Preset>,
     /// Shorthand for --set train.device=...
     #[arg(long, value_enum, env = "DMUE_DEVICE")]
     device: Option<DeviceChoice>,
@@ -543,7 +547,8 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(d) = a.device {
                 sets.push(format!("train.device={}", toml_string(device_name(d))));
             }
-            let cfg = run_config(&a.out, a.resume, &a.config, &sets)?;
+            let preset = a.preset.map(Preset::layer);
+            let cfg = run_config(&a.out, a.resume, preset.as_slice(), &a.config, &sets)?;
             let s = trainer::fit(&cfg, &a.out, a.resume)?;
             println!(
                 "trained {} epochs in {:.1}s ({:.0} img/s) on {}; run directory {}",
@@ -578,7 +583,7 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(d) = a.device {
                 sets.push(format!("train.device={}", toml_string(device_name(d))));
             }
-            let cfg = run_config(&a.out, a.resume, &a.config, &sets)?;
+            let cfg = run_config(&a.out, a.resume, &[], &a.config, &sets)?;
             let (s, path) = dmue_train::pretrain::pretrain(&cfg, &a.out, a.resume)?;
             println!(
                 "pretrained {} epochs in {:.1}s ({:.0} img/s) on {}; run directory {}",
@@ -720,10 +725,11 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 /// The configuration of a run in `out`: a resumed run keeps its own `config.toml` (`--set`
-/// may still change it, e.g. epochs); a new one reads the `--config` files.
+/// may still change it, e.g. epochs); a new one reads the presets, then the `--config` files.
 fn run_config(
     out: &std::path::Path,
     resume: bool,
+    presets: &[(&str, &str)],
     files: &[PathBuf],
     sets: &[String],
 ) -> Result<Config> {
@@ -731,7 +737,62 @@ fn run_config(
     if resume && own.exists() {
         Config::load(&[own], sets)
     } else {
-        Config::load(files, sets)
+        Config::load_layers(presets, files, sets)
+    }
+}
+
+/// The DMUE variants of configs/variants, built into the binary (`fit --preset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Preset {
+    /// The default: the paper's DMUE with the confidence normalised per class.
+    ClassNorm,
+    /// class-norm with GCE in the target and auxiliary hard-label terms.
+    Gce,
+    /// class-norm with GCE in the target branch's hard-label term only.
+    GceTarget,
+    /// class-norm with early-learning regularisation on the target branch.
+    Elr,
+    /// The paper's DMUE as written (alpha not normalised).
+    Paper,
+    /// DMUE as the authors' released code trains it.
+    Authors,
+    /// The paper's DMUE with the uncertainty module frozen at its initialisation.
+    Frozen,
+}
+
+impl Preset {
+    /// `(name, TOML text)` of the preset.
+    fn layer(self) -> (&'static str, &'static str) {
+        match self {
+            Preset::ClassNorm => (
+                "preset class-norm",
+                include_str!("../../configs/variants/class-norm.toml"),
+            ),
+            Preset::Gce => (
+                "preset gce",
+                include_str!("../../configs/variants/gce.toml"),
+            ),
+            Preset::GceTarget => (
+                "preset gce-target",
+                include_str!("../../configs/variants/gce-target.toml"),
+            ),
+            Preset::Elr => (
+                "preset elr",
+                include_str!("../../configs/variants/elr.toml"),
+            ),
+            Preset::Paper => (
+                "preset paper",
+                include_str!("../../configs/variants/paper.toml"),
+            ),
+            Preset::Authors => (
+                "preset authors",
+                include_str!("../../configs/variants/authors.toml"),
+            ),
+            Preset::Frozen => (
+                "preset frozen",
+                include_str!("../../configs/variants/frozen.toml"),
+            ),
+        }
     }
 }
 

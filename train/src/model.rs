@@ -458,6 +458,25 @@ impl MultiBranchNet {
         }
     }
 
+    /// The trunk and the target branch alone, also returning the target stage's last feature
+    /// map `[B, F, h, w]` (class activation maps are read from it). The outputs are those of
+    /// [`Branches::TargetOnly`].
+    pub fn forward_target_map(&self, xs: &Tensor, train: bool) -> (Tensor, TrainOutput) {
+        let map = self
+            .trunk
+            .forward_t(xs, train)
+            .apply_t(&self.target.stage, train);
+        let target_feat = map.adaptive_avg_pool2d([1, 1]).flatten(1, -1);
+        let target_logits = target_feat.apply(&self.target.fc);
+        let out = TrainOutput {
+            target_feat,
+            target_logits,
+            aux_feat: Vec::new(),
+            aux_logits: Vec::new(),
+        };
+        (map, out)
+    }
+
     /// Target and auxiliary branches as one stacked computation over the shared trunk output.
     fn fused_branches(&self, trunk: &Tensor, train: bool) -> TrainOutput {
         let branches: Vec<&Branch> = std::iter::once(&self.target).chain(&self.aux).collect();

@@ -6,7 +6,10 @@ use crate::data::loader::{prefetch, train_batch, Augment, ReadyBatch, SplitImage
 use crate::data::manifest::{Dataset, Split};
 use crate::data::sampler::epoch_batches;
 use crate::eval::{self, EvalReport};
-use crate::loss::{cross_entropy, dmue_loss, generalized_ce, label_smoothing_ce, LossTerms};
+use crate::loss::{
+    class_activation_maps, cross_entropy, dmue_loss, elr_regulariser, elr_targets,
+    flip_consistency, generalized_ce, label_smoothing_ce, symmetric_ce, LossTerms,
+};
 use crate::model::{count_params, is_target_param, Branches, MultiBranchNet, TrainOutput};
 use crate::optim::Adam;
 use crate::plot::{line_panels, Panel};
@@ -38,6 +41,9 @@ pub struct EpochMetrics {
     pub soft: Option<f64>,
     pub sp: Option<f64>,
     pub aux: Option<f64>,
+    /// A peer method's regulariser (ELR's, or EAC's consistency), before its weight.
+    #[serde(default)]
+    pub reg: Option<f64>,
     pub alpha_mean: Option<f64>,
     pub train_accuracy: f64,
     pub eval_accuracy: Option<f64>,
@@ -78,6 +84,21 @@ extern "C" {
     fn dmue_set_cuda_autocast_bf16();
 }
 
+/// EAC's largest erased share of the image (torchvision's RandomErasing with scale 0.02-0.25).
+const EAC_ERASING_MAX_AREA: f32 = 0.25;
+
+/// One ELR step on the batch's rows of `buffer` (`[train images, C]`): the rows move towards
+/// this prediction (written back, no gradient), and the regulariser against the updated rows
+/// is returned. `indices`: the batch's images in the training split.
+fn elr_step(buffer: &Tensor, logits: &Tensor, indices: &Tensor, beta: f64) -> Tensor {
+    let updated = elr_targets(&buffer.index_select(0, indices), logits, beta);
+    tch::no_grad(|| {
+        let mut b = buffer.shallow_clone();
+        let _ = b.index_copy_(0, indices, &updated);
+    });
+    elr_regulariser(logits, &updated)
+}
+
 /// Runs `f` under bf16 autocast when `on` (CUDA only).
 fn with_precision<T>(on: bool, f: impl FnOnce() -> T) -> T {
     if on {
@@ -87,14 +108,16 @@ fn with_precision<T>(on: bool, f: impl FnOnce() -> T) -> T {
     }
 }
 
-/// The single-branch modes: plain, label-smoothed or generalised cross-entropy on the target
-/// branch, no ramps.
+/// The single-branch modes: a loss of the target branch against the given labels, no ramps.
+/// ELR's and EAC's regularisers are added by the caller, which holds their state and views.
 fn single_branch_loss(out: &TrainOutput, labels: &Tensor, cfg: &Config) -> LossTerms {
     let z = &out.target_logits;
-    let ce = match cfg.train.mode {
-        Mode::LabelSmoothing => label_smoothing_ce(z, labels, cfg.train.label_smoothing),
-        Mode::Gce => generalized_ce(z, labels, cfg.train.gce_q),
-        Mode::Baseline | Mode::Dmue => cross_entropy(z, labels),
+    let t = &cfg.train;
+    let ce = match t.mode {
+        Mode::LabelSmoothing => label_smoothing_ce(z, labels, t.label_smoothing),
+        Mode::Gce => generalized_ce(z, labels, t.gce_q),
+        Mode::Sce => symmetric_ce(z, labels, t.sce_alpha, t.sce_beta),
+        Mode::Baseline | Mode::Dmue | Mode::Elr | Mode::Eac => cross_entropy(z, labels),
     };
     LossTerms {
         total: ce.shallow_clone(),
@@ -102,11 +125,19 @@ fn single_branch_loss(out: &TrainOutput, labels: &Tensor, cfg: &Config) -> LossT
         soft: None,
         sp: None,
         aux: None,
+        reg: None,
         alpha: None,
         alpha_raw: None,
         w_u: 1.0,
         w_d: 0.0,
     }
+}
+
+/// Adds a weighted regulariser to the terms: under DMUE it joins the ramped-up group with the
+/// target term, otherwise it is added as it is.
+fn add_regulariser(terms: &mut LossTerms, reg: Tensor, weight: f64) {
+    terms.total = &terms.total + &reg * (weight * terms.w_u);
+    terms.reg = Some(reg);
 }
 
 /// Rebuilds a run's network (for eval/export): config from the run directory, weights from its
@@ -165,16 +196,18 @@ enum Term {
     Soft,
     Sp,
     Aux,
+    Reg,
     Alpha,
 }
 
 impl Term {
-    const ALL: [Term; 6] = [
+    const ALL: [Term; 7] = [
         Term::Total,
         Term::Target,
         Term::Soft,
         Term::Sp,
         Term::Aux,
+        Term::Reg,
         Term::Alpha,
     ];
 
@@ -185,6 +218,7 @@ impl Term {
             Term::Soft => "soft",
             Term::Sp => "sp",
             Term::Aux => "aux",
+            Term::Reg => "reg",
             Term::Alpha => "alpha",
         }
     }
@@ -298,6 +332,10 @@ struct Trainer<'a> {
     opt: Adam,
     /// How the branches run: fused, or the target alone when no loss reads the auxiliaries.
     branches: Branches,
+    /// ELR's running-average targets, one row per training image (`--mode elr`, `loss.elr`):
+    /// an untrained variable of the VarStore, so checkpoints carry it and a resumed run goes on
+    /// from it.
+    elr_targets: Option<Tensor>,
     backbone_vars: Vec<Tensor>,
     state: TrainState,
     history: Vec<EpochMetrics>,
@@ -396,6 +434,11 @@ impl<'a> Trainer<'a> {
             )?;
         }
         let backbone_vars = crate::init::backbone_variables(&vs);
+        // Made after every weight is drawn, so the initial weights do not depend on it.
+        let elr_targets = (cfg.train.mode == Mode::Elr || (multi && cfg.loss.elr)).then(|| {
+            vs.root()
+                .zeros_no_train("elr_targets", &[train.len() as i64, c as i64])
+        });
         let mut opt = Adam::new(&vs, cfg.train.weight_decay);
         let total_params = count_params(&vs, |_| true);
         let deployed_params = count_params(&vs, is_target_param);
@@ -461,6 +504,7 @@ impl<'a> Trainer<'a> {
             net,
             opt,
             branches,
+            elr_targets,
             backbone_vars,
             state,
             history,
@@ -508,10 +552,16 @@ impl<'a> Trainer<'a> {
         );
         let lr = cfg.train.lr_at(epoch);
         let pre = cfg.data.preprocess;
+        let eac = cfg.train.mode == Mode::Eac;
         let aug = Augment {
             hflip: cfg.data.hflip,
             gaussian_noise: cfg.data.gaussian_noise,
-            random_erasing: cfg.data.random_erasing,
+            random_erasing: if eac {
+                cfg.train.eac_erasing
+            } else {
+                cfg.data.random_erasing
+            },
+            erasing_max_area: eac.then_some(EAC_ERASING_MAX_AREA),
         };
         let pin = self.device.is_cuda().then_some(self.device);
         let mut stats = EpochStats::default();
@@ -555,13 +605,25 @@ impl<'a> Trainer<'a> {
         let (x, y, indices) = batch.to_device(self.device);
         // The forward pass may run under bf16 autocast; the losses always run in fp32 outside
         // it (small sums, divisions by counts and exp of logits need the range).
-        let out =
-            with_precision(self.bf16, || self.net.forward_with(&x, true, self.branches)).to_fp32();
-        let terms = if cfg.train.mode.multi_branch() {
-            dmue_loss(&out, self.net.uncertainty.as_ref(), &y, &cfg.loss, epoch)
+        let (out, consistency) = if cfg.train.mode == Mode::Eac {
+            self.eac_forward(&x)
+        } else {
+            let out = with_precision(self.bf16, || self.net.forward_with(&x, true, self.branches));
+            (out.to_fp32(), None)
+        };
+        let mut terms = if cfg.train.mode.multi_branch() {
+            let q = cfg.train.gce_q;
+            dmue_loss(&out, self.net.uncertainty.as_ref(), &y, &cfg.loss, epoch, q)
         } else {
             single_branch_loss(&out, &y, cfg)
         };
+        if let Some(c) = consistency {
+            add_regulariser(&mut terms, c, cfg.train.eac_lambda);
+        }
+        if let Some(buffer) = &self.elr_targets {
+            let reg = elr_step(buffer, &out.target_logits, &indices, cfg.train.elr_beta);
+            add_regulariser(&mut terms, reg, cfg.train.elr_lambda);
+        }
         self.dynamics.record(&out.target_logits, &y, &indices);
         // The module's own output: the normalised weights average 1 by construction.
         let alpha = tch::no_grad(|| terms.alpha_raw.as_ref().map(|a| a.mean(Kind::Float)));
@@ -571,6 +633,7 @@ impl<'a> Trainer<'a> {
             Term::Soft => terms.soft.as_ref(),
             Term::Sp => terms.sp.as_ref(),
             Term::Aux => terms.aux.as_ref(),
+            Term::Reg => terms.reg.as_ref(),
             Term::Alpha => alpha.as_ref(),
         };
         let values = tch::no_grad(|| {
@@ -602,6 +665,27 @@ impl<'a> Trainer<'a> {
         }
     }
 
+    /// EAC's two views in one pass: the (erased) batch and its mirror image. Returns the first
+    /// view's outputs and the flip consistency of their class activation maps.
+    fn eac_forward(&self, x: &Tensor) -> (TrainOutput, Option<Tensor>) {
+        let n = x.size()[0];
+        let both = Tensor::cat(&[x.shallow_clone(), x.flip([3])], 0);
+        let (map, out) = with_precision(self.bf16, || self.net.forward_target_map(&both, true));
+        let (map, out) = (map.to_kind(Kind::Float), out.to_fp32());
+        // The classifier enters detached, as in EAC's code: the consistency must shape the
+        // features, and could otherwise be met by shrinking the classifier towards 0 (seen:
+        // every prediction collapsed to one class).
+        let cams = class_activation_maps(&map, &self.net.target.fc.ws.detach());
+        let consistency = flip_consistency(&cams.narrow(0, 0, n), &cams.narrow(0, n, n));
+        let first = TrainOutput {
+            target_feat: out.target_feat.narrow(0, 0, n),
+            target_logits: out.target_logits.narrow(0, 0, n),
+            aux_feat: Vec::new(),
+            aux_logits: Vec::new(),
+        };
+        (first, Some(consistency))
+    }
+
     /// Evaluation, metrics, curves, label dynamics and the checkpoint of a finished epoch.
     fn finish_epoch(&mut self, epoch: usize, stats: EpochStats) -> Result<()> {
         let cfg = self.cfg;
@@ -627,6 +711,7 @@ impl<'a> Trainer<'a> {
             soft: stats.mean(Term::Soft),
             sp: stats.mean(Term::Sp),
             aux: stats.mean(Term::Aux),
+            reg: stats.mean(Term::Reg),
             alpha_mean: stats.mean(Term::Alpha),
             train_accuracy: stats.correct / stats.images.max(1) as f64,
             eval_accuracy: eval_report.as_ref().map(|r| r.accuracy),

@@ -325,6 +325,65 @@ fn label_smoothing_and_gce_modes_train_the_plain_network() {
     assert!(first_targets[1] != first_targets[0]);
 }
 
+/// The peer modes train the plain network, the DMUE hybrids are presets of fit, and each reports
+/// its regulariser where it has one.
+#[test]
+fn peer_modes_and_hybrid_presets_train_and_report_their_terms() {
+    let cases: [(&[&str], &str, bool); 5] = [
+        (&["--mode", "sce"], "mode = \"sce\"", false),
+        (&["--mode", "elr"], "mode = \"elr\"", true),
+        (&["--mode", "eac"], "mode = \"eac\"", true),
+        (&["--preset", "gce"], "target_loss = \"gce\"", false),
+        (&["--preset", "elr"], "elr = true", true),
+    ];
+    for (extra, in_config, has_reg) in cases {
+        let out = tempfile::tempdir().unwrap();
+        let mut args = vec!["--epochs", "1"];
+        args.extend(extra);
+        let o = fit(dataset(), out.path(), &args);
+        assert!(o.status.success(), "{extra:?}: {}", text(&o));
+        let cfg = std::fs::read_to_string(out.path().join("config.toml")).unwrap();
+        assert!(cfg.contains(in_config), "{extra:?}: {cfg}");
+        let line = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
+        let m: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+        assert_eq!(m["reg"].is_null(), !has_reg, "{extra:?}: {m}");
+        assert!(m["loss"].as_f64().unwrap().is_finite(), "{extra:?}: {m}");
+        // Only the DMUE presets build the auxiliary branches.
+        assert_eq!(m["aux"].is_null(), extra[0] == "--mode", "{extra:?}: {m}");
+    }
+}
+
+/// ELR's running-average targets live in the checkpoint: a run stopped after epoch 1 and
+/// resumed ends with the same targets as an uninterrupted one (and they are not all zero).
+#[test]
+fn elr_targets_survive_a_resume() {
+    let targets = |run: &Path| {
+        let file = run.join("checkpoints/epoch-0002/model.safetensors");
+        let all = tch::Tensor::read_safetensors(&file).unwrap();
+        let (_, t) = all.into_iter().find(|(n, _)| n == "elr_targets").unwrap();
+        t
+    };
+    let straight = tempfile::tempdir().unwrap();
+    let o = fit(
+        dataset(),
+        straight.path(),
+        &["--epochs", "2", "--mode", "elr"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let stopped = tempfile::tempdir().unwrap();
+    let o = fit(
+        dataset(),
+        stopped.path(),
+        &["--epochs", "1", "--mode", "elr"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = fit(dataset(), stopped.path(), &["--epochs", "2", "--resume"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let (a, b) = (targets(straight.path()), targets(stopped.path()));
+    assert!(a.abs().sum(tch::Kind::Float).double_value(&[]) > 0.0);
+    assert!(a.equal(&b), "the resumed run's ELR targets differ");
+}
+
 /// The authors' preset never updates the uncertainty module; the paper's trains it.
 #[test]
 fn the_authors_preset_keeps_the_uncertainty_module_at_its_initialisation() {

@@ -139,14 +139,16 @@ fn noise_and_erasing_do_what_they_say() {
             &Augment {
                 random_erasing: 1.0,
                 gaussian_noise: 0.1,
-                hflip: true
+                hflip: true,
+                erasing_max_area: None,
             }
         ) == batch(
             &data,
             &Augment {
                 random_erasing: 1.0,
                 gaussian_noise: 0.1,
-                hflip: true
+                hflip: true,
+                erasing_max_area: None,
             }
         )
     );

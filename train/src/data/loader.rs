@@ -372,7 +372,12 @@ pub struct Augment {
     /// Probability of random erasing (torchvision's defaults: area 2-33 %, aspect 0.3-3.3,
     /// value 0) per image (0: off).
     pub random_erasing: f32,
+    /// Largest erased share of the image, when not torchvision's 0.33 (EAC erases up to 0.25).
+    pub erasing_max_area: Option<f32>,
 }
+
+/// torchvision's largest erased share of the image.
+const ERASING_MAX_AREA: f32 = 0.33;
 
 /// A batch as host memory: `len * 3 * crop * crop` floats (NCHW) and int64 labels.
 pub struct HostBatch {
@@ -445,7 +450,8 @@ fn extra_augment(out: &mut [f32], c: usize, aug: &Augment, seed: u64) {
     if aug.random_erasing > 0.0 && rng.gen::<f32>() < aug.random_erasing {
         let area = (c * c) as f32;
         for _ in 0..10 {
-            let target = area * rng.gen_range(0.02..0.33);
+            let max = aug.erasing_max_area.unwrap_or(ERASING_MAX_AREA);
+            let target = area * rng.gen_range(0.02..max);
             let ratio = rng.gen_range(0.3f32.ln()..3.3f32.ln()).exp();
             let h = (target * ratio).sqrt().round() as usize;
             let w = (target / ratio).sqrt().round() as usize;
