@@ -8,7 +8,7 @@
 #   MODEL=runs/demo/target.onnx PHOTO=my.jpg scripts/bench-photo.sh
 #
 # The photo is a synthetic 640x480 one-face photo (`dmue-train synth --mode photo`) unless
-# PHOTO is set. Issue 4's target: detect + align + classify one face <= 60 ms p50, 2 cores, ort.
+# PHOTO is set. The target: detect + align + classify one face <= 60 ms p50, 2 cores, ort.
 #
 #   GROUP=1 scripts/bench-photo.sh         # a 3000x2000 group photo of 30 faces of 60-100 px
 #

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# How DMUE training degrades when another process uses the cores (issue 14, "Shared CPUs"):
+# How DMUE training degrades when another process uses the cores (docs/performance.md, "Shared CPUs"):
 # one DMUE epoch at the CPU demo's size, libtorch on every core (train.threads = 0), with
 # OpenMP's idle workers spinning (OMP_WAIT_POLICY=ACTIVE, libgomp's default) or sleeping
 # (PASSIVE, what dmue-train sets unless told otherwise), on an idle machine and next to

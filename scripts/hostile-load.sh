@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # dmue-serve's memory and service under hostile input, on loopback only, bounded in time
-# (issue 11, "memory stays bounded (measured), other requests keep being served"). The server
+# ("memory stays bounded (measured), other requests keep being served"). The server
 # runs at its defaults; for PHASE_S seconds each, twice over, 8 wrk connections post one kind of
 # hostile body:
 #   big-png      one 8192 x 8192 grey PNG of about 70 kB, the largest image the defaults admit

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# dmue-serve under load, on loopback only, bounded in time (issue 11):
+# dmue-serve under load, on loopback only, bounded in time:
 #   1. the engine-bound rate of the photo path: `dmue-serve bench --photo` (one photo at a time,
 #      decode + detect + align + classify), photos/s = 1000 / p50;
 #   2. dmue-serve at its defaults, loaded by wrk with a real photo: 16 connections for

@@ -1,4 +1,4 @@
-//! Link fix for libtorch (see ../shared/design/environment.md, "CUDA linking pitfall"):
+//! Link fix for libtorch (the final binary must keep libtorch_cuda as a dependency):
 //! keep libtorch_cuda as a dependency of every binary even though no symbol of it is used
 //! directly (otherwise `tch::Cuda::is_available()` is false on a GPU machine), and record an
 //! rpath to the torch lib directory so binaries run without LD_LIBRARY_PATH.

@@ -4,7 +4,7 @@
 
 Reads RUN/analysis-samples.jsonl (`dmue-train analyze`) and RUN/eval-test.json; prints one
 markdown row per run and class, and the Spearman correlation (over the classes of all runs
-given) between a class's mean alpha and its recall. Issue 9's diagnosis: the trained
+given) between a class's mean alpha and its recall. The diagnosis: the trained
 uncertainty module turns whole classes down, and those classes are never predicted.
 """
 import json

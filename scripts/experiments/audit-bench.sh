@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 12's benchmark: which score finds the flipped training labels of the synthetic benchmark?
+# The label-audit benchmark: which score finds the flipped training labels of the synthetic benchmark?
 #   dmue-audit      `dmue-train audit` of one DMUE run (the default class-normalised variant)
 #   cleanlab        cleanlab 2.9 on 5-fold out-of-sample probabilities of baseline runs
 #                   (self-confidence ranking; find_label_issues' own flags also reported)

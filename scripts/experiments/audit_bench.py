@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Issue 12's label-audit benchmark helpers (called by scripts/experiments/audit-bench.sh).
+"""The label-audit benchmark helpers (called by scripts/experiments/audit-bench.sh).
 
   folds DATA OUT K SEED      write K stratified fold datasets of DATA's training split under OUT
                              (fold k's held-out rows become its `val` split; images symlinked)

@@ -1,7 +1,8 @@
 """Paired summary of scripts/experiments/run.sh's results.jsonl.
 
     python3 scripts/experiments/summarize.py runs/exp9/results.jsonl [MORE.jsonl ...] \
-        [--json docs/results-summary.json] [--default-arm dmue-class-norm] [--seed-sets 1-5 6-10]
+        [--json docs/results-summary.json] [--default-arm dmue-class-norm] [--seed-sets 1-5 6-10] \
+        [--grid NAME --keep docs/results-summary.json]
 
 Prints markdown tables (stdout). For every regime x flip rate x arm: mean and sample std of the
 clean-test accuracy over seeds, and the paired difference to the baseline of the same seeds
@@ -13,7 +14,9 @@ of the regime on each arm (same seeds, same data). With --json the same figures 
 program can check, with every arm's accuracy per seed (`per_seed`, in the order of `seeds`),
 the default arm against the best single-network arm (`vs_best_single`: per regime, flip rate
 and seed set, the best of SINGLE_ARMS by its mean on those seeds, and the paired difference to
-it), and how well each per-sample score flags flipped labels (`flip_auroc`).
+it), and how well each per-sample score flags flipped labels (`flip_auroc`). With --grid, every
+entry is tagged with the grid's name, and --keep carries over the entries of other grids from
+an earlier summary file (grids run with different binaries are never paired with each other).
 """
 import json
 import math
@@ -201,8 +204,20 @@ def main():
             j += 1
         sets = [seed_set(a) for a in args[i + 1:j]]
         del args[i:j]
+    grid, keep = None, None
+    for flag in ("--grid", "--keep"):
+        if flag in args:
+            i = args.index(flag)
+            if flag == "--grid":
+                grid = args[i + 1]
+            else:
+                keep = args[i + 1]
+            del args[i:i + 2]
     rows = load(args)
     entries = summarise(rows)
+    if grid:
+        for e in entries:
+            e["grid"] = grid
     for regime in sorted({e["regime"] for e in entries}):
         for rate in sorted({e["flip_rate"] for e in entries if e["regime"] == regime}, reverse=True):
             table(entries, regime, rate)
@@ -237,11 +252,28 @@ def main():
             seeds = f"{b['seeds'][0]}-{b['seeds'][-1]}" if b["seeds"] else "-"
             print(f"| {b['regime']} | {b['flip_rate']:.0%} | {seeds} | {b['best_single_arm']} | {b['n']} | "
                   f"{fmt(b['diff'], sign=True)} | {ci} |")
+    if grid:
+        for e in effects + best:
+            e["grid"] = grid
+    auroc = flip_auroc(entries)
+    for e in auroc:
+        if grid:
+            e["grid"] = grid
+    source = args
+    if keep:
+        # Other grids' figures stay as they were; this grid's are replaced.
+        old = json.load(open(keep))
+        other = lambda xs: [x for x in xs if x.get("grid") != grid]
+        entries = other(old["entries"]) + entries
+        effects = other(old.get("regime_effects", [])) + effects
+        best = other(old.get("vs_best_single", [])) + best
+        auroc = other(old.get("flip_auroc", [])) + auroc
+        source = sorted(set(old.get("source", [])) | set(args))
     if json_out:
         with open(json_out, "w") as f:
-            json.dump({"source": args, "default_arm": default_arm, "entries": entries,
+            json.dump({"source": source, "default_arm": default_arm, "entries": entries,
                        "regime_effects": effects, "vs_best_single": best,
-                       "flip_auroc": flip_auroc(entries)}, f, indent=1)
+                       "flip_auroc": auroc}, f, indent=1)
             f.write("\n")
 
 

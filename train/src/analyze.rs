@@ -1,5 +1,5 @@
 //! `dmue-train analyze`: what a trained run believes about each training sample, against the
-//! synthetic benchmark's ground truth (issue 5, experiments 3 and 4).
+//! synthetic benchmark's ground truth.
 //!
 //! For every training image (eval mode, centre crop) it records the target branch's softmax
 //! and, for DMUE runs, the mined latent distribution and the confidence alpha, as

@@ -1,4 +1,4 @@
-//! DMUE's losses (../shared/design/dmue-method.md, section 2), each a pure function of tensors.
+//! DMUE's losses (docs/method.md; the paper's section 3), each a pure function of tensors.
 //!
 //! Shapes: N samples, C classes, D feature size. Every division is guarded so that an empty
 //! class in a batch or a zero-norm feature yields a defined value (0 contribution), not NaN.
