@@ -112,6 +112,13 @@ struct PrepareArgs {
     /// `export --calibrate val`).
     #[arg(long, default_value_t = 0.0)]
     val_share: f32,
+    /// With --test-share / --val-share, keep every image of one person in one split: a regular
+    /// expression searched in each image's path under --root, whose first capture group (or
+    /// whole match) names the person. Use it whenever one person appears in several images
+    /// (video frames, CK+-style names such as S074_004_00000010.png: --group-by '(S[0-9]+)_'),
+    /// or the test split measures memory of faces, not expressions.
+    #[arg(long, value_name = "REGEX")]
+    group_by: Option<String>,
     /// Flip this share of training labels to another uniformly random class (recorded).
     #[arg(long, default_value_t = 0.0)]
     flip_rate: f32,
@@ -490,6 +497,7 @@ fn run(cli: Cli) -> Result<()> {
                 classes: a.classes,
                 test_share: a.test_share,
                 val_share: a.val_share,
+                group_by: a.group_by.clone(),
                 flip_rate: a.flip_rate,
                 seed: a.seed,
                 format_options: match a.format {

@@ -407,9 +407,12 @@ impl<'a> Trainer<'a> {
         }
         if train.len() < cfg.train.batch_size {
             bail!(
-                "the training split has {} readable images, fewer than one batch ({})",
+                "the training split has {} readable images, fewer than one batch ({}): lower \
+                 the batch size with --set train.batch_size=N (N at most {}; DMUE needs \
+                 train.min_per_class images of every class in each batch), or add images",
                 train.len(),
-                cfg.train.batch_size
+                cfg.train.batch_size,
+                train.len()
             );
         }
 

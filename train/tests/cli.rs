@@ -353,6 +353,20 @@ fn peer_modes_and_hybrid_presets_train_and_report_their_terms() {
     }
 }
 
+/// A training split smaller than one batch stops before training, and the message names the
+/// setting that fixes it.
+#[test]
+fn a_split_smaller_than_a_batch_names_the_fix() {
+    let out = tempfile::tempdir().unwrap();
+    let o = fit(dataset(), out.path(), &["--set", "train.batch_size=500"]);
+    assert!(!o.status.success());
+    let msg = text(&o);
+    assert!(
+        msg.contains("fewer than one batch (500)") && msg.contains("--set train.batch_size=N"),
+        "{msg}"
+    );
+}
+
 /// ELR's running-average targets live in the checkpoint: a run stopped after epoch 1 and
 /// resumed ends with the same targets as an uninterrupted one (and they are not all zero).
 #[test]

@@ -211,6 +211,43 @@ fn folder_format_applies_the_no_face_multi_face_and_unreadable_rules() {
     trains(&out);
 }
 
+/// --group-by keeps every image of one person in one split: file names carry the subject
+/// (CK+-style `S003_...`), and no subject may appear in both train and test.
+#[test]
+fn group_by_keeps_each_subject_in_one_split() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("raw");
+    let faces = single_faces();
+    let n = faces.len().min(48);
+    for (i, (_, label, path, _)) in faces.iter().take(n).enumerate() {
+        // 8 subjects, each with images in several classes.
+        copy(
+            path,
+            &root.join(format!("{}/S{:03}_{i:03}.png", CLASSES[*label], i % 8)),
+        );
+    }
+    let subject = |source: &str| source.split('/').nth(1).unwrap()[..4].to_string();
+    let out = tmp.path().join("aligned");
+    let args = ["--test-share", "0.3", "--group-by", "(S[0-9]+)_"];
+    let o = prepare("folder", &root, &out, &args);
+    assert!(o.status.success(), "{}", text(&o));
+    let ds = manifest(&out);
+    let mut split_of: std::collections::BTreeMap<String, Split> = Default::default();
+    for row in &ds.rows {
+        let s = subject(row.source.as_deref().unwrap());
+        let first = *split_of.entry(s.clone()).or_insert(row.split);
+        assert_eq!(first, row.split, "subject {s} is in two splits");
+    }
+    let test = split_of.values().filter(|s| **s == Split::Test).count();
+    assert!((1..8).contains(&test), "{test} of 8 subjects in test");
+
+    // A name the expression does not match is an error that names it.
+    std::fs::copy(&faces[0].2, root.join("happy/nobody.png")).unwrap();
+    let o = prepare("folder", &root, &tmp.path().join("bad"), &args);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("nobody.png"), "{}", text(&o));
+}
+
 #[test]
 fn synth_photos_with_given_landmarks_resume_and_flip_labels() {
     let (dir, rows) = photos(3);

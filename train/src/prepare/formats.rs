@@ -50,29 +50,82 @@ pub fn read(opts: &PrepareOptions) -> Result<Source> {
         Format::Ferplus => ferplus(opts)?,
         Format::Sfew => sfew(opts)?,
     };
+    let groups = match &opts.group_by {
+        Some(r) => Some(
+            regex::Regex::new(r)
+                .with_context(|| format!("--group-by: {r:?} is not a valid regex"))?,
+        ),
+        None => None,
+    };
     if opts.test_share > 0.0 {
         if source.items.iter().any(|i| i.split == Split::Test) {
             bail!("--test-share: the dataset already has a test split");
         }
-        move_share(
-            &mut source.items,
-            opts.test_share,
-            opts.seed ^ 0x7E57,
-            Split::Test,
-        );
+        let seed = opts.seed ^ 0x7E57;
+        match &groups {
+            Some(re) => move_groups(&mut source.items, opts.test_share, seed, Split::Test, re)?,
+            None => move_share(&mut source.items, opts.test_share, seed, Split::Test),
+        }
     }
     if opts.val_share > 0.0 {
         if source.items.iter().any(|i| i.split == Split::Val) {
             bail!("--val-share: the dataset already has a validation split");
         }
-        move_share(
-            &mut source.items,
-            opts.val_share,
-            opts.seed ^ 0x7A1,
-            Split::Val,
-        );
+        let seed = opts.seed ^ 0x7A1;
+        match &groups {
+            Some(re) => move_groups(&mut source.items, opts.val_share, seed, Split::Val, re)?,
+            None => move_share(&mut source.items, opts.val_share, seed, Split::Val),
+        }
     }
     Ok(source)
+}
+
+/// The group of a source path under `--group-by`: the first capture group, or the whole match.
+fn group_of<'a>(re: &regex::Regex, source: &'a str) -> Option<&'a str> {
+    let c = re.captures(source)?;
+    c.get(1).or_else(|| c.get(0)).map(|m| m.as_str())
+}
+
+/// Moves whole groups of training images (see `PrepareOptions::group_by`) to `to`, in a seeded
+/// random order, until at least `share` of them have moved. Not stratified by class: a group
+/// (one person) usually spans several classes.
+fn move_groups(
+    items: &mut [Item],
+    share: f32,
+    seed: u64,
+    to: Split,
+    re: &regex::Regex,
+) -> Result<()> {
+    let mut by_group: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    let mut eligible = 0;
+    for (i, item) in items.iter().enumerate() {
+        if item.split != Split::Train || item.faces.len() != 1 {
+            continue;
+        }
+        let g = group_of(re, &item.source).with_context(|| {
+            format!(
+                "--group-by {:?} does not match {:?}: every image needs a group",
+                re.as_str(),
+                item.source
+            )
+        })?;
+        by_group.entry(g).or_default().push(i);
+        eligible += 1;
+    }
+    let mut order: Vec<Vec<usize>> = by_group.into_values().collect();
+    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+    let wanted = (share * eligible as f32).round() as usize;
+    let mut moved = 0;
+    for group in order {
+        if moved >= wanted {
+            break;
+        }
+        moved += group.len();
+        for i in group {
+            items[i].split = to;
+        }
+    }
+    Ok(())
 }
 
 fn is_image(p: &Path) -> bool {

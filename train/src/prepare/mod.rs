@@ -120,6 +120,11 @@ pub struct PrepareOptions {
     pub test_share: f32,
     /// Share of each class moved from train to a validation split (for `export --calibrate`).
     pub val_share: f32,
+    /// Keeps groups whole when the shares above split the data: a regular expression searched
+    /// in each image's source path, whose first capture group (or whole match) names the group
+    /// (a subject, say). Every image of a group goes to the same split.
+    #[serde(default)]
+    pub group_by: Option<String>,
     /// Share of training labels flipped to another uniformly random class (recorded in the
     /// manifest's `original_label` and in `label-flips.jsonl`).
     pub flip_rate: f32,
@@ -142,6 +147,7 @@ impl Default for PrepareOptions {
             classes: None,
             test_share: 0.0,
             val_share: 0.0,
+            group_by: None,
             flip_rate: 0.0,
             seed: 0,
             format_options: serde_json::Value::Null,
