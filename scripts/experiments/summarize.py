@@ -2,7 +2,7 @@
 
     python3 scripts/experiments/summarize.py runs/exp9/results.jsonl [MORE.jsonl ...] \
         [--json docs/results-summary.json] [--default-arm dmue-class-norm] [--seed-sets 1-5 6-10] \
-        [--grid NAME --keep docs/results-summary.json]
+        [--grid NAME --keep docs/results-summary.json] [--only-seeds 6-10]
 
 Prints markdown tables (stdout). For every regime x flip rate x arm: mean and sample std of the
 clean-test accuracy over seeds, and the paired difference to the baseline of the same seeds
@@ -213,7 +213,14 @@ def main():
             else:
                 keep = args[i + 1]
             del args[i:i + 2]
+    only = None
+    if "--only-seeds" in args:
+        i = args.index("--only-seeds")
+        only = set(seed_set(args[i + 1]))
+        del args[i:i + 2]
     rows = load(args)
+    if only:
+        rows = [r for r in rows if r["seed"] in only]
     entries = summarise(rows)
     if grid:
         for e in entries:

@@ -468,7 +468,8 @@ mod tests {
         assert!(!frozen.train_uncertainty && frozen.similarity_detach);
         let class_norm = variant("class-norm");
         assert_eq!(class_norm.loss.alpha_norm, AlphaNorm::Class);
-        // The hybrids are class-norm (the defaults) with their one change.
+        assert_eq!(class_norm.loss.target_loss, HardLabel::Ce);
+        // The hybrids are class-norm with their one change; the default is gce-target.
         let gce = variant("gce");
         assert_eq!(
             (gce.loss.target_loss, gce.loss.aux_loss),
@@ -491,6 +492,6 @@ mod tests {
             expected.loss.elr = hybrid.loss.elr;
             assert_eq!(hybrid, expected);
         }
-        assert_eq!(class_norm, Config::default());
+        assert_eq!(variant("gce-target"), Config::default());
     }
 }

@@ -306,7 +306,7 @@ struct FitArgs {
     #[arg(long, value_enum)]
     mode: Option<Mode>,
     /// A named DMUE variant (configs/variants/NAME.toml, built in), applied over the defaults
-    /// before any --config file. The defaults are class-norm.
+    /// before any --config file. The defaults are gce-target.
     #[arg(long, value_enum)]
     preset: Option<Preset>,
     /// Shorthand for --set train.device=...
@@ -752,11 +752,11 @@ fn run_config(
 /// The DMUE variants of configs/variants, built into the binary (`fit --preset`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Preset {
-    /// The default: the paper's DMUE with the confidence normalised per class.
+    /// The paper's DMUE with the confidence normalised per class (the default before gce-target).
     ClassNorm,
     /// class-norm with GCE in the target and auxiliary hard-label terms.
     Gce,
-    /// class-norm with GCE in the target branch's hard-label term only.
+    /// The default: class-norm with GCE in the target branch's hard-label term only.
     GceTarget,
     /// class-norm with early-learning regularisation on the target branch.
     Elr,
