@@ -82,9 +82,13 @@ fn check_in(cfg: &ModelConfig, size: i64, kind: Kind) {
         for ((name, a), (_, b)) in of.iter().zip(&os) {
             assert_eq!(a.size(), b.size(), "{name}");
             let d = max_abs_diff(a, b);
+            // Relative to the largest entry when that exceeds 1, as the module note says: with
+            // random BatchNorms the logits reach tens, where fp32's rounding alone is 1e-5
+            // (seen: 1.5e-5 on ResNet-50-IBN's target logits in one run).
+            let scale = b.abs().max().double_value(&[]).max(1.0);
             assert!(
-                d <= tol,
-                "{} {kind:?} train={train}: {name} differs by {d}",
+                d <= tol * scale,
+                "{} {kind:?} train={train}: {name} differs by {d} (largest entry {scale})",
                 cfg.describe()
             );
         }
