@@ -892,7 +892,7 @@ fn plot_curves(path: &Path, history: &[EpochMetrics]) -> Result<()> {
             series: vec![("total".into(), series(&|m| Some(m.loss)))],
         },
         Panel {
-            title: "target branch CE (weighted when confidence is on)".into(),
+            title: "target branch term (CE or GCE; alpha-weighted in DMUE)".into(),
             series: vec![("target".into(), series(&|m| Some(m.target)))],
         },
         Panel {
