@@ -184,18 +184,20 @@ def per_seed(rows, regime, rate):
         print(f"| {a} | " + " | ".join(fmt(acc.get((a, s))) for s in seeds) + " |")
 
 
+def take(args, flag, default=None):
+    """The value after `flag` (removed from args with it), or default."""
+    if flag not in args:
+        return default
+    i = args.index(flag)
+    value = args[i + 1]
+    del args[i:i + 2]
+    return value
+
+
 def main():
     args = sys.argv[1:]
-    json_out = None
-    if "--json" in args:
-        i = args.index("--json")
-        json_out = args[i + 1]
-        del args[i:i + 2]
-    default_arm = "dmue-class-norm"
-    if "--default-arm" in args:
-        i = args.index("--default-arm")
-        default_arm = args[i + 1]
-        del args[i:i + 2]
+    json_out = take(args, "--json")
+    default_arm = take(args, "--default-arm", "dmue-class-norm")
     sets = [list(range(1, 6)), list(range(6, 11))]
     if "--seed-sets" in args:
         i = args.index("--seed-sets")
@@ -204,20 +206,10 @@ def main():
             j += 1
         sets = [seed_set(a) for a in args[i + 1:j]]
         del args[i:j]
-    grid, keep = None, None
-    for flag in ("--grid", "--keep"):
-        if flag in args:
-            i = args.index(flag)
-            if flag == "--grid":
-                grid = args[i + 1]
-            else:
-                keep = args[i + 1]
-            del args[i:i + 2]
-    only = None
-    if "--only-seeds" in args:
-        i = args.index("--only-seeds")
-        only = set(seed_set(args[i + 1]))
-        del args[i:i + 2]
+    grid = take(args, "--grid")
+    keep = take(args, "--keep")
+    only = take(args, "--only-seeds")
+    only = set(seed_set(only)) if only else None
     rows = load(args)
     if only:
         rows = [r for r in rows if r["seed"] in only]

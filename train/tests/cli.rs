@@ -47,6 +47,12 @@ fn copy_dir(src: &Path, dst: &Path) {
     }
 }
 
+/// The first line of a run's metrics.jsonl.
+fn first_epoch_metrics(run: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    serde_json::from_str(text.lines().next().unwrap()).unwrap()
+}
+
 fn fit(data: &Path, out: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
         "fit",
@@ -288,8 +294,7 @@ fn baseline_mode_trains_without_auxiliary_branches() {
         &["--epochs", "1", "--mode", "baseline"],
     );
     assert!(o.status.success(), "{}", text(&o));
-    let line = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
-    let m: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    let m = first_epoch_metrics(out.path());
     assert!(m["soft"].is_null() && m["sp"].is_null() && m["aux"].is_null());
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("summary.json")).unwrap())
@@ -314,8 +319,7 @@ fn label_smoothing_and_gce_modes_train_the_plain_network() {
         assert!(o.status.success(), "{mode}: {}", text(&o));
         let cfg = std::fs::read_to_string(out.path().join("config.toml")).unwrap();
         assert!(cfg.contains(&format!("mode = \"{mode}\"")), "{cfg}");
-        let line = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
-        let m: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+        let m = first_epoch_metrics(out.path());
         assert!(m["aux"].is_null() && m["alpha_mean"].is_null());
         first_targets.push(m["target"].as_f64().unwrap());
     }
@@ -344,8 +348,7 @@ fn peer_modes_and_hybrid_presets_train_and_report_their_terms() {
         assert!(o.status.success(), "{extra:?}: {}", text(&o));
         let cfg = std::fs::read_to_string(out.path().join("config.toml")).unwrap();
         assert!(cfg.contains(in_config), "{extra:?}: {cfg}");
-        let line = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
-        let m: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+        let m = first_epoch_metrics(out.path());
         assert_eq!(m["reg"].is_null(), !has_reg, "{extra:?}: {m}");
         assert!(m["loss"].as_f64().unwrap().is_finite(), "{extra:?}: {m}");
         // Only the DMUE presets build the auxiliary branches.
