@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/fetch-models.sh
 bash scripts/fetch-pretrained.sh
+bash scripts/fetch-face-trunk.sh
 bash scripts/fetch-test-data.sh
 bash scripts/setup-browser.sh
 cargo fmt --all -- --check

@@ -49,6 +49,24 @@ pub fn test_configs() -> Vec<ModelConfig> {
     ]
 }
 
+/// dlib's face-recognition ResNet at its own width (not in [`test_configs`]: it needs inputs
+/// of 103 pixels and more, see [`input_side`]).
+pub fn face_resnet_config() -> ModelConfig {
+    ModelConfig {
+        backbone: dmue_train::model::Backbone::FaceResnet,
+        ..Default::default()
+    }
+}
+
+/// Side of the test inputs of a backbone: 64 pixels, 112 for `face-resnet`.
+pub fn input_side(config: &ModelConfig) -> i64 {
+    if config.backbone == dmue_train::model::Backbone::FaceResnet {
+        112
+    } else {
+        64
+    }
+}
+
 /// Builds a width-8 DMUE ResNet-18 for 64x64 inputs, gives every BatchNorm random running
 /// statistics and affine parameters (so that folding is exercised), and exports it to `dir`.
 pub fn exported_model(dir: &Path, seed: i64) -> Exported {
@@ -104,11 +122,23 @@ fn build_randomised(dir: &Path, config: &ModelConfig, dataset: &str, temperature
             }
         }
     });
+    if config.backbone == dmue_train::model::Backbone::FaceResnet {
+        // Without normalisation, random affine maps compound over 14 blocks into logits in
+        // the hundreds; dlib's weights (what a face-resnet is fine-tuned from) keep them in
+        // the range a trained model has. Classifiers and the uncertainty module stay random.
+        let dlib = root().join(dmue_train::dlib::CONVERTED);
+        assert!(
+            dlib.exists(),
+            "{} is missing: run scripts/fetch-face-trunk.sh",
+            dlib.display()
+        );
+        dmue_train::init::load(&vs, &net, &dlib).expect("dlib weights");
+    }
     let card = ModelCard {
         classes: CLASSES.iter().map(|s| s.to_string()).collect(),
         preprocess: Preprocess {
-            resize: 72,
-            crop: 64,
+            resize: input_side(config) as u32 + 8,
+            crop: input_side(config) as u32,
             ..Default::default()
         },
         template_id: dmue_deploy::face::TEMPLATE_ID.into(),

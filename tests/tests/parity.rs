@@ -5,16 +5,17 @@
 
 use dmue_deploy::engine::{self, EngineKind};
 use dmue_e2e::{
-    exported_model_with, face_inputs, max_abs_diff, onnx_full_check, tch_logits, test_configs,
+    exported_model_with, face_inputs, face_resnet_config, input_side, max_abs_diff,
+    onnx_full_check, tch_logits, test_configs,
 };
 use tch::{Device, Kind, Tensor};
 
 const TOL: f32 = 1e-4;
 
-fn random_inputs(n: usize, seed: i64) -> Vec<f32> {
+fn random_inputs(n: usize, seed: i64, side: i64) -> Vec<f32> {
     dmue_e2e::seeded(seed, || {
         Vec::<f32>::try_from(&Tensor::randn(
-            [n as i64 * 3 * 64 * 64],
+            [n as i64 * 3 * side * side],
             (Kind::Float, Device::Cpu),
         ))
         .unwrap()
@@ -33,13 +34,15 @@ fn check_model(kind: EngineKind, config: &dmue_train::model::ModelConfig) {
     let dir = tempfile::tempdir().unwrap();
     let m = exported_model_with(dir.path(), 1, config);
     let mut engine = engine::load(kind, &m.path, 1).unwrap();
-    let mut logits = |x: &[f32], n: usize| engine.run(x, [n, 3, 64, 64]).unwrap().swap_remove(0).1;
-    let per = 3 * 64 * 64;
+    let side = input_side(config);
+    let s = side as usize;
+    let mut logits = |x: &[f32], n: usize| engine.run(x, [n, 3, s, s]).unwrap().swap_remove(0).1;
+    let per = 3 * s * s;
     for (what, inputs, n) in [
-        ("random", random_inputs(5, 2), 5),
+        ("random", random_inputs(5, 2, side), 5),
         ("faces", face_inputs(&m.card, 4, 5), 4),
     ] {
-        let reference = tch_logits(&m.net, &inputs, n, 64);
+        let reference = tch_logits(&m.net, &inputs, n, side);
         // Batch N.
         let batch = logits(&inputs, n);
         let d = max_abs_diff(&batch, &reference);
@@ -77,6 +80,15 @@ fn onnx_runtime_matches_tch() {
     check_engine(EngineKind::Ort);
 }
 
+/// dlib's face-recognition ResNet: its average-pooled shortcuts and zero-padded sums (a 3x3
+/// residual added to a 4x4 shortcut at 112 pixels) export as AveragePool and Pad.
+#[test]
+fn face_resnet_matches_tch_on_both_engines() {
+    for kind in [EngineKind::Tract, EngineKind::Ort] {
+        check_model(kind, &face_resnet_config());
+    }
+}
+
 /// A calibrated export (T = 2.5): the graph's `probabilities` and dmue-serve's predictions are
 /// softmax(tch logits / T), computed here in f64; `logits` stay raw.
 #[test]
@@ -84,7 +96,7 @@ fn calibrated_probabilities_follow_the_temperature() {
     let dir = tempfile::tempdir().unwrap();
     let t = 2.5f64;
     let m = dmue_e2e::exported_model_card(dir.path(), 4, "test", t as f32);
-    let inputs = random_inputs(3, 6);
+    let inputs = random_inputs(3, 6, 64);
     let reference = tch_logits(&m.net, &inputs, 3, 64);
     let expected: Vec<f32> = reference
         .chunks(7)

@@ -281,6 +281,16 @@ impl Config {
             bail!("train.freeze_trunk_epochs needs pretrained weights (train.init / --init)");
         }
         self.model.backbone.validate_width(self.model.width())?;
+        let crop = self.data.preprocess.crop as i64;
+        if self.model.backbone == crate::model::Backbone::FaceResnet
+            && crop < crate::model::face_resnet::MIN_INPUT
+        {
+            bail!(
+                "model.backbone = \"face-resnet\" needs data.preprocess.crop >= {} (got {crop}); \
+                 dlib trained it on 150-pixel chips",
+                crate::model::face_resnet::MIN_INPUT
+            );
+        }
         if self.loss.temperature <= 0.0 {
             bail!("loss.temperature must be positive");
         }

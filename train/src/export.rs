@@ -8,6 +8,7 @@
 //! `export --calibrate`). The model card goes into `metadata_props`.
 //! The auxiliary branches and the uncertainty module are simply never visited.
 
+use crate::model::face_resnet;
 use crate::model::mobilenet_v2::{self, InvertedResidual};
 use crate::model::resnet::{BasicBlock, Block, Bottleneck, Ibn, Layer, Norm};
 use crate::model::shufflenet_v1;
@@ -180,7 +181,7 @@ impl Graph {
     ) -> Result<String> {
         let w = conv.inner.ws.to_kind(Kind::Double);
         let (cout, cin_per_group, k) = (w.size()[0], w.size()[1], w.size()[2]);
-        let (stride, pad, groups) = (conv.stride, k / 2, conv.groups);
+        let (stride, pad, groups) = (conv.stride, conv.padding, conv.groups);
         let folded_w = &w * scale.view([cout, 1, 1, 1]);
         let mut folded_b = shift.copy();
         if let Some(b) = &conv.inner.bs {
@@ -342,6 +343,66 @@ impl Graph {
         Ok(self.relu(&sum, &format!("{name}.relu2")))
     }
 
+    /// Zero-pads `x` at the end of each dimension to `to` (channels, height, width); no node
+    /// when it already has that shape.
+    fn pad_to(&mut self, x: &str, to: [i64; 3], name: &str) -> String {
+        let s = self.shape(x);
+        if s == to {
+            return x.to_string();
+        }
+        let pads = format!("{name}.pads");
+        // ONNX order: every axis's start, then every axis's end (N, C, H, W).
+        self.int64_initializer(
+            &pads,
+            &[0, 0, 0, 0, 0, to[0] - s[0], to[1] - s[1], to[2] - s[2]],
+        );
+        self.node("Pad", name, &[x, &pads], vec![], to)
+    }
+
+    /// dlib's residual block: the shortcut average-pooled in a downsampling block, the sum of
+    /// tensors of different sizes zero-padded as `face_resnet::add_padded`.
+    fn face_block(&mut self, x: &str, b: &face_resnet::Block, name: &str) -> Result<String> {
+        let aff = |a: &face_resnet::Affine| {
+            (a.weight.to_kind(Kind::Double), a.bias.to_kind(Kind::Double))
+        };
+        let (s1, b1) = aff(&b.affine1);
+        let y = self.conv_affine(x, &b.conv1, &s1, &b1, &format!("{name}.conv1"))?;
+        let y = self.relu(&y, &format!("{name}.relu1"));
+        let (s2, b2) = aff(&b.affine2);
+        let y = self.conv_affine(&y, &b.conv2, &s2, &b2, &format!("{name}.conv2"))?;
+        let shortcut = if b.down {
+            let [c, h, w] = self.shape(x);
+            self.node(
+                "AveragePool",
+                &format!("{name}.shortcut"),
+                &[x],
+                vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])],
+                [c, (h - 2) / 2 + 1, (w - 2) / 2 + 1],
+            )
+        } else {
+            x.to_string()
+        };
+        let (sy, ss) = (self.shape(&y), self.shape(&shortcut));
+        let to = [0, 1, 2].map(|i| sy[i].max(ss[i]));
+        let y = self.pad_to(&y, to, &format!("{name}.pad_residual"));
+        let shortcut = self.pad_to(&shortcut, to, &format!("{name}.pad_shortcut"));
+        let sum = self.node("Add", name, &[&y, &shortcut], vec![], to);
+        Ok(self.relu(&sum, &format!("{name}.relu2")))
+    }
+
+    fn face_blocks(
+        &mut self,
+        x: &str,
+        blocks: &[face_resnet::Block],
+        name: &str,
+    ) -> Result<String> {
+        let mut y = x.to_string();
+        for (i, b) in blocks.iter().enumerate() {
+            y = self.face_block(&y, b, &format!("{name}.{i}"))?;
+        }
+        Ok(y)
+    }
+
     fn layer(&mut self, x: &str, l: &Layer, name: &str) -> Result<String> {
         let mut y = x.to_string();
         for (i, b) in l.blocks.iter().enumerate() {
@@ -407,6 +468,19 @@ impl Graph {
                 let y = self.relu(&y, "first_conv.relu");
                 let y = self.max_pool(&y, shufflenet_v1::STEM_POOL, "maxpool");
                 self.shuffle_units(&y, &t.units, 0)
+            }
+            Trunk::FaceResnet(t) => {
+                let (s, b) = (
+                    t.affine1.weight.to_kind(Kind::Double),
+                    t.affine1.bias.to_kind(Kind::Double),
+                );
+                let y = self.conv_affine(x, &t.conv1, &s, &b, "conv1")?;
+                let y = self.relu(&y, "relu");
+                let mut y = self.max_pool(&y, (3, 2, 0), "maxpool");
+                for (l, blocks) in t.layers.iter().enumerate() {
+                    y = self.face_blocks(&y, blocks, &format!("layer{}", l + 1))?;
+                }
+                Ok(y)
             }
         }
     }
@@ -494,6 +568,7 @@ impl Graph {
     fn stage(&mut self, x: &str, s: &Stage) -> Result<String> {
         match s {
             Stage::Resnet(l) => self.layer(x, l, "layer4"),
+            Stage::FaceResnet(t) => self.face_blocks(x, &t.blocks, "layer5"),
             Stage::ShufflenetV1(t) => self.shuffle_units(x, &t.units, shufflenet_v1::BRANCH_START),
             Stage::MobilenetV2(t) => {
                 let start = mobilenet_v2::BRANCH_START;
@@ -817,6 +892,22 @@ pub fn run_id(run: &Path) -> String {
         .unwrap_or_else(|| "run".into())
 }
 
+/// The card's backbone line: the architecture, and where its weights started when that was
+/// dlib's face-recognition ResNet (whose source and licence travel with the model).
+fn describe_start(cfg: &crate::config::Config) -> String {
+    let arch = cfg.model.describe();
+    let from_dlib = cfg
+        .train
+        .init
+        .as_ref()
+        .is_some_and(|p| p.file_name() == Path::new(crate::dlib::CONVERTED).file_name());
+    if from_dlib {
+        format!("{arch}, {}", crate::dlib::PROVENANCE)
+    } else {
+        arch
+    }
+}
+
 /// Exports a run's newest checkpoint (trunk + target branch) to `out`.
 pub fn export_run(
     run: &Path,
@@ -834,7 +925,7 @@ pub fn export_run(
         preprocess: cfg.data.preprocess,
         template_id: ds.info.template_id.clone(),
         aligned_size: ds.info.image_size,
-        backbone: cfg.model.describe(),
+        backbone: describe_start(&cfg),
         dataset: ds.info.name.clone(),
         run_id: run_id(run),
         version: env!("CARGO_PKG_VERSION").into(),

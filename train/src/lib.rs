@@ -7,6 +7,7 @@ pub mod calibrate;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod dlib;
 pub mod dynamics;
 pub mod eval;
 pub mod export;

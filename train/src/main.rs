@@ -58,6 +58,17 @@ enum Command {
     /// Export the deployed part (trunk + target branch, BatchNorm folded) to ONNX, with the
     /// model card (classes, preprocessing, template...) in its metadata.
     Export(ExportArgs),
+    /// Convert dlib's face-recognition ResNet (dlib_face_recognition_resnet_model_v1.dat) to
+    /// safetensors for `fit --init face` (scripts/fetch-face-trunk.sh runs it).
+    ConvertDlib(ConvertDlibArgs),
+}
+
+#[derive(clap::Args)]
+struct ConvertDlibArgs {
+    /// dlib's .dat file.
+    input: PathBuf,
+    /// The safetensors file to write (written beside it first, then renamed into place).
+    output: PathBuf,
 }
 
 const PREPARE_RULES: &str = "\
@@ -319,7 +330,10 @@ struct FitArgs {
     /// scripts/convert-weights.sh). Torchvision ResNet-18 / MobileNetV2 names, the authors'
     /// MS-Celeb ResNet-18 (with --set model.stem=authors) and `dmue-train pretrain` output
     /// are recognised; the report goes to OUT/init-report.json. Shorthand for train.init.
-    #[arg(long, value_name = "FILE")]
+    /// `--init face`: dlib's face-recognition ResNet (scripts/fetch-face-trunk.sh), which also
+    /// sets model.backbone=face-resnet, dlib's input normalisation and 150-pixel inputs
+    /// (resize 171, crop 150; --set data.preprocess.* overrides them).
+    #[arg(long, value_name = "FILE|face")]
     init: Option<PathBuf>,
     /// Freeze the loaded backbone for the first N epochs (only the classifiers train).
     #[arg(long, value_name = "N")]
@@ -543,11 +557,24 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(b) = a.backbone {
                 sets.push(format!("model.backbone=\"{}\"", b.name()));
             }
-            if let Some(f) = &a.init {
-                sets.push(format!(
+            match &a.init {
+                // The named start: dlib's face-recognition ResNet, before any --set.
+                Some(f) if f.as_os_str() == "face" && !f.exists() => {
+                    let converted = std::fs::canonicalize(dmue_train::dlib::CONVERTED)
+                        .with_context(|| {
+                            format!(
+                                "--init face needs {} (run scripts/fetch-face-trunk.sh in the \
+                                 repository, and fit from its root)",
+                                dmue_train::dlib::CONVERTED
+                            )
+                        })?;
+                    sets.splice(0..0, dmue_train::dlib::fit_settings(&converted));
+                }
+                Some(f) => sets.push(format!(
                     "train.init={}",
                     toml_string(&f.display().to_string())
-                ));
+                )),
+                None => {}
             }
             if let Some(n) = a.freeze_trunk_epochs {
                 sets.push(format!("train.freeze_trunk_epochs={n}"));
@@ -661,6 +688,18 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::BenchLoader(a) => bench_loader(&a)?,
+        Command::ConvertDlib(a) => {
+            let r = dmue_train::dlib::convert(&a.input, &a.output)?;
+            println!(
+                "wrote {} ({} tensors, {} values; input {}x{}, mean {:?})",
+                a.output.display(),
+                r.tensors,
+                r.values,
+                r.input_size[0],
+                r.input_size[1],
+                r.input_mean
+            );
+        }
         Command::Analyze(a) => {
             let device = trainer::resolve_device(a.device)?;
             let analysis = dmue_train::analyze::analyze(&a.run, device)?;

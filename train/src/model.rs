@@ -7,6 +7,7 @@
 //! (`aux.{j}.layer4...`, `aux.{j}.fc`); the uncertainty module under
 //! `uncertainty.{fc1,prelu,fc2}`.
 
+pub mod face_resnet;
 pub mod fused;
 pub mod mobilenet_v2;
 pub mod resnet;
@@ -39,6 +40,11 @@ pub enum Backbone {
     #[serde(rename = "shufflenet_v1")]
     #[value(name = "shufflenet_v1")]
     ShufflenetV1,
+    /// dlib's face-recognition ResNet (`face_resnet.rs`); branch stage `layer5`; width 32 is
+    /// dlib's network, which `fit --init face` starts from. Inputs of 103 pixels and more.
+    #[serde(rename = "face-resnet")]
+    #[value(name = "face-resnet")]
+    FaceResnet,
 }
 
 impl Backbone {
@@ -48,6 +54,7 @@ impl Backbone {
             Backbone::Resnet18 | Backbone::Resnet50Ibn => 64,
             Backbone::MobilenetV2 => mobilenet_v2::STANDARD_WIDTH,
             Backbone::ShufflenetV1 => shufflenet_v1::STANDARD_WIDTH,
+            Backbone::FaceResnet => face_resnet::STANDARD_WIDTH,
         }
     }
 
@@ -58,6 +65,7 @@ impl Backbone {
             Backbone::MobilenetV2 => "mobilenet_v2",
             Backbone::Resnet50Ibn => "resnet50_ibn",
             Backbone::ShufflenetV1 => "shufflenet_v1",
+            Backbone::FaceResnet => "face-resnet",
         }
     }
 
@@ -68,6 +76,7 @@ impl Backbone {
             Backbone::Resnet18 | Backbone::Resnet50Ibn => name.starts_with("layer4."),
             Backbone::MobilenetV2 => features_index(name) >= Some(mobilenet_v2::BRANCH_START),
             Backbone::ShufflenetV1 => features_index(name) >= Some(shufflenet_v1::BRANCH_START),
+            Backbone::FaceResnet => name.starts_with("layer5."),
         }
     }
 
@@ -150,11 +159,12 @@ impl ModelConfig {
     }
 }
 
-/// A convolution that remembers its geometry (tch keeps it private); it pads by `k / 2`.
+/// A convolution that remembers its geometry (tch keeps it private).
 #[derive(Debug)]
 pub struct Conv {
     pub inner: nn::Conv2D,
     pub stride: i64,
+    pub padding: i64,
     pub groups: i64,
 }
 
@@ -182,6 +192,7 @@ fn conv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, groups: i64) -> C
     Conv {
         inner: nn::conv2d(p, cin, cout, k, cfg),
         stride,
+        padding: k / 2,
         groups,
     }
 }
@@ -207,6 +218,7 @@ pub enum Trunk {
     Resnet(resnet::Trunk),
     MobilenetV2(mobilenet_v2::Trunk),
     ShufflenetV1(shufflenet_v1::Trunk),
+    FaceResnet(face_resnet::Trunk),
 }
 
 impl Trunk {
@@ -228,6 +240,7 @@ impl Trunk {
             Backbone::ShufflenetV1 => {
                 Trunk::ShufflenetV1(shufflenet_v1::Trunk::new(p, cfg.width()))
             }
+            Backbone::FaceResnet => Trunk::FaceResnet(face_resnet::Trunk::new(p, cfg)),
         }
     }
 }
@@ -238,6 +251,7 @@ impl ModuleT for Trunk {
             Trunk::Resnet(t) => t.forward_t(xs, train),
             Trunk::MobilenetV2(t) => t.forward_t(xs, train),
             Trunk::ShufflenetV1(t) => t.forward_t(xs, train),
+            Trunk::FaceResnet(t) => t.forward_t(xs, train),
         }
     }
 }
@@ -248,6 +262,7 @@ pub enum Stage {
     Resnet(resnet::Layer),
     MobilenetV2(Box<mobilenet_v2::Tail>),
     ShufflenetV1(shufflenet_v1::Tail),
+    FaceResnet(face_resnet::Tail),
 }
 
 impl Stage {
@@ -271,6 +286,10 @@ impl Stage {
                 mobilenet_v2::channels(w).1,
             ),
             Backbone::ShufflenetV1 => (Stage::ShufflenetV1(shufflenet_v1::Tail::new(p, w)), 4 * w),
+            Backbone::FaceResnet => (
+                Stage::FaceResnet(face_resnet::Tail::new(p, w)),
+                face_resnet::channels(4, w),
+            ),
         }
     }
 }
@@ -281,6 +300,7 @@ impl ModuleT for Stage {
             Stage::Resnet(l) => l.forward_t(xs, train),
             Stage::MobilenetV2(t) => t.forward_t(xs, train),
             Stage::ShufflenetV1(t) => t.forward_t(xs, train),
+            Stage::FaceResnet(t) => t.forward_t(xs, train),
         }
     }
 }
@@ -506,6 +526,15 @@ impl MultiBranchNet {
                 });
                 shufflenet_v1::fused_tail(&tails, trunk, &s)
             }
+            // One block on a 2x2 map (dlib's zero-padded shortcut makes a stacked version
+            // awkward): the branches run one after another and their outputs are stacked.
+            Stage::FaceResnet(_) => Tensor::cat(
+                &stages
+                    .iter()
+                    .map(|st| st.forward_t(trunk, train))
+                    .collect::<Vec<_>>(),
+                1,
+            ),
         };
         // [B, G * F, h, w] -> [B, G, F]: global average pooling per branch.
         let b = y.size()[0];
@@ -742,6 +771,33 @@ mod tests {
         );
         assert_eq!(out.target_feat.size(), [2, 128]);
         assert_eq!(out.aux_logits[6].size(), [2, 6]);
+    }
+
+    #[test]
+    fn face_resnet_has_dlibs_parameter_count_and_shapes() {
+        let cfg = ModelConfig {
+            backbone: Backbone::FaceResnet,
+            ..Default::default()
+        };
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = MultiBranchNet::new(&vs.root(), &cfg, 7, true);
+        // dlib's network holds 5,614,592 values, 128 x 256 of them in its descriptor
+        // projection, which the 7-way classifier replaces.
+        let deployed = count_params(&vs, is_target_param);
+        assert_eq!(deployed, 5_614_592 - 128 * 256 + 256 * 7);
+        let x = Tensor::randn([2, 3, 150, 150], (tch::Kind::Float, Device::Cpu));
+        let trunk = net.trunk.forward_t(&x, false);
+        // 150 -> 72 (stem) -> 35 (pool) -> 17 -> 8 -> 4: layer4's 3x3 residual is padded to
+        // its 4x4 shortcut, as dlib's add_prev does.
+        assert_eq!(trunk.size(), [2, 256, 4, 4]);
+        let out = net.forward_train(&x, true);
+        assert_eq!(out.target_feat.size(), [2, 256]);
+        assert_eq!(out.aux_logits[6].size(), [2, 6]);
+        for n in ["layer5.0.affine2.bias", "aux.3.layer5.0.conv1.weight"] {
+            assert!(vs.variables().contains_key(n), "missing {n}");
+        }
+        assert!(Backbone::FaceResnet.is_branch_stage("layer5.0.conv1.weight"));
+        assert!(!Backbone::FaceResnet.is_branch_stage("layer4.2.conv1.weight"));
     }
 
     #[test]

@@ -603,6 +603,91 @@ fn every_backbone_trains_as_dmue_and_exports() {
     }
 }
 
+/// `fit --init face` starts every branch from dlib's face-recognition ResNet with dlib's input
+/// normalisation, and the exported card carries that normalisation (so dmue-serve feeds the
+/// model what training fed it) and the weights' source and licence. Too small a crop for the
+/// network is a clear error.
+#[test]
+fn init_face_starts_from_dlibs_network_and_the_card_carries_its_input() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    assert!(
+        root.join(dmue_train::dlib::CONVERTED).exists(),
+        "run scripts/fetch-face-trunk.sh first"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = tmp.path().join("ds");
+    let run_dir = tmp.path().join("run");
+    ok(&[
+        "synth",
+        "--out",
+        ds.to_str().unwrap(),
+        "--train",
+        "28",
+        "--test",
+        "14",
+        "--size",
+        "120",
+        "--seed",
+        "4",
+    ]);
+    // From the repository root, where `models/` is (as the README runs it); 112-pixel inputs
+    // keep the test fast.
+    let o = common::bin()
+        .current_dir(&root)
+        .args([
+            "fit",
+            "--data",
+            ds.to_str().unwrap(),
+            "--out",
+            run_dir.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--init",
+            "face",
+            "--epochs",
+            "1",
+            "--set",
+            "data.preprocess.resize=120",
+            "--set",
+            "data.preprocess.crop=112",
+            "--set",
+            "train.batch_size=14",
+            "--set",
+            "train.threads=1",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("init-report.json")).unwrap())
+            .unwrap();
+    // 116 trunk and layer5 tensors; layer5's 8 tensors fill the 7 auxiliary copies as well.
+    assert_eq!(report["used_from_file"], 116, "{report}");
+    assert_eq!(report["loaded"], 116 + 7 * 8, "{report}");
+    assert_eq!(report["unused"], serde_json::json!(["descriptor.weight"]));
+    let cfg = std::fs::read_to_string(run_dir.join("config.toml")).unwrap();
+    assert!(cfg.contains("backbone = \"face-resnet\""), "{cfg}");
+    ok(&["export", run_dir.to_str().unwrap()]);
+    let card = dmue_deploy::model_card::ModelCard::from_onnx(&run_dir.join("target.onnx")).unwrap();
+    assert_eq!(card.preprocess, dmue_train::dlib::preprocess(120, 112));
+    assert!(
+        card.backbone.starts_with("face-resnet, "),
+        "{}",
+        card.backbone
+    );
+    assert!(card.backbone.contains("CC0 1.0"), "{}", card.backbone);
+
+    let e = text(&fit(
+        dataset(),
+        &tmp.path().join("small"),
+        &["--epochs", "1", "--backbone", "face-resnet"],
+    ));
+    assert!(
+        e.contains("needs data.preprocess.crop >= 103 (got 32)"),
+        "{e}"
+    );
+}
+
 #[test]
 fn export_calibrates_on_the_validation_split_and_refuses_the_test_split() {
     let tmp = tempfile::tempdir().unwrap();

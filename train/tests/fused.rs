@@ -189,6 +189,14 @@ fn fused_branches_equal_sequential_for_every_backbone() {
         },
         64,
     );
+    check(
+        ModelConfig {
+            backbone: Backbone::FaceResnet,
+            width: Some(8),
+            ..Default::default()
+        },
+        112,
+    );
 
     // Without a loss that reads them, the auxiliary branches are not run at all.
     let (_vs, net) = random_net(&r18, 4);

@@ -45,7 +45,6 @@ impl Stacked {
         );
         let ws: Vec<&Tensor> = convs.iter().map(|c| &c.inner.ws).collect();
         let w = Tensor::cat(&ws, 0);
-        let k = w.size()[2];
         let shared = xs.size()[1] == w.size()[1] * first.groups;
         let (xs, groups) = match (shared, first.groups) {
             (true, 1) => (xs.shallow_clone(), 1),
@@ -56,7 +55,7 @@ impl Stacked {
             &w,
             None::<&Tensor>,
             [first.stride; 2],
-            [k / 2; 2],
+            [first.padding; 2],
             [1, 1],
             groups,
         )
