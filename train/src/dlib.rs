@@ -134,26 +134,21 @@ enum Kind {
     Wrapper,
 }
 
-/// dlib's `ares<N>`: relu(add_prev1(affine(con(relu(affine(con(tag1(x)))))))).
+/// dlib's `block<N, affine, stride>`: affine(con3x3(relu(affine(con3x3/stride(x))))).
+fn block(n: i64, stride: i64) -> [Kind; 5] {
+    let con = |stride| Kind::Con {
+        filters: n,
+        k: 3,
+        stride,
+    };
+    [Kind::Affine, con(1), Kind::Relu, Kind::Affine, con(stride)]
+}
+
+/// dlib's `ares<N>`: relu(add_prev1(block(tag1(x)))).
 fn ares(n: i64, out: &mut Vec<Kind>) {
-    out.extend([
-        Kind::Relu,
-        Kind::AddPrev,
-        Kind::Affine,
-        Kind::Con {
-            filters: n,
-            k: 3,
-            stride: 1,
-        },
-        Kind::Relu,
-        Kind::Affine,
-        Kind::Con {
-            filters: n,
-            k: 3,
-            stride: 1,
-        },
-        Kind::Wrapper,
-    ]);
+    out.extend([Kind::Relu, Kind::AddPrev]);
+    out.extend(block(n, 1));
+    out.push(Kind::Wrapper);
 }
 
 /// dlib's `ares_down<N>`: relu(add_prev2(avg_pool2(skip1(tag2(block_stride2(tag1(x))))))).
@@ -164,21 +159,9 @@ fn ares_down(n: i64, out: &mut Vec<Kind>) {
         Kind::AvgPool2,
         Kind::Wrapper,
         Kind::Wrapper,
-        Kind::Affine,
-        Kind::Con {
-            filters: n,
-            k: 3,
-            stride: 1,
-        },
-        Kind::Relu,
-        Kind::Affine,
-        Kind::Con {
-            filters: n,
-            k: 3,
-            stride: 2,
-        },
-        Kind::Wrapper,
     ]);
+    out.extend(block(n, 2));
+    out.push(Kind::Wrapper);
 }
 
 /// Residual levels, input side first: (filters, plain blocks, whether a downsampling block
