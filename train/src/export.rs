@@ -359,17 +359,24 @@ impl Graph {
         self.node("Pad", name, &[x, &pads], vec![], to)
     }
 
+    /// A convolution followed by `face-resnet`'s trained per-channel affine map, folded.
+    fn conv_face_affine(
+        &mut self,
+        x: &str,
+        conv: &Conv,
+        a: &face_resnet::Affine,
+        name: &str,
+    ) -> Result<String> {
+        let (scale, shift) = (a.weight.to_kind(Kind::Double), a.bias.to_kind(Kind::Double));
+        self.conv_affine(x, conv, &scale, &shift, name)
+    }
+
     /// dlib's residual block: the shortcut average-pooled in a downsampling block, the sum of
     /// tensors of different sizes zero-padded as `face_resnet::add_padded`.
     fn face_block(&mut self, x: &str, b: &face_resnet::Block, name: &str) -> Result<String> {
-        let aff = |a: &face_resnet::Affine| {
-            (a.weight.to_kind(Kind::Double), a.bias.to_kind(Kind::Double))
-        };
-        let (s1, b1) = aff(&b.affine1);
-        let y = self.conv_affine(x, &b.conv1, &s1, &b1, &format!("{name}.conv1"))?;
+        let y = self.conv_face_affine(x, &b.conv1, &b.affine1, &format!("{name}.conv1"))?;
         let y = self.relu(&y, &format!("{name}.relu1"));
-        let (s2, b2) = aff(&b.affine2);
-        let y = self.conv_affine(&y, &b.conv2, &s2, &b2, &format!("{name}.conv2"))?;
+        let y = self.conv_face_affine(&y, &b.conv2, &b.affine2, &format!("{name}.conv2"))?;
         let shortcut = if b.down {
             let [c, h, w] = self.shape(x);
             self.node(
@@ -470,11 +477,7 @@ impl Graph {
                 self.shuffle_units(&y, &t.units, 0)
             }
             Trunk::FaceResnet(t) => {
-                let (s, b) = (
-                    t.affine1.weight.to_kind(Kind::Double),
-                    t.affine1.bias.to_kind(Kind::Double),
-                );
-                let y = self.conv_affine(x, &t.conv1, &s, &b, "conv1")?;
+                let y = self.conv_face_affine(x, &t.conv1, &t.affine1, "conv1")?;
                 let y = self.relu(&y, "relu");
                 let mut y = self.max_pool(&y, (3, 2, 0), "maxpool");
                 for (l, blocks) in t.layers.iter().enumerate() {
