@@ -5,7 +5,8 @@ which figures of the summary it quotes, in order:
 
     | from scratch ... | 56.70 | 52.51 | ... | <!-- figures: mean peers scratch dmue-gce-target 6-10; mean peers scratch gce 6-10; vs peers scratch 6-10 -->
 
-A comment alone on a line quotes the previous non-empty line.
+A comment alone on a line quotes the text above it, back to a blank line or to the start of
+its list item.
 
 Each item yields numbers, in order:
 - `mean GRID REGIME ARM SEEDS`: the arm's mean accuracy (%) over those seeds of its per-seed
@@ -17,6 +18,8 @@ Each item yields numbers, in order:
   (three numbers), from the entry of exactly those seeds;
 - `pdiff GRID REGIME ARM OTHER SEEDS`: the arm minus OTHER, paired over those seeds, and its
   interval, computed from both arms' per-seed values (summarize.py's own formula);
+- `effect GRID REGIME REFERENCE ARM`: the arm in REGIME minus the same arm in REFERENCE,
+  paired over their common seeds, and its interval, from `regime_effects`;
 - `skip`: a number of the row that is not checked (a count, a minimum over runs).
 The decimal numbers of the row (those with a decimal point) must equal them, rounded to the
 row's own decimals. SEEDS is `A-B` or a comma list. Run by scripts/test.sh.
@@ -87,6 +90,13 @@ def values(summary, item):
                     and abs(v["flip_rate"] - rate) < 1e-9):
                 return [v["diff"], v["ci95_low"], v["ci95_high"]]
         raise KeyError(f"no vs_best_single grid={grid} regime={regime} seeds={s}")
+    if kind == "effect":
+        grid, regime, reference, arm = args
+        for v in summary["regime_effects"]:
+            if (v.get("grid") == grid and v["regime"] == regime
+                    and v["reference"] == reference and v["arm"] == arm):
+                return [v["diff"], v["ci95_low"], v["ci95_high"]]
+        raise KeyError(f"no regime effect grid={grid} {regime} - {reference} arm={arm}")
     if kind == "skip":
         return [None]
     if kind == "pdiff":
@@ -110,7 +120,14 @@ def check(path, summary):
             continue
         row = line[: m.start()]
         if not row.strip():
-            row = next((lines[j] for j in range(i - 1, -1, -1) if lines[j].strip()), "")
+            above = []
+            for j in range(i - 1, -1, -1):
+                if not lines[j].strip():
+                    break
+                above.insert(0, lines[j])
+                if lines[j].lstrip().startswith(("- ", "* ", "|")):
+                    break
+            row = " ".join(above)
         try:
             want = [x for item in m.group(1).split(";") for x in values(summary, item.strip())]
         except (KeyError, ValueError) as e:
