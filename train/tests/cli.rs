@@ -609,7 +609,7 @@ fn every_backbone_trains_as_dmue_and_exports() {
 /// network is a clear error.
 #[test]
 fn init_face_starts_from_dlibs_network_and_the_card_carries_its_input() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = common::root();
     assert!(
         root.join(dmue_train::dlib::CONVERTED).exists(),
         "run scripts/fetch-face-trunk.sh first"

@@ -8,16 +8,15 @@
 //! Needs `models/dlib_face_recognition_resnet_model_v1.dat` (scripts/fetch-face-trunk.sh) and
 //! `target/test-data/dlib-reference` (scripts/fetch-test-data.sh); scripts/test.sh runs both.
 
+mod common;
+
+use common::root;
 use dmue_train::dlib;
 use dmue_train::model::face_resnet::{Tail, Trunk};
 use dmue_train::model::{Backbone, ModelConfig};
 use std::path::{Path, PathBuf};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn dat() -> PathBuf {
     root().join("models/dlib_face_recognition_resnet_model_v1.dat")

@@ -1,7 +1,13 @@
 //! Running the `dmue-train` binary from integration tests.
 #![allow(dead_code)] // each test crate uses a different subset
 
+use std::path::PathBuf;
 use std::process::{Command, Output};
+
+/// The workspace root, where `models/` and `target/test-data/` live.
+pub fn root() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
 
 pub fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_dmue-train"));
