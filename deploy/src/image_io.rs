@@ -50,6 +50,9 @@ pub fn dimensions(bytes: &[u8]) -> Result<(u32, u32)> {
 
 pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage> {
     let mut reader = reader(bytes)?;
+    if reader.format() == Some(image::ImageFormat::Jpeg) {
+        jpeg_reaches_its_end(bytes).map_err(Error::Undecodable)?;
+    }
     let mut l = image::Limits::default();
     l.max_image_width = Some(limits.max_side);
     l.max_image_height = Some(limits.max_side);
@@ -67,6 +70,70 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage> {
     let mut img = DynamicImage::from_decoder(decoder).map_err(classify)?;
     img.apply_orientation(orientation);
     Ok(img.to_rgb8())
+}
+
+/// Checks that a JPEG stream reaches its end-of-image marker. JPEG decoders fill a scan cut
+/// short with grey and report success, so a truncated upload would otherwise be classified as a
+/// photo (usually one without a face) instead of being reported as damaged.
+///
+/// Walks the marker segments: each has a big-endian length; after a start-of-scan the
+/// entropy-coded data runs to the next marker that is not a stuffed `FF 00`, a restart marker
+/// or fill. Bytes between segments that are not a marker are skipped, as decoders do.
+fn jpeg_reaches_its_end(b: &[u8]) -> std::result::Result<(), String> {
+    let cut = |at: usize| {
+        format!(
+            "the JPEG is cut short: it ends at byte {at} of its data, before its end-of-image \
+             marker (an incomplete upload or a truncated file)"
+        )
+    };
+    let mut i = 2; // after start-of-image
+    loop {
+        // The next marker: 0xFF (any fill bytes) then the marker code.
+        while i < b.len() && b[i] != 0xFF {
+            i += 1;
+        }
+        while i < b.len() && b[i] == 0xFF {
+            i += 1;
+        }
+        let Some(&marker) = b.get(i) else {
+            return Err(cut(b.len()));
+        };
+        i += 1;
+        match marker {
+            0xD9 => return Ok(()),
+            // Markers without a length: restart markers, TEM, and a stray SOI.
+            0x01 | 0xD0..=0xD8 => continue,
+            _ => {}
+        }
+        let Some(len) = b
+            .get(i..i + 2)
+            .map(|l| u16::from_be_bytes([l[0], l[1]]) as usize)
+        else {
+            return Err(cut(b.len()));
+        };
+        i += len;
+        if i > b.len() {
+            return Err(cut(b.len()));
+        }
+        if marker == 0xDA {
+            // Entropy-coded data up to the next real marker.
+            loop {
+                match b
+                    .get(i..)
+                    .and_then(|rest| rest.iter().position(|&x| x == 0xFF))
+                {
+                    None => return Err(cut(b.len())),
+                    Some(k) => i += k,
+                }
+                match b.get(i + 1) {
+                    None => return Err(cut(b.len())),
+                    Some(0x00 | 0xD0..=0xD7) => i += 2,
+                    Some(0xFF) => i += 1,
+                    Some(_) => break,
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -169,6 +236,40 @@ mod tests {
                 let got = rgb.get_pixel(16 * i as u32 + 8, 8).0;
                 let off = (0..3).map(|c| got[c].abs_diff(want[c])).max().unwrap();
                 assert!(off <= 12, "{color:?} block {i}: {got:?} for {want:?}");
+            }
+        }
+    }
+
+    /// A JPEG cut anywhere, even just before its end-of-image marker, is reported as damaged
+    /// (decoders alone fill the missing rows with grey and succeed); complete JPEGs decode,
+    /// baseline or progressive, with restart markers, and with bytes after their end.
+    #[test]
+    fn a_cut_jpeg_is_undecodable_and_complete_ones_decode() {
+        let img = RgbImage::from_fn(64, 48, |x, y| {
+            image::Rgb([(x * 4) as u8, (y * 5) as u8, 90])
+        });
+        let mut variants = Vec::new();
+        for (progressive, restart) in [(false, 0), (true, 0), (false, 2)] {
+            let mut jpeg = Vec::new();
+            let mut enc = jpeg_encoder::Encoder::new(&mut jpeg, 90);
+            enc.set_progressive(progressive);
+            if restart > 0 {
+                enc.set_restart_interval(restart);
+            }
+            enc.encode(img.as_raw(), 64, 48, jpeg_encoder::ColorType::Rgb)
+                .unwrap();
+            variants.push(jpeg);
+        }
+        for jpeg in &variants {
+            let whole = decode(jpeg, &DecodeLimits::default()).unwrap();
+            assert_eq!(whole.dimensions(), (64, 48));
+            let mut padded = jpeg.clone();
+            padded.extend_from_slice(b"trailing bytes some cameras write");
+            decode(&padded, &DecodeLimits::default()).unwrap();
+            for keep in [jpeg.len() - 2, jpeg.len() * 3 / 4, jpeg.len() / 2, 200] {
+                let err = decode(&jpeg[..keep], &DecodeLimits::default()).unwrap_err();
+                assert_eq!(err.kind(), "undecodable", "cut at {keep}: {err}");
+                assert!(err.to_string().contains("cut short"), "{err}");
             }
         }
     }

@@ -39,7 +39,7 @@ struct Cli {
     /// Requests served at once; more get 429 before their body is read.
     #[arg(long, default_value_t = ServeConfig::default().max_in_flight, env = "DMUE_MAX_IN_FLIGHT")]
     max_in_flight: usize,
-    /// Images (multipart file parts) per request (413 beyond).
+    /// Images (multipart file parts or JSON images) per request (413 beyond).
     #[arg(long, default_value_t = ServeConfig::default().max_images, env = "DMUE_MAX_IMAGES")]
     max_images: usize,
     /// Decoded pixels per request, all images together, in megapixels (413 beyond; read from

@@ -13,10 +13,15 @@
 //! remaining work: images not yet decoded or detected are skipped, and queued faces are not
 //! computed.
 //!
-//! Status codes: 200 ok; 400 bad request (empty body, bad multipart); 413 body or image too
-//! large; 415 not an image in a supported format; 422 a damaged image; 429 queue full; 503 not
-//! ready / shutting down; 504 request timed out; 500 engine failure; 404 unknown route; 405
-//! wrong method. Every error body is `{"error": "...", "kind": "..."}`.
+//! Images arrive as the raw body, as multipart file parts, or as JSON with base64 data; all
+//! three pass the same admission and give the same answers.
+//!
+//! Status codes: 200 ok; 400 bad request (empty body, bad multipart, JSON or base64); 413 body
+//! or image too large; 415 not an image in a supported format; 422 a damaged or cut-short
+//! image; 429 queue full; 503 not ready / shutting down; 504 request timed out; 500 engine
+//! failure; 404 unknown route; 405 wrong method. Every error body is
+//! `{"error": "...", "kind": "..."}`; `deploy/openapi.json` (served at `/openapi.json`)
+//! describes every route.
 
 use crate::error::Error;
 use crate::image_io::{decode, DecodeLimits};
@@ -49,7 +54,7 @@ pub struct ServeConfig {
     pub limits: DecodeLimits,
     /// Requests served at once; more get 429 before their body is read.
     pub max_in_flight: usize,
-    /// Images (multipart file parts) per request; more: 413.
+    /// Images (multipart file parts or JSON images) per request; more: 413.
     pub max_images: usize,
     /// Decoded pixels per request, all its images together, read from the image headers before
     /// anything is decoded; more: 413. One image at the side limit (8192 x 8192) fits.
@@ -459,6 +464,23 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// The routes, for error messages (the OpenAPI document describes each).
+const ROUTES: &str =
+    "POST /v1/predict; GET /v1/model, /healthz, /readyz, /metrics, /openapi.json, /";
+
+/// The OpenAPI 3.1 description of the service (`deploy/openapi.json`, with this build's
+/// version). A test validates real responses of every route against it.
+pub fn openapi() -> serde_json::Value {
+    static DOC: OnceLock<serde_json::Value> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let mut doc: serde_json::Value =
+            serde_json::from_str(include_str!("../openapi.json")).expect("valid JSON");
+        doc["info"]["version"] = env!("CARGO_PKG_VERSION").into();
+        doc
+    })
+    .clone()
+}
+
 /// The service's routes.
 pub fn router(state: Arc<AppState>) -> Router {
     let max_body = state.config.max_body;
@@ -471,20 +493,20 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(|| async { Json(openapi()) }))
         .merge(crate::web::routes())
         .method_not_allowed_fallback(|| async {
             json_error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
-                "this route does not take that method: POST /v1/predict; GET /v1/model, /healthz, /readyz, /metrics, /"
-                    .into(),
+                format!("this route does not take that method: {ROUTES}"),
             )
         })
         .fallback(|uri: axum::http::Uri| async move {
             json_error(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                format!("no route {uri}: POST /v1/predict; GET /v1/model, /healthz, /readyz, /metrics, /"),
+                format!("no route {uri}: {ROUTES}"),
             )
         })
         .layer(DefaultBodyLimit::max(max_body))
@@ -587,8 +609,8 @@ struct ImageResult {
     timing: Timing,
 }
 
-/// The images of a request: the raw body, or every file part of a multipart form (at most
-/// `max_images`: 413 at the next part, before it is read).
+/// The images of a request: the raw body, every file part of a multipart form (at most
+/// `max_images`: 413 at the next part, before it is read), or the images of a JSON body.
 pub(crate) async fn images_of(
     req: Request,
     max_images: usize,
@@ -600,13 +622,19 @@ pub(crate) async fn images_of(
             Error::BadInput(msg)
         }
     };
-    let is_multipart = req
+    let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("multipart/form-data"));
+        .unwrap_or("")
+        .to_ascii_lowercase();
     let mut images = Vec::new();
-    if is_multipart {
+    if content_type.starts_with("application/json") {
+        let body = Bytes::from_request(req, &())
+            .await
+            .map_err(|e| too_large(e.status(), e.body_text()))?;
+        images = json_images(&body, max_images)?;
+    } else if content_type.starts_with("multipart/form-data") {
         let mut form = Multipart::from_request(req, &())
             .await
             .map_err(|e| too_large(e.status(), e.body_text()))?;
@@ -641,10 +669,66 @@ pub(crate) async fn images_of(
     images.retain(|(_, b)| !b.is_empty());
     if images.is_empty() {
         return Err(Error::BadInput(
-            "no image in the request: send image bytes as the body, or multipart file parts".into(),
+            "no image in the request: send image bytes as the body, multipart file parts, or \
+             JSON {\"images\": [{\"data\": base64}]}"
+                .into(),
         ));
     }
     Ok(images)
+}
+
+/// The JSON form of a predict request: `{"images": [{"name": "a.jpg", "data": "<base64>"}]}`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonRequest {
+    images: Vec<JsonImage>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonImage {
+    #[serde(default)]
+    name: Option<String>,
+    /// Standard base64 (padding optional), or a `data:` URL as browsers make them.
+    data: String,
+}
+
+/// The images of a JSON request body, named as given or `image-K`.
+fn json_images(body: &[u8], max_images: usize) -> Result<Vec<(String, Bytes)>, Error> {
+    use base64::Engine as _;
+    let request: JsonRequest = serde_json::from_slice(body).map_err(|e| {
+        Error::BadInput(format!(
+            "bad JSON request (expected {{\"images\": [{{\"name\": optional string, \"data\": base64 string}}]}}): {e}"
+        ))
+    })?;
+    if request.images.len() > max_images {
+        return Err(Error::TooLarge(format!(
+            "{} images in one request, more than {max_images} (--max-images)",
+            request.images.len()
+        )));
+    }
+    let engine = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    request
+        .images
+        .into_iter()
+        .enumerate()
+        .map(|(k, image)| {
+            let name = image.name.unwrap_or_else(|| format!("image-{k}"));
+            // `data:image/jpeg;base64,....` (what a browser's FileReader gives) or bare base64.
+            let data = match image.data.split_once(";base64,") {
+                Some((head, rest)) if head.starts_with("data:") => rest,
+                _ => image.data.as_str(),
+            };
+            let bytes = engine.decode(data.trim()).map_err(|e| {
+                Error::BadInput(format!("{name}: \"data\" is not valid base64: {e}"))
+            })?;
+            Ok((name, Bytes::from(bytes)))
+        })
+        .collect()
 }
 
 /// The query string of `POST /v1/predict`.
@@ -724,7 +808,7 @@ async fn predict_inner(
     }
     if pixels > s.config.max_pixels {
         return Err(Error::TooLarge(format!(
-            "the request's images hold {pixels} pixels, more than the {} allowed per request (--max-pixels)",
+            "the request's images hold {pixels} pixels, more than the {} allowed per request (--max-megapixels)",
             s.config.max_pixels
         )));
     }

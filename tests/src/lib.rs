@@ -5,6 +5,8 @@ use dmue_deploy::model_card::ModelCard;
 use dmue_deploy::preprocess::Preprocess;
 use dmue_train::model::{ModelConfig, MultiBranchNet};
 use std::path::{Path, PathBuf};
+
+pub mod serve;
 use tch::{nn, Device, Kind, Tensor};
 
 pub const CLASSES: [&str; 7] = dmue_train::synth::expr::CLASSES;

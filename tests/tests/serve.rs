@@ -1,124 +1,14 @@
 //! dmue-serve's HTTP API, in-process (no port): predictions, batching, documented errors,
-//! the model card, health, readiness and metrics.
+//! the model card, health and readiness (metrics: metrics.rs; the OpenAPI document: openapi.rs).
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use dmue_deploy::engine::EngineKind;
 use dmue_deploy::face::detect::DetectorConfig;
-use dmue_deploy::pipeline::Classifier;
-use dmue_deploy::server::{self, AppState, ServeConfig};
-use dmue_e2e::{detector, root};
-use http_body_util::BodyExt;
-use std::sync::Arc;
-use tower::ServiceExt;
-
-struct Fixture {
-    _dir: tempfile::TempDir,
-    app: axum::Router,
-    state: Arc<AppState>,
-    faces: Vec<Vec<u8>>,
-    expected: Vec<String>,
-}
-
-fn fixture(config: ServeConfig) -> Fixture {
-    fixture_with(config, false)
-}
-
-/// `detect`: find faces with RetinaFace (models/, from scripts/fetch-models.sh); otherwise
-/// every image is one aligned crop.
-fn fixture_with(config: ServeConfig, detect: bool) -> Fixture {
-    fixture_for(
-        config,
-        detect.then(DetectorConfig::default),
-        &dmue_e2e::test_configs()[0],
-    )
-}
-
-/// The fixture for a network of any backbone; `detect`: the detector's settings.
-fn fixture_for(
-    config: ServeConfig,
-    detect: Option<DetectorConfig>,
-    model: &dmue_train::model::ModelConfig,
-) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let m = dmue_e2e::exported_model_with(dir.path(), 7, model);
-    let opts = dmue_train::synth::SynthOptions {
-        train: 0,
-        test: 3,
-        size: 96,
-        seed: 2,
-        ..Default::default()
-    };
-    dmue_train::synth::generate(&opts, &dir.path().join("faces")).unwrap();
-    let faces: Vec<Vec<u8>> = (0..3)
-        .map(|i| std::fs::read(dir.path().join(format!("faces/images/test/{i:06}.png"))).unwrap())
-        .collect();
-    // Expected labels from the tch network itself.
-    let expected = faces
-        .iter()
-        .map(|bytes| {
-            let img = image::load_from_memory(bytes).unwrap().to_rgb8();
-            let input = m.card.preprocess.eval_tensor(&img).unwrap();
-            let logits = dmue_e2e::tch_logits(&m.net, &input, 1, 64);
-            let best = logits
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .unwrap()
-                .0;
-            m.card.classes[best].clone()
-        })
-        .collect();
-    let classifier = Classifier::load(&m.path, EngineKind::Tract, 1).unwrap();
-    let detectors = detect.map(|c| {
-        let mut d = detector();
-        d.config = c;
-        d
-    });
-    let (state, _worker) = AppState::start(classifier, detectors, config, None);
-    Fixture {
-        _dir: dir,
-        app: server::router(state.clone()),
-        state,
-        faces,
-        expected,
-    }
-}
-
-/// `POST /v1/predict` with `body` as the raw request body.
-fn post(body: impl Into<Body>) -> Request<Body> {
-    Request::post("/v1/predict").body(body.into()).unwrap()
-}
-
-async fn call(app: &axum::Router, req: Request<Body>) -> (StatusCode, serde_json::Value, String) {
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let text = String::from_utf8_lossy(&bytes).to_string();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
-        text,
-    )
-}
-
-fn multipart(parts: &[(&str, &[u8])]) -> Request<Body> {
-    let boundary = "dmue-test-boundary";
-    let mut body = Vec::new();
-    for (name, bytes) in parts {
-        body.extend(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}.png\"\r\nContent-Type: image/png\r\n\r\n").as_bytes());
-        body.extend(*bytes);
-        body.extend(b"\r\n");
-    }
-    body.extend(format!("--{boundary}--\r\n").as_bytes());
-    Request::post("/v1/predict")
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={boundary}"),
-        )
-        .body(Body::from(body))
-        .unwrap()
-}
+use dmue_deploy::server::ServeConfig;
+use dmue_e2e::root;
+use dmue_e2e::serve::{
+    base64, call, fixture, fixture_for, fixture_with, json_request, multipart, post,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn predictions_match_the_training_network() {
@@ -153,6 +43,53 @@ async fn predictions_match_the_training_network() {
         assert_eq!(r["image"], format!("{}.png", ["a", "b", "c"][i]));
         assert_eq!(r["faces"][0]["label"], f.expected[i]);
     }
+}
+
+/// The same images sent as multipart parts and as JSON (plain base64, a `data:` URL, base64
+/// without padding) get the same answer; JSON images without a name are called `image-K`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_and_multipart_requests_give_the_same_answer() {
+    let f = fixture(ServeConfig::default());
+    let without_timing = |mut v: serde_json::Value| {
+        for r in v["results"].as_array_mut().unwrap() {
+            r.as_object_mut().unwrap().remove("timing");
+        }
+        v
+    };
+    let parts: Vec<(&str, &[u8])> =
+        vec![("a", &f.faces[0]), ("b", &f.faces[1]), ("c", &f.faces[2])];
+    let (status, from_multipart, text) = call(&f.app, multipart(&parts)).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let unpadded = base64(&f.faces[2]).trim_end_matches('=').to_string();
+    assert_ne!(
+        unpadded,
+        base64(&f.faces[2]),
+        "the third image must need padding"
+    );
+    let body = serde_json::json!({"images": [
+        {"name": "a.png", "data": base64(&f.faces[0])},
+        {"name": "b.png", "data": format!("data:image/png;base64,{}", base64(&f.faces[1]))},
+        {"name": "c.png", "data": unpadded},
+    ]});
+    let (status, from_json, text) = call(&f.app, json_request(&body)).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(
+        without_timing(from_json),
+        without_timing(from_multipart.clone())
+    );
+    for (i, r) in from_multipart["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(r["faces"][0]["label"], f.expected[i]);
+    }
+    let unnamed = serde_json::json!({"images": [{"data": base64(&f.faces[1])}]});
+    let (status, json, text) = call(&f.app, json_request(&unnamed)).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(json["results"][0]["image"], "image-0");
+    assert_eq!(json["results"][0]["faces"][0]["label"], f.expected[1]);
 }
 
 /// Every backbone (ResNet-18 with both stems, MobileNetV2) serves what the training network
@@ -284,7 +221,7 @@ async fn a_request_over_the_time_limit_answers_504() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn model_card_health_and_metrics() {
+async fn model_card_and_health() {
     let f = fixture(ServeConfig::default());
     let (status, json, _) = call(
         &f.app,
@@ -301,23 +238,6 @@ async fn model_card_health_and_metrics() {
                 .0,
             StatusCode::OK
         );
-    }
-    let _ = call(&f.app, post(f.faces[2].clone())).await;
-    let (status, _, text) = call(
-        &f.app,
-        Request::get("/metrics").body(Body::empty()).unwrap(),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK);
-    for metric in [
-        "dmue_requests_total{status=\"200\"}",
-        "dmue_inference_seconds_bucket",
-        "dmue_decode_seconds_bucket",
-        "dmue_queue_seconds_bucket",
-        "dmue_batch_size_bucket",
-        "dmue_queue_depth",
-    ] {
-        assert!(text.contains(metric), "missing {metric} in\n{text}");
     }
 }
 
@@ -530,7 +450,7 @@ async fn admission_refuses_before_decoding() {
         (StatusCode::PAYLOAD_TOO_LARGE, Some("too_large")),
         "{text}"
     );
-    assert!(text.contains("--max-pixels"), "{text}");
+    assert!(text.contains("--max-megapixels"), "{text}");
     // Small images under the cap pass: 16 faces of 96x96 hold 0.15 megapixels.
     let many: Vec<(&str, &[u8])> = (0..16).map(|_| ("x", f.faces[0].as_slice())).collect();
     let (status, _, text) = call(&f.app, multipart(&many)).await;
@@ -733,6 +653,11 @@ async fn the_bad_input_table() {
             err(StatusCode::UNPROCESSABLE_ENTITY, "undecodable"),
         ),
         (
+            "JPEG missing the last third of its image data",
+            post(jpeg[..jpeg.len() * 2 / 3].to_vec()),
+            err(StatusCode::UNPROCESSABLE_ENTITY, "undecodable"),
+        ),
+        (
             "PNG with damaged image data",
             post(corrupt_png),
             err(StatusCode::UNPROCESSABLE_ENTITY, "undecodable"),
@@ -823,6 +748,45 @@ async fn the_bad_input_table() {
             "content type image/png, JSON body",
             typed("image/png", b"{\"image\": 1}".to_vec()),
             err(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+        ),
+        (
+            "JSON that does not parse",
+            typed("application/json", b"{\"images\": [".to_vec()),
+            err(StatusCode::BAD_REQUEST, "bad_input"),
+        ),
+        (
+            "JSON without an images list",
+            json_request(&serde_json::json!({"image": base64(&face)})),
+            err(StatusCode::BAD_REQUEST, "bad_input"),
+        ),
+        (
+            "JSON with an empty images list",
+            json_request(&serde_json::json!({"images": []})),
+            err(StatusCode::BAD_REQUEST, "bad_input"),
+        ),
+        (
+            "JSON image data that is not base64",
+            json_request(&serde_json::json!({"images": [{"data": "not base64!"}]})),
+            err(StatusCode::BAD_REQUEST, "bad_input"),
+        ),
+        (
+            "JSON image data that is base64 of text",
+            json_request(&serde_json::json!({"images": [{"data": base64(b"hello")}]})),
+            err(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+        ),
+        (
+            "JSON with 17 images (one over --max-images)",
+            json_request(&serde_json::json!({"images": vec![
+                serde_json::json!({"data": base64(&face)}); 17
+            ]})),
+            err(StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+        ),
+        (
+            "JSON image of a cut JPEG",
+            json_request(&serde_json::json!({"images": [
+                {"data": base64(&jpeg[..jpeg.len() / 2])}
+            ]})),
+            err(StatusCode::UNPROCESSABLE_ENTITY, "undecodable"),
         ),
         (
             "multipart with only empty parts",
