@@ -82,7 +82,7 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage> {
 fn jpeg_reaches_its_end(b: &[u8]) -> std::result::Result<(), String> {
     let cut = |at: usize| {
         format!(
-            "the JPEG is cut short: it ends at byte {at} of its data, before its end-of-image \
+            "the JPEG is cut short: its data ends after {at} bytes, before its end-of-image \
              marker (an incomplete upload or a truncated file)"
         )
     };
