@@ -1,5 +1,7 @@
 //! Training's evaluation batches and deployment's `Preprocess::eval_tensor` produce the same
 //! tensor for the same crop: the two sides share one implementation, and this proves it.
+//! That implementation is checked against Pillow and NumPy in
+//! deploy/tests/preprocess_golden.rs.
 
 use dmue_deploy::preprocess::Preprocess;
 use dmue_train::data::loader::{eval_batch, SplitImages};
