@@ -244,10 +244,47 @@ mod tests {
             .contains("temperature"));
     }
 
+    /// The card's keys and values as written by hand (what the ONNX file carries, and what
+    /// another exporter must write): the card writes exactly these, reads them back, and
+    /// reads a changed value as a different card.
     #[test]
     fn round_trips_through_props() {
+        let by_hand: Vec<(&str, &str)> = vec![
+            ("dmue.format", CARD_FORMAT),
+            ("dmue.classes", r#"["neutral","happy","sad"]"#),
+            ("dmue.input", "input: float32 [N, 3, 64, 64]"),
+            ("dmue.outputs", "logits: float32 [N, C] raw scores; probabilities: float32 [N, C] softmax"),
+            ("dmue.input_size", "64"),
+            ("dmue.resize", "72"),
+            ("dmue.mean", "[0.5,0.4,0.3]"),
+            ("dmue.std", "[0.2,0.25,0.3]"),
+            ("dmue.crop_rule", "align with template dmue-5pt-256-v1 to 128x128, resize to 72x72, centre crop 64x64, RGB scaled to [0,1], (x - mean) / std per channel, NCHW"),
+            ("dmue.template_id", "dmue-5pt-256-v1"),
+            ("dmue.aligned_size", "128"),
+            ("dmue.backbone", "resnet18 (width 16)"),
+            ("dmue.dataset", "synth-aligned"),
+            ("dmue.run_id", "runs/demo"),
+            ("dmue.version", "0.1.0"),
+            ("dmue.temperature", "1.5"),
+            ("dmue.int8", r#"{"method":"minmax","calibration_dataset":"synth-aligned","calibration_split":"train","calibration_images":200}"#),
+        ];
+        let by_hand: Vec<(String, String)> = by_hand
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let c = card();
-        assert_eq!(ModelCard::from_props(&c.to_props()).unwrap(), c);
+        assert_eq!(c.to_props(), by_hand);
+        assert_eq!(ModelCard::from_props(&by_hand).unwrap(), c);
+        for (key, value) in [
+            ("dmue.mean", "[0.5,0.4,0.31]"),
+            ("dmue.resize", "80"),
+            ("dmue.classes", r#"["neutral","sad","happy"]"#),
+            ("dmue.temperature", "1.25"),
+        ] {
+            let mut props = by_hand.clone();
+            props.iter_mut().find(|(k, _)| k == key).unwrap().1 = value.into();
+            assert_ne!(ModelCard::from_props(&props).unwrap(), c, "{key} = {value}");
+        }
     }
 
     #[test]
