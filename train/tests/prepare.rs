@@ -88,7 +88,9 @@ fn count(report: &Value, kind: &str) -> u64 {
     report["counts"][kind].as_u64().unwrap_or(0)
 }
 
-/// One epoch of a width-4 ResNet-18 on the prepared data: the output is usable by `fit`.
+/// One epoch of a width-4 ResNet-18 on the prepared data: `fit` reads every prepared crop
+/// (its evaluation counts each image of the split it evaluates, none skipped) and the loss is
+/// finite.
 fn trains(data: &Path) {
     let run_dir = data.with_extension("run");
     let mut args = vec![
@@ -105,6 +107,29 @@ fn trains(data: &Path) {
     args.extend_from_slice(&common::TINY);
     ok(&args);
     assert!(run_dir.join("checkpoints/latest").exists());
+    let ds = Dataset::open(data).unwrap();
+    let mut evaluated = 0;
+    for (split, name) in [(Split::Test, "test"), (Split::Val, "val")] {
+        let Ok(text) = std::fs::read_to_string(run_dir.join(format!("eval-{name}.json"))) else {
+            continue;
+        };
+        let eval: Value = serde_json::from_str(&text).unwrap();
+        let rows = ds.rows.iter().filter(|r| r.split == split).count();
+        assert_eq!(eval["images"], rows, "{name} split of {}", data.display());
+        assert_eq!(eval["skipped"], 0, "{name} split of {}", data.display());
+        evaluated += 1;
+    }
+    assert!(
+        evaluated > 0,
+        "no evaluation written for {}",
+        data.display()
+    );
+    let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    let first: Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    assert!(
+        first["loss"].as_f64().is_some_and(f64::is_finite),
+        "{first}"
+    );
 }
 
 fn copy(from: &Path, to: &Path) {
