@@ -9,13 +9,15 @@ A comment alone on a line quotes the text above it, back to a blank line or to t
 its list item.
 
 Each item yields numbers, in order:
-- `mean GRID REGIME ARM SEEDS`: the arm's mean accuracy (%) over those seeds of its per-seed
-  values (flip rate 0.3 unless `@RATE` follows the regime, as `scratch@0.1`);
+- `mean GRID REGIME ARM SEEDS`: the arm's mean accuracy (%) over those seeds: the entry's own
+  mean when they are its seeds, else the mean of its per-seed values (flip rate 0.3 unless
+  `@RATE` follows the regime, as `scratch@0.1`);
 - `std GRID REGIME ARM SEEDS`: their sample standard deviation;
 - `vs GRID REGIME SEEDS`: the default arm minus the best single arm, and its 95 % interval
   (three numbers), from `vs_best_single`;
 - `diff GRID REGIME ARM SEEDS`: the arm's paired difference to the baseline and its interval
-  (three numbers), from the entry of exactly those seeds;
+  (three numbers; one with one seed), from the entry of exactly those seeds;
+- `recall GRID REGIME ARM SEEDS`: the lowest per-class recall (%) of any of the entry's runs;
 - `pdiff GRID REGIME ARM OTHER SEEDS`: the arm minus OTHER, paired over those seeds, and its
   interval, computed from both arms' per-seed values (summarize.py's own formula);
 - `effect GRID REGIME REFERENCE ARM`: the arm in REGIME minus the same arm in REFERENCE,
@@ -79,6 +81,11 @@ def values(summary, item):
     kind, *args = item.split()
     if kind in ("mean", "std"):
         grid, regime, arm, seeds = args
+        try:
+            # The entry of exactly these seeds: its own figures, from unrounded accuracies.
+            return [entry(summary, grid, regime, arm, seeds_of(seeds))[kind]]
+        except KeyError:
+            pass
         xs = per_seed(summary, grid, regime, arm, seeds_of(seeds))
         return [st.mean(xs) if kind == "mean" else st.stdev(xs)]
     if kind == "vs":
@@ -107,7 +114,12 @@ def values(summary, item):
     if kind == "diff":
         grid, regime, arm, seeds = args
         e = entry(summary, grid, regime, arm, seeds_of(seeds))
+        if e["ci95_low"] is None:  # one seed: no interval
+            return [e["paired_diff"]]
         return [e["paired_diff"], e["ci95_low"], e["ci95_high"]]
+    if kind == "recall":
+        grid, regime, arm, seeds = args
+        return [100 * entry(summary, grid, regime, arm, seeds_of(seeds))["min_class_recall"]]
     raise ValueError(f"unknown figure kind '{kind}'")
 
 
