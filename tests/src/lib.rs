@@ -128,13 +128,13 @@ fn build_randomised(dir: &Path, config: &ModelConfig, dataset: &str, temperature
         // Without normalisation, random affine maps compound over 14 blocks into logits in
         // the hundreds; dlib's weights (what a face-resnet is fine-tuned from) keep them in
         // the range a trained model has. Classifiers and the uncertainty module stay random.
-        let dlib = root().join(dmue_train::dlib::CONVERTED);
+        let dlib = root().join(dmue_train::model::dlib::CONVERTED);
         assert!(
             dlib.exists(),
             "{} is missing: run scripts/fetch-face-trunk.sh",
             dlib.display()
         );
-        dmue_train::init::load(&vs, &net, &dlib).expect("dlib weights");
+        dmue_train::model::init::load(&vs, &net, &dlib).expect("dlib weights");
     }
     let card = ModelCard {
         classes: CLASSES.iter().map(|s| s.to_string()).collect(),

@@ -6,7 +6,7 @@
 use dmue_deploy::engine::{self, EngineKind};
 use dmue_deploy::onnx::pb;
 use dmue_e2e::{exported_model_with, face_inputs, onnx_full_check, test_configs};
-use dmue_train::int8::{self, RangeMethod};
+use dmue_train::export::int8::{self, RangeMethod};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 

@@ -575,7 +575,7 @@ fn served_vs_trained(run_dir: &Path, data: &Path) -> (Vec<Vec<u64>>, f32) {
     use dmue_deploy::pipeline::Classifier;
     let mut classifier =
         Classifier::load(&run_dir.join("target.onnx"), EngineKind::Tract, 1).unwrap();
-    let (_, ds, _vs, net) = dmue_train::trainer::load_run(run_dir, tch::Device::Cpu).unwrap();
+    let (_, ds, _vs, net) = dmue_train::fit::trainer::load_run(run_dir, tch::Device::Cpu).unwrap();
     let c = ds.num_classes();
     let side = classifier.card.preprocess.crop as i64;
     let mut confusion = vec![vec![0u64; c]; c];
@@ -666,7 +666,7 @@ fn every_backbone_trains_as_dmue_and_exports() {
 fn init_face_starts_from_dlibs_network_and_the_card_carries_its_input() {
     let root = common::root();
     assert!(
-        root.join(dmue_train::dlib::CONVERTED).exists(),
+        root.join(dmue_train::model::dlib::CONVERTED).exists(),
         "run scripts/fetch-face-trunk.sh first"
     );
     let tmp = tempfile::tempdir().unwrap();
@@ -724,7 +724,10 @@ fn init_face_starts_from_dlibs_network_and_the_card_carries_its_input() {
     assert!(cfg.contains("backbone = \"face-resnet\""), "{cfg}");
     ok(&["export", run_dir.to_str().unwrap()]);
     let card = dmue_deploy::model_card::ModelCard::from_onnx(&run_dir.join("target.onnx")).unwrap();
-    assert_eq!(card.preprocess, dmue_train::dlib::preprocess(120, 112));
+    assert_eq!(
+        card.preprocess,
+        dmue_train::model::dlib::preprocess(120, 112)
+    );
     assert!(
         card.backbone.starts_with("face-resnet, "),
         "{}",

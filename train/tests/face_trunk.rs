@@ -1,4 +1,4 @@
-//! dlib's face-recognition ResNet, converted by `dmue_train::dlib` and run as our
+//! dlib's face-recognition ResNet, converted by `dmue_train::model::dlib` and run as our
 //! `face-resnet` trunk, against dlib itself: on every reference chip (each face of the test
 //! photos and its mirror image, cut by dlib's own `get_face_chip`), our 128-d descriptor equals
 //! dlib-bin's to 1e-4, and a face is closer to its own mirror image than to anyone else.
@@ -11,7 +11,7 @@
 mod common;
 
 use common::root;
-use dmue_train::dlib;
+use dmue_train::model::dlib;
 use dmue_train::model::face_resnet::{Tail, Trunk};
 use dmue_train::model::{Backbone, ModelConfig};
 use std::path::{Path, PathBuf};

@@ -77,7 +77,7 @@ fn resnet18_round_trip(stem: Stem, stem_name: &str) {
         ..Default::default()
     };
     let net = MultiBranchNet::new(&vs.root(), &cfg, 7, true);
-    let report = dmue_train::init::load(&vs, &net, &st).unwrap();
+    let report = dmue_train::model::init::load(&vs, &net, &st).unwrap();
     eprintln!("{report}");
     // 8 branch stages (target + 7 auxiliary) filled from one layer4.
     assert_eq!(report.branch_copies, 8);
@@ -122,7 +122,7 @@ fn authors_stem_resnet18_file_computes_what_torch_computes() {
         ..Default::default()
     };
     let net = MultiBranchNet::new(&vs.root(), &cfg, 7, false);
-    dmue_train::init::load(&vs, &net, &st).unwrap();
+    dmue_train::model::init::load(&vs, &net, &st).unwrap();
     let x = Tensor::from_slice(&read_f32(&dir.path().join("input.bin"))).view([2, 3, 64, 64]);
     let feat = tch::no_grad(|| net.forward_train(&x, false).target_feat);
     assert!(max_abs_diff(&feat, &read_f32(&dir.path().join("output.bin"))) > 1e-2);
@@ -142,7 +142,7 @@ fn features_match(arch: &str, backbone: Backbone, width: i64) {
         ..Default::default()
     };
     let net = MultiBranchNet::new(&vs.root(), &cfg, 7, true);
-    let report = dmue_train::init::load(&vs, &net, &st).unwrap();
+    let report = dmue_train::model::init::load(&vs, &net, &st).unwrap();
     eprintln!("{report}");
     assert_eq!(report.branch_copies, 8);
     assert!(
@@ -203,7 +203,7 @@ fn imagenet_mobilenet_v2_reproduces_its_logits() {
         ..Default::default()
     };
     let mut net = MultiBranchNet::new(&vs.root(), &cfg, 1000, false);
-    let report = dmue_train::init::load(&vs, &net, &st).unwrap();
+    let report = dmue_train::model::init::load(&vs, &net, &st).unwrap();
     eprintln!("{report}");
     assert_eq!(report.unused, ["classifier.1.bias", "classifier.1.weight"]);
     assert_eq!(report.left_at_init, ["fc.bias", "fc.weight"]);

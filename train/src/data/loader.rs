@@ -571,3 +571,58 @@ pub fn prefetch<'scope, T: Send + 'scope>(
     });
     rx
 }
+
+/// What [`bench`] measured: the up-front cost of opening a split and the per-epoch cost of
+/// cutting its training batches.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub loader: LoaderKind,
+    pub threads: usize,
+    pub images: usize,
+    pub open_seconds: f64,
+    pub images_per_second: f64,
+    pub images_per_second_per_thread: f64,
+}
+
+/// Opens the training split of `ds` with `kind` (timed), then cuts `batches` training batches
+/// of `batch_size` (with flips) on a pool of `threads` threads, after one warm-up batch (timed).
+pub fn bench(
+    ds: &Dataset,
+    pre: &Preprocess,
+    kind: LoaderKind,
+    threads: usize,
+    batches: usize,
+    batch_size: usize,
+) -> Result<BenchReport> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()?;
+    let t = std::time::Instant::now();
+    let split = pool.install(|| SplitImages::open(ds, Split::Train, pre, kind))?;
+    let open_seconds = t.elapsed().as_secs_f64();
+    let aug = Augment {
+        hflip: true,
+        ..Default::default()
+    };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let n = split.len();
+    let batches: Vec<Vec<usize>> = (0..batches)
+        .map(|b| (0..batch_size).map(|k| (b * batch_size + k) % n).collect())
+        .collect();
+    // One warm-up batch (page cache, allocator), then the timed ones.
+    pool.install(|| train_batch(&split, &batches[0], pre, &aug, &mut rng));
+    let t = std::time::Instant::now();
+    for idx in &batches {
+        std::hint::black_box(pool.install(|| train_batch(&split, idx, pre, &aug, &mut rng)));
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let images = (batches.len() * batch_size) as f64;
+    Ok(BenchReport {
+        loader: split.kind,
+        threads,
+        images: split.len(),
+        open_seconds,
+        images_per_second: images / secs,
+        images_per_second_per_thread: images / secs / threads.max(1) as f64,
+    })
+}

@@ -81,7 +81,32 @@ pub struct SynthTruth {
     pub annotated_label: usize,
     /// Whether label-noise injection replaced the annotated label.
     pub flipped: bool,
-    pub pose: crate::synth::Pose,
+    pub pose: Pose,
+}
+
+/// Similarity transform from the canonical 256x256 face frame to the canvas of a synthetic
+/// photo (`crate::synth` draws with it).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Pose {
+    /// In-plane rotation in degrees, in image coordinates (y down): positive turns the face
+    /// clockwise on screen.
+    pub angle_deg: f32,
+    /// Scale relative to the canonical frame (1.0 = a 256-pixel face frame).
+    pub scale: f32,
+    /// Canvas position of the canonical frame's centre (128, 128).
+    pub cx: f32,
+    pub cy: f32,
+}
+
+impl Pose {
+    pub fn identity() -> Self {
+        Self {
+            angle_deg: 0.0,
+            scale: 1.0,
+            cx: 128.0,
+            cy: 128.0,
+        }
+    }
 }
 
 /// One row of `manifest.jsonl`.

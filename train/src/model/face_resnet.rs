@@ -1,7 +1,7 @@
 //! dlib's face-recognition ResNet (`dlib_face_recognition_resnet_model_v1`, 150x150 face
 //! chips, trained on about 3 million faces) as a DMUE backbone: `face-resnet`.
 //!
-//! The architecture is dlib's `anet_type` (`crate::dlib` reads its file):
+//! The architecture is dlib's `anet_type` (`crate::model::dlib` reads its file):
 //! - stem: conv 7x7/2 (with bias, no padding) -> affine -> ReLU -> max pool 3x3/2;
 //! - `layer1`: 3 residual blocks of `w` channels; `layer2`: a downsampling block and 3 blocks
 //!   of `2w`; `layer3`: down + 2 of `4w`; `layer4`: down + 2 of `8w`; `layer5`: one down block
@@ -22,6 +22,16 @@ use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
 /// `model.width` of dlib's network (the stem's channels).
+/// Residual levels, input side first: (filters, plain blocks, whether a downsampling block
+/// comes first). `face-resnet`'s `layer1..layer5` are these in this order.
+pub const LEVELS: [(i64, usize, bool); 5] = [
+    (32, 3, false),
+    (64, 3, true),
+    (128, 2, true),
+    (256, 2, true),
+    (256, 0, true),
+];
+
 pub const STANDARD_WIDTH: i64 = 32;
 
 /// Channels of `layer{level + 1}` at width `w`.
@@ -126,7 +136,7 @@ impl Block {
 
 /// The blocks of `layer{level + 1}`.
 fn level(p: &nn::Path, level: usize, w: i64) -> Vec<Block> {
-    let (_, plain, down) = crate::dlib::LEVELS[level];
+    let (_, plain, down) = LEVELS[level];
     let cout = channels(level, w);
     let cin = if level == 0 {
         w

@@ -7,6 +7,7 @@
 pub mod expr;
 pub mod render;
 
+pub use crate::data::manifest::Pose;
 use crate::data::manifest::{Dataset, DatasetInfo, ManifestRow, Split, SynthTruth};
 use anyhow::{bail, Context, Result};
 use expr::{annotate, sample_expression, ExpressionSample, MixtureConfig, CLASSES};
@@ -14,7 +15,6 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
-pub use render::Pose;
 use render::{apply_lighting, draw_background, draw_face, finish, Identity, Nuisance};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -524,7 +524,7 @@ pub fn preview(opts: &SynthOptions, per_class: usize, path: &Path) -> Result<()>
             class_name.to_string(),
         ));
     }
-    crate::plot::draw_texts(&mut canvas, &captions, 13.0)?;
+    crate::util::plot::draw_texts(&mut canvas, &captions, 13.0)?;
     canvas
         .save(path)
         .with_context(|| format!("cannot write {}", path.display()))?;

@@ -5,6 +5,7 @@
 //! renders aligned crops and "photos" with rotated, scaled, translated faces.
 
 use super::expr::Expr;
+use crate::data::manifest::Pose;
 use dmue_deploy::face::TEMPLATE_256;
 use image::RgbImage;
 use rand::Rng;
@@ -113,29 +114,8 @@ impl Nuisance {
     }
 }
 
-/// Similarity transform from the canonical 256x256 face frame to the canvas.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Pose {
-    /// In-plane rotation in degrees, in image coordinates (y down): positive turns the face
-    /// clockwise on screen.
-    pub angle_deg: f32,
-    /// Scale relative to the canonical frame (1.0 = a 256-pixel face frame).
-    pub scale: f32,
-    /// Canvas position of the canonical frame's centre (128, 128).
-    pub cx: f32,
-    pub cy: f32,
-}
-
+/// Drawing with a pose (the record itself is part of the manifest's ground truth).
 impl Pose {
-    pub fn identity() -> Self {
-        Self {
-            angle_deg: 0.0,
-            scale: 1.0,
-            cx: 128.0,
-            cy: 128.0,
-        }
-    }
-
     pub fn transform(&self) -> Transform {
         let (s, c) = self.angle_deg.to_radians().sin_cos();
         let k = self.scale;

@@ -2,7 +2,7 @@
 //! field can be overridden from the command line with `--set section.field=value`, and an
 //! unknown field anywhere is an error.
 
-use crate::loss::LossConfig;
+use crate::fit::loss::LossConfig;
 use crate::model::ModelConfig;
 use anyhow::{bail, Context, Result};
 use dmue_deploy::preprocess::Preprocess;
@@ -178,6 +178,18 @@ impl Default for TrainConfig {
 
 impl TrainConfig {
     /// Learning rate during 1-based `epoch`.
+    /// The loss of a single-network mode with its settings (cross-entropy for DMUE, whose
+    /// loss is [`crate::fit::loss::dmue_loss`]).
+    pub fn single_loss(&self) -> crate::fit::loss::SingleLoss {
+        use crate::fit::loss::SingleLoss;
+        match self.mode {
+            Mode::LabelSmoothing => SingleLoss::LabelSmoothing(self.label_smoothing),
+            Mode::Gce => SingleLoss::Gce(self.gce_q),
+            Mode::Sce => SingleLoss::Sce(self.sce_alpha, self.sce_beta),
+            Mode::Baseline | Mode::Dmue | Mode::Elr | Mode::Eac => SingleLoss::Ce,
+        }
+    }
+
     pub fn lr_at(&self, epoch: usize) -> f64 {
         let passed = self.lr_milestones.iter().filter(|&&m| epoch > m).count();
         self.lr * self.lr_gamma.powi(passed as i32)
@@ -193,7 +205,25 @@ pub struct Config {
     pub train: TrainConfig,
 }
 
+/// A typed change of a configuration (what a command-line flag sets), applied by
+/// [`Config::build`] after the files and before `--set`.
+pub type Edit<'a> = Box<dyn Fn(&mut Config) + 'a>;
+
 impl Config {
+    /// What `fit --init face` stands for: dlib's face-recognition ResNet at its width, its
+    /// fine-tuning learning rate, the converted weights at `converted` (absolute, so that a
+    /// resumed run finds them from anywhere), dlib's input transform, and 150-pixel inputs
+    /// (dlib's chip size) cut from aligned faces resized to 171 (the default 224-of-256 framing
+    /// at 150 pixels).
+    pub fn start_from_face_trunk(&mut self, converted: &Path) {
+        use crate::model::{dlib, face_resnet};
+        self.model.backbone = crate::model::Backbone::FaceResnet;
+        self.model.width = Some(face_resnet::STANDARD_WIDTH);
+        self.train.lr = dlib::FINE_TUNE_LR;
+        self.train.init = Some(converted.to_path_buf());
+        self.data.preprocess = dlib::preprocess(171, dlib::CHIP_SIZE);
+    }
+
     /// Defaults, then each TOML file in order, then each `section.field=value` override.
     pub fn load<P: AsRef<Path>>(files: &[P], overrides: &[String]) -> Result<Self> {
         Self::load_layers(&[], files, overrides)
@@ -204,6 +234,17 @@ impl Config {
     pub fn load_layers<P: AsRef<Path>>(
         texts: &[(&str, &str)],
         files: &[P],
+        overrides: &[String],
+    ) -> Result<Self> {
+        Self::build(texts, files, &[], overrides)
+    }
+
+    /// The defaults, then the named TOML texts (presets), the files, the typed `edits` (what
+    /// command-line flags set), and last the `section.field=value` overrides of `--set`.
+    pub fn build<P: AsRef<Path>>(
+        texts: &[(&str, &str)],
+        files: &[P],
+        edits: &[Edit],
         overrides: &[String],
     ) -> Result<Self> {
         let mut value = toml::Value::try_from(Config::default()).context("serialising defaults")?;
@@ -220,9 +261,6 @@ impl Config {
                 .with_context(|| format!("{} is not valid TOML", path.display()))?;
             merge(&mut value, file_value);
         }
-        for o in overrides {
-            apply_override(&mut value, o)?;
-        }
         let layers: Vec<String> = texts
             .iter()
             .map(|(name, _)| name.to_string())
@@ -233,6 +271,18 @@ impl Config {
         } else {
             layers.join(", ")
         };
+        if !edits.is_empty() {
+            let mut config: Config = value
+                .try_into()
+                .with_context(|| format!("invalid configuration (from {what})"))?;
+            for edit in edits {
+                edit(&mut config);
+            }
+            value = toml::Value::try_from(&config).context("serialising the configuration")?;
+        }
+        for o in overrides {
+            apply_override(&mut value, o)?;
+        }
         let config: Config = value
             .try_into()
             .with_context(|| format!("invalid configuration (from {what} and --set overrides)"))?;
@@ -387,7 +437,7 @@ mod tests {
         assert!((c.train.lr_at(21) - 1e-5).abs() < 1e-12);
         // Where the default is not the paper's, on purpose (docs/method.md, docs/results.md):
         // alpha normalised per class, two samples of each class per batch, no classifier bias.
-        assert_eq!(c.loss.alpha_norm, crate::loss::AlphaNorm::Class);
+        assert_eq!(c.loss.alpha_norm, crate::fit::loss::AlphaNorm::Class);
         assert_eq!(c.train.min_per_class, 2);
         assert!(!c.model.classifier_bias);
     }
@@ -449,7 +499,7 @@ mod tests {
         .unwrap();
         let c = Config::load(&[&path, &later], &[]).unwrap();
         assert_eq!((c.train.epochs, c.data.preprocess.crop), (5, 64));
-        assert_eq!(c.loss.alpha_norm, crate::loss::AlphaNorm::Class);
+        assert_eq!(c.loss.alpha_norm, crate::fit::loss::AlphaNorm::Class);
         std::fs::write(&path, "[trian]\nepochs = 3\n").unwrap();
         assert!(format!("{:#}", Config::load(&[&path], &[]).unwrap_err())
             .contains("unknown field `trian`"));
@@ -458,7 +508,7 @@ mod tests {
     /// Every shipped configuration loads, and each variant preset sets what its comments say.
     #[test]
     fn shipped_configs_load_and_presets_differ_as_documented() {
-        use crate::loss::{AlphaNorm, HardLabel, SpSource};
+        use crate::fit::loss::{AlphaNorm, HardLabel, SpSource};
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
         for f in ["demo-cpu.toml", "bench-cpu.toml"] {
             Config::load(&[dir.join(f)], &[]).unwrap();

@@ -13,11 +13,11 @@
 //! synthetic benchmark, whose flips are recorded (docs/audit.md has the measurement). When the
 //! run's dataset records its flips, the audit measures every candidate against them and says so.
 
-use crate::analyze::auroc_lower;
 use crate::data::loader::{eval_batch, SplitImages};
 use crate::data::manifest::{Dataset, ManifestRow, Split};
 use crate::data::sampler::epoch_batches;
-use crate::loss::{confidence, mined_latent};
+use crate::fit::loss::{confidence, mined_latent};
+use crate::util::stats::{auroc_lower, rows_of};
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use rand::SeedableRng;
@@ -48,16 +48,6 @@ pub struct Belief {
     pub dynamics_margin: Option<f32>,
 }
 
-/// A 2-d tensor's rows as CPU float vectors.
-pub(crate) fn rows_of(t: &Tensor) -> Vec<Vec<f32>> {
-    let t = t.to_kind(Kind::Float).to_device(Device::Cpu).contiguous();
-    let (n, k) = t.size2().expect("2-d");
-    let flat = Vec::<f32>::try_from(t.view([-1])).expect("float tensor");
-    (0..n as usize)
-        .map(|i| flat[i * k as usize..(i + 1) * k as usize].to_vec())
-        .collect()
-}
-
 /// `[N]`: mean over branches j != y of branch j's probability of class y. Branch j outputs the
 /// classes other than j in order, so class y sits at index `y - (y > j)`.
 fn aux_label_prob(aux_logits: &[Tensor], labels: &Tensor) -> Tensor {
@@ -78,7 +68,7 @@ fn aux_label_prob(aux_logits: &[Tensor], labels: &Tensor) -> Tensor {
 
 /// Every training image's [`Belief`], in split order.
 pub fn beliefs(
-    cfg: &crate::config::Config,
+    cfg: &crate::fit::config::Config,
     net: &crate::model::MultiBranchNet,
     data: &SplitImages,
     c: usize,
@@ -368,18 +358,18 @@ pub fn default_score(has_aux: bool) -> Score {
 /// `audit-top.png` into it.
 pub fn audit(run: &Path, opts: &AuditOptions, device: Device) -> Result<AuditReport> {
     let t0 = std::time::Instant::now();
-    let (cfg, ds, _vs, net) = crate::trainer::load_run(run, device)?;
+    let (cfg, ds, _vs, net) = crate::fit::trainer::load_run(run, device)?;
     let data = SplitImages::open(&ds, Split::Train, &cfg.data.preprocess, cfg.data.loader)?;
     if data.is_empty() {
         bail!("{} has no training images to audit", ds.dir.display());
     }
     let c = ds.num_classes();
     let mut beliefs = beliefs(&cfg, &net, &data, c, device);
-    if let Some(d) = crate::dynamics::read(run)? {
+    if let Some(d) = crate::fit::dynamics::read(run)? {
         if d.prob.first().is_some_and(|r| r.len() == beliefs.len()) {
             let (prob, margin) = (
-                crate::dynamics::Recorded::mean(&d.prob),
-                crate::dynamics::Recorded::mean(&d.margin),
+                crate::fit::dynamics::Recorded::mean(&d.prob),
+                crate::fit::dynamics::Recorded::mean(&d.margin),
             );
             for b in &mut beliefs {
                 b.dynamics_prob = Some(prob[b.index]).filter(|v| v.is_finite());
@@ -388,7 +378,7 @@ pub fn audit(run: &Path, opts: &AuditOptions, device: Device) -> Result<AuditRep
         } else {
             tracing::warn!(
                 "{}: recorded for another training split; not used",
-                crate::dynamics::FILE
+                crate::fit::dynamics::FILE
             );
         }
     }
@@ -410,7 +400,7 @@ pub fn audit(run: &Path, opts: &AuditOptions, device: Device) -> Result<AuditRep
         Score::Dynamics | Score::DynamicsMargin => format!(
             "score {} needs {} in {}: runs trained by this version record it",
             score.name(),
-            crate::dynamics::FILE,
+            crate::fit::dynamics::FILE,
             run.display()
         ),
         _ => format!(
@@ -661,7 +651,7 @@ fn contact_sheet(path: &Path, ds: &Dataset, top: &[AuditRow]) -> Result<()> {
             ),
         ));
     }
-    crate::plot::draw_texts(&mut canvas, &texts, 13.0)?;
+    crate::util::plot::draw_texts(&mut canvas, &texts, 13.0)?;
     canvas
         .save(path)
         .with_context(|| format!("cannot write {}", path.display()))
@@ -700,7 +690,7 @@ pub fn relabel(run: &Path, selection: Selection, out: &Path) -> Result<Vec<Chang
             run.display()
         );
     }
-    let cfg = crate::config::Config::load(&[run.join(crate::trainer::CONFIG_FILE)], &[])
+    let cfg = crate::fit::config::Config::load(&[run.join(crate::fit::trainer::CONFIG_FILE)], &[])
         .with_context(|| format!("{} is not a dmue run directory", run.display()))?;
     let ds = Dataset::open(&cfg.data.dataset)?;
     let text = std::fs::read_to_string(&audit_path)
@@ -805,7 +795,7 @@ fn link_or_copy(from: &Path, to: &PathBuf) -> Result<()> {
 mod tests {
     use super::*;
 
-    use crate::loss::tests::t2;
+    use crate::fit::loss::tests::t2;
 
     #[test]
     fn aux_vote_by_hand() {

@@ -3,7 +3,7 @@
 //! name of the newest complete one) is replaced atomically. A crash at any point leaves the
 //! previous checkpoint usable.
 
-use crate::optim::Adam;
+use crate::fit::optim::Adam;
 use crate::util::write_atomic;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};

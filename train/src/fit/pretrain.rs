@@ -5,8 +5,8 @@
 //! weight except that classifier, with the names `fit --init` reads (the branch stage goes into
 //! every DMUE branch).
 
-use crate::config::{Config, Mode};
-use crate::trainer::{self, FitSummary};
+use crate::fit::config::{Config, Mode};
+use crate::fit::trainer::{self, FitSummary};
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 use tch::Tensor;
@@ -30,7 +30,7 @@ pub fn write_backbone(run: &Path) -> Result<PathBuf> {
     let mut named: Vec<(String, Tensor)> = vs
         .variables()
         .into_iter()
-        .filter(|(n, _)| !crate::init::is_fresh(n))
+        .filter(|(n, _)| !crate::model::init::is_fresh(n))
         .collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     let path = run.join(BACKBONE_FILE);

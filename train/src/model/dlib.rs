@@ -56,30 +56,6 @@ pub const CONVERTED: &str = "models/face-resnet-dlib.safetensors";
 /// 83 % (tuning seed 100, outside the evidence grid's seeds).
 pub const FINE_TUNE_LR: f64 = 1e-5;
 
-/// The config settings `fit --init face` stands for: the backbone at dlib's width, the
-/// fine-tuning learning rate, the converted weights
-/// (`converted`, made absolute by the caller so that a resumed run finds them from anywhere),
-/// dlib's input transform, and 150-pixel inputs (dlib's chip size) cut from aligned faces
-/// resized to 171 (the default 224-of-256 framing at 150 pixels). Settings given with `--set`
-/// are applied after these.
-pub fn fit_settings(converted: &Path) -> Vec<String> {
-    let p = preprocess(171, CHIP_SIZE);
-    let list = |v: [f32; 3]| format!("[{}, {}, {}]", v[0], v[1], v[2]);
-    vec![
-        "model.backbone=\"face-resnet\"".into(),
-        format!("model.width={}", crate::model::face_resnet::STANDARD_WIDTH),
-        format!("train.lr={FINE_TUNE_LR:e}"),
-        format!(
-            "train.init={}",
-            toml::Value::String(converted.display().to_string())
-        ),
-        format!("data.preprocess.resize={}", p.resize),
-        format!("data.preprocess.crop={}", p.crop),
-        format!("data.preprocess.mean={}", list(p.mean)),
-        format!("data.preprocess.std={}", list(p.std)),
-    ]
-}
-
 /// One parsed layer, input side first.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Layer {
@@ -164,20 +140,10 @@ fn ares_down(n: i64, out: &mut Vec<Kind>) {
     out.push(Kind::Wrapper);
 }
 
-/// Residual levels, input side first: (filters, plain blocks, whether a downsampling block
-/// comes first). `face-resnet`'s `layer1..layer5` are these in this order.
-pub const LEVELS: [(i64, usize, bool); 5] = [
-    (32, 3, false),
-    (64, 3, true),
-    (128, 2, true),
-    (256, 2, true),
-    (256, 0, true),
-];
-
 /// The whole network type, output side first; the last entry sits on the input layer.
 fn net_type() -> Vec<Kind> {
     let mut t = vec![Kind::Fc, Kind::AvgPoolEverything];
-    for &(n, plain, down) in LEVELS.iter().rev() {
+    for &(n, plain, down) in super::face_resnet::LEVELS.iter().rev() {
         for _ in 0..plain {
             ares(n, &mut t);
         }
@@ -589,7 +555,7 @@ pub fn named_tensors(net: &DlibNet) -> Result<BTreeMap<String, Tensor>> {
         String::new(),
         String::new(),
     ];
-    for (l, &(_, plain, down)) in LEVELS.iter().enumerate() {
+    for (l, &(_, plain, down)) in super::face_resnet::LEVELS.iter().enumerate() {
         for b in 0..plain + down as usize {
             let p = format!("layer{}.{b}", l + 1);
             names.extend([

@@ -1,5 +1,8 @@
 //! Small helpers shared across modules: atomic writes and progress bars.
 
+pub mod plot;
+pub mod stats;
+
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;

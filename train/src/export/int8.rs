@@ -846,7 +846,7 @@ fn score(
     let correct: Vec<bool> = logits
         .chunks(classes)
         .zip(labels)
-        .map(|(l, &y)| crate::calibrate::argmax(l) == y)
+        .map(|(l, &y)| crate::util::stats::argmax(l) == y)
         .collect();
     Ok(Scores {
         accuracy: correct.iter().filter(|c| **c).count() as f64 / labels.len().max(1) as f64,
@@ -1115,7 +1115,7 @@ fn agreement(a: &[f32], b: &[f32], classes: usize) -> f64 {
     let same = a
         .chunks(classes)
         .zip(b.chunks(classes))
-        .filter(|(x, y)| crate::calibrate::argmax(x) == crate::calibrate::argmax(y))
+        .filter(|(x, y)| crate::util::stats::argmax(x) == crate::util::stats::argmax(y))
         .count();
     same as f64 / rows.max(1) as f64
 }

@@ -4,25 +4,12 @@
 //! the reliability diagrams and stores T in the model card, where dmue-serve and the exported
 //! graph's `probabilities` apply it.
 
+use crate::util::stats::argmax;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 /// Equal-width confidence bins of the expected calibration error (the usual 15).
 pub const ECE_BINS: usize = 15;
-
-/// Index of the largest value (the first one on ties).
-pub fn argmax(row: &[f32]) -> usize {
-    row.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
-            if v > best.1 {
-                (i, v)
-            } else {
-                best
-            }
-        })
-        .0
-}
 
 /// `log sum exp(beta * row)` and `beta * row[y]`, in f64.
 fn log_partition(row: &[f32], beta: f64) -> f64 {
@@ -85,17 +72,7 @@ pub fn fit_temperature(logits: &[f32], labels: &[usize], c: usize) -> Result<f64
     Ok((-(a + b) / 2.0).exp())
 }
 
-/// One confidence bin of a reliability diagram.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Bin {
-    pub lo: f64,
-    pub hi: f64,
-    pub count: usize,
-    /// Share of the bin's images whose top class is right.
-    pub accuracy: f64,
-    /// Mean top-class probability in the bin.
-    pub confidence: f64,
-}
+pub use crate::util::plot::Bin;
 
 /// Calibration of one set of probabilities against labels.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

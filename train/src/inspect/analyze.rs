@@ -3,7 +3,7 @@
 //!
 //! For every training image (eval mode, centre crop) it records the target branch's softmax
 //! and, for DMUE runs, the mined latent distribution and the confidence alpha, as
-//! [`crate::audit::beliefs`] computes them for the label audit. Then:
+//! [`crate::inspect::audit::beliefs`] computes them for the label audit. Then:
 //! - KL(true mixture restricted to the non-annotated classes || latent distribution), and the
 //!   same against the target softmax restricted to those classes (the baseline's analogue),
 //!   over the samples whose true mixture puts at least 5 % outside the annotated class;
@@ -13,6 +13,7 @@
 
 use crate::data::loader::SplitImages;
 use crate::data::manifest::Split;
+use crate::util::stats::{auroc_lower, spearman};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -110,52 +111,6 @@ pub fn entropy(p: &[f32]) -> f64 {
         .sum()
 }
 
-/// Ranks with ties averaged (1-based).
-fn ranks(v: &[f64]) -> Vec<f64> {
-    let mut order: Vec<usize> = (0..v.len()).collect();
-    order.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
-    let mut r = vec![0.0; v.len()];
-    let mut i = 0;
-    while i < order.len() {
-        let mut j = i;
-        while j + 1 < order.len() && v[order[j + 1]] == v[order[i]] {
-            j += 1;
-        }
-        let mean = (i + j) as f64 / 2.0 + 1.0;
-        for &k in &order[i..=j] {
-            r[k] = mean;
-        }
-        i = j + 1;
-    }
-    r
-}
-
-/// Spearman's rank correlation (Pearson on tie-averaged ranks).
-pub fn spearman(x: &[f64], y: &[f64]) -> f64 {
-    let (rx, ry) = (ranks(x), ranks(y));
-    let n = rx.len() as f64;
-    let (mx, my) = (rx.iter().sum::<f64>() / n, ry.iter().sum::<f64>() / n);
-    let cov: f64 = rx.iter().zip(&ry).map(|(a, b)| (a - mx) * (b - my)).sum();
-    let vx: f64 = rx.iter().map(|a| (a - mx).powi(2)).sum();
-    let vy: f64 = ry.iter().map(|b| (b - my).powi(2)).sum();
-    cov / (vx * vy).sqrt().max(1e-12)
-}
-
-/// P(x < y) + P(x = y) / 2 for x drawn from `lower` and y from `higher`: the AUROC of the score
-/// "small means positive" when `lower` holds the positives. Mann-Whitney U through tie-averaged
-/// ranks. None when either side is empty.
-pub fn auroc_lower(lower: &[f64], higher: &[f64]) -> Option<f64> {
-    if lower.is_empty() || higher.is_empty() {
-        return None;
-    }
-    let all: Vec<f64> = higher.iter().chain(lower).copied().collect();
-    let r = ranks(&all);
-    // Ranks of `higher` within the pooled sample: U counts the pairs where higher > lower.
-    let (nh, nl) = (higher.len() as f64, lower.len() as f64);
-    let u = r[..higher.len()].iter().sum::<f64>() - nh * (nh + 1.0) / 2.0;
-    Some(u / (nh * nl))
-}
-
 /// The truth restricted to the classes other than `label`, renormalised.
 fn others(p: &[f32], label: usize) -> Vec<f32> {
     let rest: Vec<f32> = p
@@ -170,7 +125,7 @@ fn others(p: &[f32], label: usize) -> Vec<f32> {
 
 /// Analyses the training split of `run`; writes the per-sample file, the report and the PNG.
 pub fn analyze(run: &Path, device: Device) -> Result<Analysis> {
-    let (cfg, ds, _vs, net) = crate::trainer::load_run(run, device)?;
+    let (cfg, ds, _vs, net) = crate::fit::trainer::load_run(run, device)?;
     let pre = cfg.data.preprocess;
     let data = SplitImages::open(&ds, Split::Train, &pre, cfg.data.loader)?;
     let c = ds.num_classes();
@@ -180,7 +135,7 @@ pub fn analyze(run: &Path, device: Device) -> Result<Analysis> {
             ds.dir.display()
         );
     }
-    let views: Vec<SampleView> = crate::audit::beliefs(&cfg, &net, &data, c, device)
+    let views: Vec<SampleView> = crate::inspect::audit::beliefs(&cfg, &net, &data, c, device)
         .into_iter()
         .map(|b| {
             let row = &ds.rows[data.rows[b.index]];
@@ -256,7 +211,7 @@ pub fn analyze(run: &Path, device: Device) -> Result<Analysis> {
     if !clean.is_empty() {
         // alpha is in (0, 1) from the sigmoid; normalised (loss.alpha_norm) it can exceed 1.
         let top = clean.iter().chain(&flipped).fold(1.0f64, |m, &a| m.max(a));
-        crate::plot::histograms(
+        crate::util::plot::histograms(
             &run.join(ALPHA_PNG),
             "confidence alpha of training samples",
             "alpha",
@@ -279,16 +234,6 @@ mod tests {
         let want = 0.5 * 2f64.ln() + 0.5 * (2.0f64 / 3.0).ln();
         assert!((kl(&[0.5, 0.5], &[0.25, 0.75]) - want).abs() < 1e-9);
         assert!((entropy(&[0.5, 0.5]) - 2f64.ln()).abs() < 1e-9);
-        // Monotone increasing -> 1, decreasing -> -1, ties averaged.
-        assert!((spearman(&[1.0, 2.0, 3.0, 4.0], &[10.0, 20.0, 25.0, 99.0]) - 1.0).abs() < 1e-9);
-        assert!((spearman(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]) + 1.0).abs() < 1e-9);
-        assert_eq!(ranks(&[5.0, 1.0, 5.0]), vec![2.5, 1.0, 2.5]);
         assert_eq!(others(&[0.2, 0.6, 0.2], 1), vec![0.5, 0.5]);
-        // Flipped alphas [0.1, 0.5], clean [0.3, 0.5, 0.9]: of the 6 pairs, 0.1 is below all
-        // three (3), 0.5 is below 0.9 (1) and ties 0.5 (1/2): 4.5 / 6 = 0.75.
-        assert_eq!(auroc_lower(&[0.1, 0.5], &[0.3, 0.5, 0.9]), Some(0.75));
-        assert_eq!(auroc_lower(&[0.1], &[0.2]), Some(1.0));
-        assert_eq!(auroc_lower(&[0.3], &[0.2]), Some(0.0));
-        assert_eq!(auroc_lower(&[], &[0.2]), None);
     }
 }

@@ -60,7 +60,7 @@ pub fn predict(
     } else {
         l.len() / data.len()
     };
-    l.chunks(c.max(1)).map(crate::calibrate::argmax).collect()
+    l.chunks(c.max(1)).map(crate::util::stats::argmax).collect()
 }
 
 /// Accuracy, recall per class and the confusion matrix of `preds` against `labels`.
@@ -154,7 +154,7 @@ pub fn predictions(
         .map(|(i, row)| Prediction {
             path: ds.rows[data.rows[i]].path.clone(),
             label: data.labels[i],
-            predicted: crate::calibrate::argmax(row),
+            predicted: crate::util::stats::argmax(row),
             probabilities: dmue_deploy::pipeline::softmax(row),
         })
         .collect()
@@ -172,7 +172,7 @@ pub fn write(dir: &Path, r: &EvalReport) -> Result<()> {
         100.0 * r.accuracy,
         r.images
     );
-    crate::plot::confusion_png(
+    crate::util::plot::confusion_png(
         &dir.join(format!("confusion-{}.png", r.split)),
         &r.classes,
         &r.confusion,

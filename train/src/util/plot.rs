@@ -271,9 +271,21 @@ pub fn histograms(
     Ok(())
 }
 
+/// One confidence bin of a reliability diagram.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Bin {
+    pub lo: f64,
+    pub hi: f64,
+    pub count: usize,
+    /// Share of the bin's images whose top class is right.
+    pub accuracy: f64,
+    /// Mean top-class probability in the bin.
+    pub confidence: f64,
+}
+
 /// Reliability diagrams side by side (one per panel: title and bins): accuracy per confidence
 /// bin as bars, the diagonal of perfect calibration, and each bin's share of images as a line.
-pub fn reliability_png(path: &Path, panels: &[(String, Vec<crate::calibrate::Bin>)]) -> Result<()> {
+pub fn reliability_png(path: &Path, panels: &[(String, Vec<Bin>)]) -> Result<()> {
     ensure_font();
     let root =
         BitMapBackend::new(path, (440 * panels.len().max(1) as u32, 440)).into_drawing_area();

@@ -7,8 +7,10 @@
 //! (`aux.{j}.layer4...`, `aux.{j}.fc`); the uncertainty module under
 //! `uncertainty.{fc1,prelu,fc2}`.
 
+pub mod dlib;
 pub mod face_resnet;
 pub mod fused;
+pub mod init;
 pub mod mobilenet_v2;
 pub mod resnet;
 pub mod shufflenet_v1;
@@ -18,36 +20,45 @@ use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
 /// Backbone family. The branch point is the last stage (paper Tables 6-7).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Backbone {
     /// ResNet-18 (BasicBlock, [2, 2, 2, 2]); branch stage layer4; width 64 is the standard
     /// model.
     #[serde(rename = "resnet18")]
-    #[value(name = "resnet18")]
     Resnet18,
     /// MobileNetV2 (torchvision); branch stage = the last two stages + the final 1x1
     /// convolution (`features.14..=18`); width 32 (the stem's channels) is multiplier 1.0.
     #[serde(rename = "mobilenet_v2")]
-    #[value(name = "mobilenet_v2")]
     MobilenetV2,
     /// ResNet-50-IBN-a (Bottleneck, [3, 4, 6, 3], half InstanceNorm in layer1..3, IBN-Net's
     /// names); branch stage layer4; width 64 is the standard model.
     #[serde(rename = "resnet50_ibn")]
-    #[value(name = "resnet50_ibn")]
     Resnet50Ibn,
     /// ShuffleNetV1, groups 3 (Megvii's names); branch stage = the last stage
     /// (`features.12..=15`); width 480 (first-stage channels) is the paper's 2.0x.
     #[serde(rename = "shufflenet_v1")]
-    #[value(name = "shufflenet_v1")]
     ShufflenetV1,
     /// dlib's face-recognition ResNet (`face_resnet.rs`); branch stage `layer5`; width 32 is
     /// dlib's network, which `fit --init face` starts from. Inputs of 103 pixels and more.
     #[serde(rename = "face-resnet")]
-    #[value(name = "face-resnet")]
     FaceResnet,
 }
 
 impl Backbone {
+    /// Every backbone, in the order the command line lists them.
+    pub const ALL: [Backbone; 5] = [
+        Backbone::Resnet18,
+        Backbone::MobilenetV2,
+        Backbone::Resnet50Ibn,
+        Backbone::ShufflenetV1,
+        Backbone::FaceResnet,
+    ];
+
+    /// The backbone of a config or command-line name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|b| b.name() == name)
+    }
+
     /// `model.width` of the standard (published) network.
     pub fn standard_width(self) -> i64 {
         match self {

@@ -1,18 +1,18 @@
 //! `dmue-train fit`: set-up, data, model, resume, the epoch loop, evaluation, checkpoints.
 
-use crate::checkpoint::{self, TrainState};
-use crate::config::{Config, DeviceChoice, Mode, Precision};
 use crate::data::loader::{prefetch, train_batch, Augment, ReadyBatch, SplitImages};
 use crate::data::manifest::{Dataset, Split};
 use crate::data::sampler::epoch_batches;
-use crate::eval::{self, EvalReport};
-use crate::loss::{
-    class_activation_maps, cross_entropy, dmue_loss, elr_regulariser, elr_targets,
-    flip_consistency, generalized_ce, label_smoothing_ce, symmetric_ce, LossTerms,
+use crate::fit::checkpoint::{self, TrainState};
+use crate::fit::config::{Config, DeviceChoice, Mode, Precision};
+use crate::fit::eval::{self, EvalReport};
+use crate::fit::loss::{
+    class_activation_maps, dmue_loss, elr_regulariser, elr_targets, flip_consistency,
+    single_branch_loss, LossTerms,
 };
+use crate::fit::optim::Adam;
 use crate::model::{count_params, is_target_param, Branches, MultiBranchNet, TrainOutput};
-use crate::optim::Adam;
-use crate::plot::{line_panels, Panel};
+use crate::util::plot::{line_panels, Panel};
 use anyhow::{bail, Context, Result};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -108,31 +108,6 @@ fn with_precision<T>(on: bool, f: impl FnOnce() -> T) -> T {
     }
 }
 
-/// The single-branch modes: a loss of the target branch against the given labels, no ramps.
-/// ELR's and EAC's regularisers are added by the caller, which holds their state and views.
-fn single_branch_loss(out: &TrainOutput, labels: &Tensor, cfg: &Config) -> LossTerms {
-    let z = &out.target_logits;
-    let t = &cfg.train;
-    let ce = match t.mode {
-        Mode::LabelSmoothing => label_smoothing_ce(z, labels, t.label_smoothing),
-        Mode::Gce => generalized_ce(z, labels, t.gce_q),
-        Mode::Sce => symmetric_ce(z, labels, t.sce_alpha, t.sce_beta),
-        Mode::Baseline | Mode::Dmue | Mode::Elr | Mode::Eac => cross_entropy(z, labels),
-    };
-    LossTerms {
-        total: ce.shallow_clone(),
-        target: ce,
-        soft: None,
-        sp: None,
-        aux: None,
-        reg: None,
-        alpha: None,
-        alpha_raw: None,
-        w_u: 1.0,
-        w_d: 0.0,
-    }
-}
-
 /// Adds a weighted regulariser to the terms: under DMUE it joins the ramped-up group with the
 /// target term, otherwise it is added as it is.
 fn add_regulariser(terms: &mut LossTerms, reg: Tensor, weight: f64) {
@@ -171,6 +146,29 @@ pub fn apply_threads(cfg: &Config) {
     if cfg.train.threads > 0 {
         tch::set_num_threads(cfg.train.threads as i32);
     }
+}
+
+/// Where an epoch stands in the schedules: its learning rate (`train.lr_milestones`) and
+/// DMUE's ramps `(w_u, w_d)` (Eq. 12; `(1, 0)` for the single-network modes).
+#[derive(Debug, Clone, Copy)]
+struct Schedule {
+    lr: f64,
+    ramps: (f64, f64),
+}
+
+/// Every epoch's [`Schedule`], computed once; index 0 is unused (epochs count from 1).
+fn schedules(cfg: &Config) -> Vec<Schedule> {
+    let multi = cfg.train.mode.multi_branch();
+    (0..=cfg.train.epochs)
+        .map(|epoch| Schedule {
+            lr: cfg.train.lr_at(epoch),
+            ramps: if multi {
+                crate::fit::loss::ramps(epoch, cfg.loss.beta)
+            } else {
+                (1.0, 0.0)
+            },
+        })
+        .collect()
 }
 
 /// Trains a run: set-up (or resume), the epochs, the final evaluation and summary.
@@ -340,12 +338,13 @@ struct Trainer<'a> {
     state: TrainState,
     history: Vec<EpochMetrics>,
     metrics_path: PathBuf,
-    dynamics: crate::dynamics::LabelDynamics,
+    dynamics: crate::fit::dynamics::LabelDynamics,
     total_params: i64,
     deployed_params: i64,
     started: Instant,
     first_epoch: usize,
     images_seen: usize,
+    schedule: Vec<Schedule>,
 }
 
 impl<'a> Trainer<'a> {
@@ -429,14 +428,14 @@ impl<'a> Trainer<'a> {
         }
         if let (Some(path), None) = (&cfg.train.init, &existing) {
             // A resumed run has these weights (trained further) in its checkpoint already.
-            let report = crate::init::load(&vs, &net, path)?;
+            let report = crate::model::init::load(&vs, &net, path)?;
             tracing::info!("{report}");
             crate::util::write_atomic(
                 &run.join(INIT_REPORT_FILE),
                 serde_json::to_string_pretty(&report)?.as_bytes(),
             )?;
         }
-        let backbone_vars = crate::init::backbone_variables(&vs);
+        let backbone_vars = crate::model::init::backbone_variables(&vs);
         // Made after every weight is drawn, so the initial weights do not depend on it.
         let elr_targets = (cfg.train.mode == Mode::Elr || (multi && cfg.loss.elr)).then(|| {
             vs.root()
@@ -493,7 +492,7 @@ impl<'a> Trainer<'a> {
         }
         crate::util::write_jsonl(&metrics_path, &history)?;
         let dynamics =
-            crate::dynamics::LabelDynamics::start(run, train.len(), state.epoch, device)?;
+            crate::fit::dynamics::LabelDynamics::start(run, train.len(), state.epoch, device)?;
         let first_epoch = state.epoch + 1;
         Ok(Self {
             cfg,
@@ -518,6 +517,7 @@ impl<'a> Trainer<'a> {
             started: Instant::now(),
             first_epoch,
             images_seen: 0,
+            schedule: schedules(cfg),
         })
     }
 
@@ -553,7 +553,7 @@ impl<'a> Trainer<'a> {
             batches.len() as u64,
             &format!("epoch {epoch}/{}", cfg.train.epochs),
         );
-        let lr = cfg.train.lr_at(epoch);
+        let lr = self.schedule[epoch].lr;
         let pre = cfg.data.preprocess;
         let eac = cfg.train.mode == Mode::Eac;
         let aug = Augment {
@@ -615,10 +615,18 @@ impl<'a> Trainer<'a> {
             (out.to_fp32(), None)
         };
         let mut terms = if cfg.train.mode.multi_branch() {
-            let q = cfg.train.gce_q;
-            dmue_loss(&out, self.net.uncertainty.as_ref(), &y, &cfg.loss, epoch, q)
+            let (ramps, q) = (self.schedule[epoch].ramps, cfg.train.gce_q);
+            dmue_loss(
+                &out,
+                self.net.uncertainty.as_ref(),
+                &y,
+                &cfg.loss,
+                epoch,
+                ramps,
+                q,
+            )
         } else {
-            single_branch_loss(&out, &y, cfg)
+            single_branch_loss(&out.target_logits, &y, cfg.train.single_loss())
         };
         if let Some(c) = consistency {
             add_regulariser(&mut terms, c, cfg.train.eac_lambda);
@@ -692,23 +700,18 @@ impl<'a> Trainer<'a> {
     /// Evaluation, metrics, curves, label dynamics and the checkpoint of a finished epoch.
     fn finish_epoch(&mut self, epoch: usize, stats: EpochStats) -> Result<()> {
         let cfg = self.cfg;
-        let multi = cfg.train.mode.multi_branch();
         self.images_seen += stats.images;
         let eval_start = Instant::now();
         let eval_report = self.evaluate();
+        let Schedule {
+            lr,
+            ramps: (w_u, w_d),
+        } = self.schedule[epoch];
         let metrics = EpochMetrics {
             epoch,
-            lr: cfg.train.lr_at(epoch),
-            w_u: if multi {
-                crate::loss::ramp_up(epoch as f64, cfg.loss.beta)
-            } else {
-                1.0
-            },
-            w_d: if multi {
-                crate::loss::ramp_down(epoch as f64, cfg.loss.beta)
-            } else {
-                0.0
-            },
+            lr,
+            w_u,
+            w_d,
             loss: stats.mean(Term::Total).unwrap_or(f64::NAN),
             target: stats.mean(Term::Target).unwrap_or(f64::NAN),
             soft: stats.mean(Term::Soft),
@@ -937,36 +940,6 @@ fn plot_curves(path: &Path, history: &[EpochMetrics]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Each single-branch mode applies its own loss with the configured settings: logits
-    /// [2, 0], label 0, p_y = e^2 / (e^2 + 1) = 0.880797, -log p_y = 0.126928 (CE: baseline,
-    /// and ELR and EAC before their regularisers, which the caller adds).
-    ///   label smoothing 0.1: 0.9 * 0.126928 + 0.1 * (0.126928 + 2.126928) / 2 = 0.226928;
-    ///   GCE q 0.7: (1 - 0.880797^0.7) / 0.7 = 0.121453;
-    ///   SCE alpha 0.1, beta 1, A = -4: 0.1 * 0.126928 + 4 * (1 - 0.880797) = 0.489505.
-    #[test]
-    fn each_single_branch_mode_applies_its_loss() {
-        let out = TrainOutput {
-            target_feat: Tensor::zeros([1, 2], (tch::Kind::Float, Device::Cpu)),
-            target_logits: Tensor::from_slice(&[2f32, 0.0]).view([1, 2]),
-            aux_feat: Vec::new(),
-            aux_logits: Vec::new(),
-        };
-        let y = Tensor::from_slice(&[0i64]);
-        for (mode, want) in [
-            (Mode::Baseline, 0.126928),
-            (Mode::LabelSmoothing, 0.226928),
-            (Mode::Gce, 0.121453),
-            (Mode::Sce, 0.489505),
-            (Mode::Elr, 0.126928),
-            (Mode::Eac, 0.126928),
-        ] {
-            let mut cfg = Config::default();
-            cfg.train.mode = mode;
-            let got = single_branch_loss(&out, &y, &cfg).total.double_value(&[]);
-            assert!((got - want).abs() < 1e-5, "{mode:?}: {got} for {want}");
-        }
-    }
 
     #[test]
     fn durations_and_the_long_run_warning() {

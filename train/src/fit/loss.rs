@@ -439,6 +439,43 @@ pub fn similarity_preserving(
     (sq / n_i.square().clamp_min(1.0)).mean(Kind::Float)
 }
 
+/// The loss of a single-network mode (`train.mode` other than DMUE), with its setting.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SingleLoss {
+    /// Cross-entropy (the baseline, and ELR and EAC before their regularisers).
+    Ce,
+    /// Label smoothing with this factor.
+    LabelSmoothing(f64),
+    /// Generalised cross-entropy with this q.
+    Gce(f64),
+    /// Symmetric cross-entropy with these alpha and beta.
+    Sce(f64, f64),
+}
+
+/// The single-network modes: a loss of the target branch against the given labels, no
+/// ramps. ELR's and EAC's regularisers are added by the caller, which holds their state and
+/// views.
+pub fn single_branch_loss(logits: &Tensor, labels: &Tensor, loss: SingleLoss) -> LossTerms {
+    let ce = match loss {
+        SingleLoss::Ce => cross_entropy(logits, labels),
+        SingleLoss::LabelSmoothing(eps) => label_smoothing_ce(logits, labels, eps),
+        SingleLoss::Gce(q) => generalized_ce(logits, labels, q),
+        SingleLoss::Sce(alpha, beta) => symmetric_ce(logits, labels, alpha, beta),
+    };
+    LossTerms {
+        total: ce.shallow_clone(),
+        target: ce,
+        soft: None,
+        sp: None,
+        aux: None,
+        reg: None,
+        alpha: None,
+        alpha_raw: None,
+        w_u: 1.0,
+        w_d: 0.0,
+    }
+}
+
 /// The loss terms of one DMUE step (scalars), and alpha for logging.
 #[derive(Debug)]
 pub struct LossTerms {
@@ -526,22 +563,25 @@ pub fn mined_latent(aux_logits: &[Tensor], labels: &Tensor, cfg: &LossConfig) ->
     sharpen(&latent_distribution(aux_logits, labels), cfg.temperature)
 }
 
-/// Eq. 10: `w_u(e) (L_wce + omega L_soft + gamma L_sp) + w_d(e) L_aux` at 1-based `epoch`,
-/// with the Table 2 switches. Needs the multi-branch outputs and the uncertainty module.
-/// `gce_q`: the exponent of the hard-label terms that `cfg` sets to GCE.
+/// The ramps `(w_u, w_d)` of Eq. 12 at 1-based `epoch`.
+pub fn ramps(epoch: usize, beta: f64) -> (f64, f64) {
+    (ramp_up(epoch as f64, beta), ramp_down(epoch as f64, beta))
+}
+
+/// Eq. 10: `w_u(e) (L_wce + omega L_soft + gamma L_sp) + w_d(e) L_aux` at 1-based `epoch`
+/// with its ramps `(w_u, w_d)` ([`ramps`]), with the Table 2 switches. Needs the multi-branch
+/// outputs and the uncertainty module. `gce_q`: the exponent of the hard-label terms that
+/// `cfg` sets to GCE.
 pub fn dmue_loss(
     out: &crate::model::TrainOutput,
     uncertainty: Option<&crate::model::UncertaintyModule>,
     labels: &Tensor,
     cfg: &LossConfig,
     epoch: usize,
+    (w_u, w_d): (f64, f64),
     gce_q: f64,
 ) -> LossTerms {
     let c = out.target_logits.size()[1];
-    let (w_u, w_d) = (
-        ramp_up(epoch as f64, cfg.beta),
-        ramp_down(epoch as f64, cfg.beta),
-    );
     let (target, alpha, alpha_raw) = match (cfg.confidence, uncertainty) {
         (true, Some(module)) if epoch >= cfg.confidence_from_epoch => {
             let raw = raw_confidence(&out.target_feat, labels, c, module, cfg);
@@ -953,6 +993,33 @@ pub(crate) mod tests {
         }
     }
 
+    /// Each single-branch mode applies its own loss with the configured settings: logits
+    /// [2, 0], label 0, p_y = e^2 / (e^2 + 1) = 0.880797, -log p_y = 0.126928 (CE: baseline,
+    /// and ELR and EAC before their regularisers, which the caller adds).
+    ///   label smoothing 0.1: 0.9 * 0.126928 + 0.1 * (0.126928 + 2.126928) / 2 = 0.226928;
+    ///   GCE q 0.7: (1 - 0.880797^0.7) / 0.7 = 0.121453;
+    ///   SCE alpha 0.1, beta 1, A = -4: 0.1 * 0.126928 + 4 * (1 - 0.880797) = 0.489505.
+    #[test]
+    fn each_single_branch_mode_applies_its_loss() {
+        let z = t2(&[&[2.0, 0.0]]);
+        let y = labels(&[0]);
+        for (mode, want) in [
+            (crate::fit::config::Mode::Baseline, 0.126928),
+            (crate::fit::config::Mode::LabelSmoothing, 0.226928),
+            (crate::fit::config::Mode::Gce, 0.121453),
+            (crate::fit::config::Mode::Sce, 0.489505),
+            (crate::fit::config::Mode::Elr, 0.126928),
+            (crate::fit::config::Mode::Eac, 0.126928),
+        ] {
+            let mut cfg = crate::fit::config::Config::default();
+            cfg.train.mode = mode;
+            let got = single_branch_loss(&z, &y, cfg.train.single_loss())
+                .total
+                .double_value(&[]);
+            assert!((got - want).abs() < 1e-5, "{mode:?}: {got} for {want}");
+        }
+    }
+
     // logits [2, 0], label 0: p0 = e^2 / (e^2 + 1) = 0.880797.
     //   GCE, q = 0.7: (1 - 0.880797^0.7) / 0.7 = (1 - 0.914983) / 0.7 = 0.121453.
     //   Label smoothing 0.1: -log p = [0.126928, 2.126928];
@@ -1059,7 +1126,7 @@ pub(crate) mod tests {
         ));
         let aux = scalar(&aux_ce(&out.aux_logits, &y));
         // Epoch 3, beta 6: w_u = exp(-0.25) = 0.778801, w_d = 1.
-        let t = dmue_loss(&out, Some(module), &y, &cfg, 3, 0.7);
+        let t = dmue_loss(&out, Some(module), &y, &cfg, 3, ramps(3, cfg.beta), 0.7);
         // What is logged is the module's own output; the CE weights are that divided by the
         // mean of each class (so they average 1 per class, and the raw values do not).
         let raw = Vec::<f32>::try_from(t.alpha_raw.as_ref().unwrap()).unwrap();
@@ -1078,7 +1145,7 @@ pub(crate) mod tests {
             scalar(&t.total)
         );
         // Epoch 10: w_u = 1, w_d = exp(-(1 - 0.6)^2) = exp(-0.16) = 0.852144.
-        let t = dmue_loss(&out, Some(module), &y, &cfg, 10, 0.7);
+        let t = dmue_loss(&out, Some(module), &y, &cfg, 10, ramps(10, cfg.beta), 0.7);
         let expected = (wce + 0.5 * soft + 1e3 * sp) + 0.852144 * aux;
         assert!((scalar(&t.total) - expected).abs() < 1e-4 * expected.abs().max(1.0));
         // Each switch removes exactly its own term.
@@ -1086,7 +1153,15 @@ pub(crate) mod tests {
             similarity_preserving: false,
             ..cfg.clone()
         };
-        let t = dmue_loss(&out, Some(module), &y, &no_sp, 10, 0.7);
+        let t = dmue_loss(
+            &out,
+            Some(module),
+            &y,
+            &no_sp,
+            10,
+            ramps(10, no_sp.beta),
+            0.7,
+        );
         let expected = (wce + 0.5 * soft) + 0.852144 * aux;
         assert!((scalar(&t.total) - expected).abs() < 1e-4 * expected.abs().max(1.0));
         // Confidence warm-up: before `confidence_from_epoch` the target CE is plain.
@@ -1095,10 +1170,10 @@ pub(crate) mod tests {
             ..cfg.clone()
         };
         let ce = scalar(&cross_entropy(&out.target_logits, &y));
-        let t = dmue_loss(&out, Some(module), &y, &warm, 3, 0.7);
+        let t = dmue_loss(&out, Some(module), &y, &warm, 3, ramps(3, warm.beta), 0.7);
         assert!(t.alpha.is_none());
         close(scalar(&t.target), ce);
-        let t = dmue_loss(&out, Some(module), &y, &warm, 4, 0.7);
+        let t = dmue_loss(&out, Some(module), &y, &warm, 4, ramps(4, warm.beta), 0.7);
         close(scalar(&t.target), wce);
         let off = LossConfig {
             latent: false,
@@ -1106,7 +1181,7 @@ pub(crate) mod tests {
             confidence: false,
             ..cfg
         };
-        let t = dmue_loss(&out, Some(module), &y, &off, 10, 0.7);
+        let t = dmue_loss(&out, Some(module), &y, &off, 10, ramps(10, off.beta), 0.7);
         assert!(t.soft.is_none() && t.sp.is_none() && t.aux.is_none() && t.alpha.is_none());
         close(
             scalar(&t.total),
@@ -1133,7 +1208,15 @@ pub(crate) mod tests {
             .map(|p| (1.0 - (*p as f64).powf(0.7)) / 0.7)
             .sum::<f64>()
             / 6.0;
-        let t = dmue_loss(&out, Some(module), &y, &default, 10, 0.7);
+        let t = dmue_loss(
+            &out,
+            Some(module),
+            &y,
+            &default,
+            10,
+            ramps(10, default.beta),
+            0.7,
+        );
         close(scalar(&t.target), gce);
         let expected = (gce + 0.5 * soft + 1e3 * sp) + 0.852144 * aux;
         assert!((scalar(&t.total) - expected).abs() < 1e-4 * expected.abs().max(1.0));

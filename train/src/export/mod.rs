@@ -8,6 +8,9 @@
 //! `export --calibrate`). The model card goes into `metadata_props`.
 //! The auxiliary branches and the uncertainty module are simply never visited.
 
+pub mod calibrate;
+pub mod int8;
+
 use crate::model::face_resnet;
 use crate::model::mobilenet_v2::{self, InvertedResidual};
 use crate::model::resnet::{BasicBlock, Block, Bottleneck, Ibn, Layer, Norm};
@@ -880,9 +883,9 @@ pub struct ExportReport {
     /// Trainable parameters of the auxiliary branches and the uncertainty module, not exported.
     pub dropped_parameters: i64,
     /// Temperature scaling, with `--calibrate`.
-    pub calibration: Option<crate::calibrate::CalibrationReport>,
+    pub calibration: Option<crate::export::calibrate::CalibrationReport>,
     /// The int8 model, with `--int8`.
-    pub int8: Option<crate::int8::Int8Report>,
+    pub int8: Option<crate::export::int8::Int8Report>,
 }
 
 /// The run's name for the model card: its directory's name, never the training machine's
@@ -897,15 +900,15 @@ pub fn run_id(run: &Path) -> String {
 
 /// The card's backbone line: the architecture, and where its weights started when that was
 /// dlib's face-recognition ResNet (whose source and licence travel with the model).
-fn describe_start(cfg: &crate::config::Config) -> String {
+fn describe_start(cfg: &crate::fit::config::Config) -> String {
     let arch = cfg.model.describe();
     let from_dlib = cfg
         .train
         .init
         .as_ref()
-        .is_some_and(|p| p.file_name() == Path::new(crate::dlib::CONVERTED).file_name());
+        .is_some_and(|p| p.file_name() == Path::new(crate::model::dlib::CONVERTED).file_name());
     if from_dlib {
-        format!("{arch}, {}", crate::dlib::PROVENANCE)
+        format!("{arch}, {}", crate::model::dlib::PROVENANCE)
     } else {
         arch
     }
@@ -916,9 +919,9 @@ pub fn export_run(
     run: &Path,
     out: &Path,
     calibrate: Option<crate::data::manifest::Split>,
-    int8: Option<crate::int8::Int8Options>,
+    int8: Option<crate::export::int8::Int8Options>,
 ) -> Result<ExportReport> {
-    let (cfg, ds, vs, net) = crate::trainer::load_run(run, tch::Device::Cpu)?;
+    let (cfg, ds, vs, net) = crate::fit::trainer::load_run(run, tch::Device::Cpu)?;
     let calibration = match calibrate {
         Some(split) => Some(calibrate_run(run, &cfg, &ds, &net, split)?),
         None => None,
@@ -938,7 +941,9 @@ pub fn export_run(
     let (model, exported) = tch::no_grad(|| build(&net, &card))?;
     write(&model, out)?;
     let int8 = int8
-        .map(|o| crate::int8::export_int8(run, &ds, &cfg.data.preprocess, &model, out, &card, o))
+        .map(|o| {
+            crate::export::int8::export_int8(run, &ds, &cfg.data.preprocess, &model, out, &card, o)
+        })
         .transpose()?;
     let plain_vs = nn::VarStore::new(tch::Device::Cpu);
     let plain = MultiBranchNet::new(&plain_vs.root(), &cfg.model, ds.num_classes(), false);
@@ -965,14 +970,14 @@ pub const RELIABILITY_PNG: &str = "reliability.png";
 /// `RUN/reliability.png`.
 fn calibrate_run(
     run: &Path,
-    cfg: &crate::config::Config,
+    cfg: &crate::fit::config::Config,
     ds: &crate::data::manifest::Dataset,
     net: &MultiBranchNet,
     split: crate::data::manifest::Split,
-) -> Result<crate::calibrate::CalibrationReport> {
-    use crate::calibrate::{fit_temperature, measure, CalibrationReport, ECE_BINS};
+) -> Result<crate::export::calibrate::CalibrationReport> {
     use crate::data::loader::SplitImages;
     use crate::data::manifest::Split;
+    use crate::export::calibrate::{fit_temperature, measure, CalibrationReport, ECE_BINS};
     if split == Split::Test {
         bail!(
             "--calibrate test is refused: the test split is where calibration is measured. \
@@ -988,18 +993,18 @@ fn calibrate_run(
              or `prepare --val-share F`)"
         );
     }
-    let logits = crate::eval::logits(net, &fit_on, pre, tch::Device::Cpu, 128);
+    let logits = crate::fit::eval::logits(net, &fit_on, pre, tch::Device::Cpu, 128);
     let temperature = fit_temperature(&logits, &fit_on.labels, c)?;
     let test = SplitImages::load(ds, Split::Test, pre)?;
     let (eval_on, eval_logits, eval_labels) = if test.is_empty() {
         (split, logits, fit_on.labels.clone())
     } else {
-        let l = crate::eval::logits(net, &test, pre, tch::Device::Cpu, 128);
+        let l = crate::fit::eval::logits(net, &test, pre, tch::Device::Cpu, 128);
         (Split::Test, l, test.labels.clone())
     };
     let before = measure(&eval_logits, &eval_labels, c, 1.0, ECE_BINS);
     let after = measure(&eval_logits, &eval_labels, c, temperature, ECE_BINS);
-    crate::plot::reliability_png(
+    crate::util::plot::reliability_png(
         &run.join(RELIABILITY_PNG),
         &[
             (

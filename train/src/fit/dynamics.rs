@@ -57,7 +57,7 @@ impl Recorded {
 
 fn to_rows(t: &Tensor) -> Result<Vec<Vec<f32>>> {
     t.size2().context("label dynamics must be 2-d")?;
-    Ok(crate::audit::rows_of(t))
+    Ok(crate::util::stats::rows_of(t))
 }
 
 /// Reads `run`'s dynamics; None when the run has none (trained before they were recorded).

@@ -1,0 +1,124 @@
+//! `dmue-train fit`: train DMUE (or a single-network mode) on a dataset directory.
+
+use super::run_config;
+use anyhow::{Context, Result};
+use dmue_train::fit::config::{Config, DeviceChoice, Edit, Mode};
+use dmue_train::fit::trainer;
+use dmue_train::model::{dlib, Backbone};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct FitArgs {
+    /// Dataset directory (overrides data.dataset).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// TOML configuration; fields not given keep the defaults. Repeatable: later files
+    /// override earlier ones (`-c configs/demo-cpu.toml -c configs/variants/paper.toml`).
+    #[arg(long, short)]
+    config: Vec<PathBuf>,
+    /// Run directory (config copy, metrics, plots, checkpoints).
+    #[arg(long, short, default_value = "runs/dmue")]
+    out: PathBuf,
+    /// Override any config field: --set train.lr=0.0005 --set loss.latent=false (repeatable;
+    /// applied last, over the files and the other flags).
+    #[arg(long = "set", value_name = "SECTION.FIELD=VALUE")]
+    sets: Vec<String>,
+    /// Shorthand for --set train.epochs=N.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Shorthand for --set train.mode=...
+    #[arg(long, value_enum)]
+    mode: Option<Mode>,
+    /// A named DMUE variant (configs/variants/NAME.toml, built in), applied over the defaults
+    /// before any --config file. The defaults are gce-target.
+    #[arg(long, value_enum)]
+    preset: Option<super::Preset>,
+    /// Shorthand for --set train.device=...
+    #[arg(long, value_enum, env = "DMUE_DEVICE")]
+    device: Option<DeviceChoice>,
+    /// Shorthand for --set model.backbone=...
+    #[arg(long, value_parser = super::backbone_parser())]
+    backbone: Option<Backbone>,
+    /// Start the backbone from pretrained weights (safetensors; convert .pth files with
+    /// scripts/convert-weights.sh). Torchvision ResNet-18 / MobileNetV2 names, the authors'
+    /// MS-Celeb ResNet-18 (with --set model.stem=authors) and `dmue-train pretrain` output
+    /// are recognised; the report goes to OUT/init-report.json. Shorthand for train.init.
+    /// `--init face`: dlib's face-recognition ResNet (scripts/fetch-face-trunk.sh), which also
+    /// sets model.backbone=face-resnet (width 32), train.lr=1e-5, dlib's input normalisation
+    /// and 150-pixel inputs (resize 171, crop 150); --set overrides any of them.
+    #[arg(long, value_name = "FILE|face")]
+    init: Option<PathBuf>,
+    /// Freeze the loaded backbone for the first N epochs (only the classifiers train).
+    #[arg(long, value_name = "N")]
+    freeze_trunk_epochs: Option<usize>,
+    /// Continue the run in --out from its newest checkpoint (its config.toml, plus --set).
+    #[arg(long)]
+    resume: bool,
+}
+
+pub fn run(a: FitArgs) -> Result<()> {
+    let mut edits: Vec<Edit> = Vec::new();
+    if let Some(d) = a.data {
+        edits.push(Box::new(move |c: &mut Config| c.data.dataset = d.clone()));
+    }
+    if let Some(e) = a.epochs {
+        edits.push(Box::new(move |c: &mut Config| c.train.epochs = e));
+    }
+    if let Some(m) = a.mode {
+        edits.push(Box::new(move |c: &mut Config| c.train.mode = m));
+    }
+    if let Some(b) = a.backbone {
+        edits.push(Box::new(move |c: &mut Config| c.model.backbone = b));
+    }
+    match a.init {
+        // The named start: dlib's face-recognition ResNet (its settings, then --set).
+        Some(f) if f.as_os_str() == "face" && !f.exists() => {
+            let converted = std::fs::canonicalize(dlib::CONVERTED).with_context(|| {
+                format!(
+                    "--init face needs {} (run scripts/fetch-face-trunk.sh in the repository, \
+                     and fit from its root)",
+                    dlib::CONVERTED
+                )
+            })?;
+            edits.insert(
+                0,
+                Box::new(move |c: &mut Config| c.start_from_face_trunk(&converted)),
+            );
+        }
+        Some(f) => edits.push(Box::new(move |c: &mut Config| {
+            c.train.init = Some(f.clone())
+        })),
+        None => {}
+    }
+    if let Some(n) = a.freeze_trunk_epochs {
+        edits.push(Box::new(move |c: &mut Config| {
+            c.train.freeze_trunk_epochs = n
+        }));
+    }
+    if let Some(d) = a.device {
+        edits.push(Box::new(move |c: &mut Config| c.train.device = d));
+    }
+    let preset = a.preset.map(super::Preset::layer);
+    let cfg = run_config(
+        &a.out,
+        a.resume,
+        preset.as_slice(),
+        &a.config,
+        &edits,
+        &a.sets,
+    )?;
+    let s = trainer::fit(&cfg, &a.out, a.resume)?;
+    println!(
+        "trained {} epochs in {:.1}s ({:.0} img/s) on {}; run directory {}",
+        s.epochs,
+        s.train_seconds,
+        s.images_per_second,
+        s.device,
+        s.run_dir.display()
+    );
+    if let Some(r) = &s.final_eval {
+        print!("{r}");
+        println!("chance level {:.2}%", 100.0 / r.classes.len() as f64);
+    }
+    Ok(())
+}

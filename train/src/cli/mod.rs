@@ -1,0 +1,101 @@
+//! The command line of `dmue-train`: one module per subcommand, each turning its flags into a
+//! call of the library; nothing here trains or computes.
+
+pub mod analyze;
+pub mod audit;
+pub mod bench_loader;
+pub mod convert_dlib;
+pub mod eval;
+pub mod export;
+pub mod fit;
+pub mod openmp;
+pub mod prepare;
+pub mod pretrain;
+pub mod synth;
+
+use anyhow::Result;
+use dmue_train::fit::config::{Config, Edit};
+use dmue_train::fit::trainer;
+use dmue_train::model::Backbone;
+use std::path::{Path, PathBuf};
+
+/// The configuration of a run in `out`: a resumed run keeps its own `config.toml`; a new one
+/// reads the presets, then the `--config` files. Then the flags' `edits`, and last `--set`
+/// (which may still change a resumed run, e.g. its epochs).
+fn run_config(
+    out: &Path,
+    resume: bool,
+    presets: &[(&str, &str)],
+    files: &[PathBuf],
+    edits: &[Edit],
+    sets: &[String],
+) -> Result<Config> {
+    let own = out.join(trainer::CONFIG_FILE);
+    if resume && own.exists() {
+        Config::build(&[], &[own], edits, sets)
+    } else {
+        Config::build(presets, files, edits, sets)
+    }
+}
+
+/// `--backbone NAME`: the model's own names, listed in `--help`.
+fn backbone_parser() -> impl clap::builder::TypedValueParser<Value = Backbone> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(Backbone::ALL.map(Backbone::name))
+        .map(|name: String| Backbone::from_name(&name).expect("a listed name"))
+}
+
+/// The DMUE variants of configs/variants, built into the binary (`fit --preset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Preset {
+    /// The paper's DMUE with the confidence normalised per class (the default before gce-target).
+    ClassNorm,
+    /// class-norm with GCE in the target and auxiliary hard-label terms.
+    Gce,
+    /// The default: class-norm with GCE in the target branch's hard-label term only.
+    GceTarget,
+    /// class-norm with early-learning regularisation on the target branch.
+    Elr,
+    /// The paper's DMUE as written (alpha not normalised).
+    Paper,
+    /// DMUE as the authors' released code trains it.
+    Authors,
+    /// The paper's DMUE with the uncertainty module frozen at its initialisation.
+    Frozen,
+}
+
+impl Preset {
+    /// `(name, TOML text)` of the preset.
+    pub fn layer(self) -> (&'static str, &'static str) {
+        match self {
+            Preset::ClassNorm => (
+                "preset class-norm",
+                include_str!("../../../configs/variants/class-norm.toml"),
+            ),
+            Preset::Gce => (
+                "preset gce",
+                include_str!("../../../configs/variants/gce.toml"),
+            ),
+            Preset::GceTarget => (
+                "preset gce-target",
+                include_str!("../../../configs/variants/gce-target.toml"),
+            ),
+            Preset::Elr => (
+                "preset elr",
+                include_str!("../../../configs/variants/elr.toml"),
+            ),
+            Preset::Paper => (
+                "preset paper",
+                include_str!("../../../configs/variants/paper.toml"),
+            ),
+            Preset::Authors => (
+                "preset authors",
+                include_str!("../../../configs/variants/authors.toml"),
+            ),
+            Preset::Frozen => (
+                "preset frozen",
+                include_str!("../../../configs/variants/frozen.toml"),
+            ),
+        }
+    }
+}
