@@ -27,9 +27,9 @@ LAYERS = {
         "inspect": 3, "export": 3,
     },
     "deploy": {
-        "error": 0, "numeric": 0, "logging": 0,
-        "preprocess": 1, "image_io": 1, "onnx": 1, "model_card": 1,
-        "engine": 2, "face": 2,
+        "numeric": 0, "logging": 0, "preprocess": 0,
+        "error": 1, "image_io": 1, "onnx": 1,
+        "engine": 2, "face": 2, "model_card": 2,
         "pipeline": 3,
         "server": 4, "web": 4, "fuzzing": 4,
     },

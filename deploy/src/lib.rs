@@ -9,11 +9,13 @@
 pub mod engine;
 pub mod error;
 pub mod face;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod image_io;
 #[cfg(feature = "logging")]
 pub mod logging;
 pub mod model_card;
+pub mod numeric;
 pub mod onnx;
 pub mod pipeline;
 pub mod preprocess;

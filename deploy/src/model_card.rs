@@ -72,7 +72,7 @@ impl ModelCard {
     /// The calibrated class probabilities of one row of logits: `softmax(logits / T)`.
     pub fn probabilities(&self, logits: &[f32]) -> Vec<f32> {
         let scaled: Vec<f32> = logits.iter().map(|v| v / self.temperature).collect();
-        crate::pipeline::softmax(&scaled)
+        crate::numeric::softmax(&scaled)
     }
 
     /// Whether the model learnt from dmue's synthetic benchmark (`dmue-train synth`, whose

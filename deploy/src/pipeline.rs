@@ -5,6 +5,7 @@
 use crate::engine::{self, Engine, EngineKind};
 use crate::error::{Error, Result};
 use crate::model_card::ModelCard;
+use crate::numeric::ambiguity;
 use image::RgbImage;
 use serde::Serialize;
 use std::path::Path;
@@ -21,32 +22,13 @@ pub struct Prediction {
     /// with the card's calibration temperature T.
     pub probabilities: serde_json::Map<String, serde_json::Value>,
     /// How spread the probabilities are: their entropy divided by ln(number of classes), from 0
-    /// (all mass on one class) to 1 (uniform). See [`ambiguity`].
+    /// (all mass on one class) to 1 (uniform). See [`crate::numeric::ambiguity`].
     pub ambiguity: f32,
-}
-
-/// Normalised entropy of a probability vector, `-sum p ln p / ln C`, in [0, 1]: 0 when one
-/// class has all the mass, 1 when every class is equally likely. It measures how much the
-/// model hesitates between classes, whatever the top class is.
-pub fn ambiguity(p: &[f32]) -> f32 {
-    if p.len() < 2 {
-        return 0.0;
-    }
-    let h: f32 = p.iter().filter(|&&v| v > 0.0).map(|&v| -v * v.ln()).sum();
-    (h / (p.len() as f32).ln()).clamp(0.0, 1.0)
 }
 
 pub struct Classifier {
     pub card: ModelCard,
     engine: Box<dyn Engine>,
-}
-
-/// Numerically stable softmax of one row.
-pub fn softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exp: Vec<f32> = logits.iter().map(|&v| (v - max).exp()).collect();
-    let sum: f32 = exp.iter().sum();
-    exp.iter().map(|v| v / sum).collect()
 }
 
 impl Classifier {
@@ -164,27 +146,4 @@ pub fn face_crops(
         });
     }
     Ok(faces)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn softmax_is_stable_and_normalised() {
-        let p = softmax(&[1000.0, 1000.0, 0.0]);
-        assert!((p[0] - 0.5).abs() < 1e-6 && p[2] < 1e-30);
-        let q = softmax(&[0.0, 2f32.ln()]);
-        assert!((q[1] - 2.0 / 3.0).abs() < 1e-6);
-    }
-
-    #[test]
-    fn ambiguity_is_normalised_entropy() {
-        assert_eq!(ambiguity(&[1.0, 0.0, 0.0, 0.0]), 0.0);
-        assert!((ambiguity(&[0.25; 4]) - 1.0).abs() < 1e-6);
-        // Two of four classes at 0.5: entropy ln 2 over ln 4 = 1/2.
-        assert!((ambiguity(&[0.5, 0.5, 0.0, 0.0]) - 0.5).abs() < 1e-6);
-        // 0.7/0.2/0.1 over 3 classes, by hand: 0.8018 nats / ln 3 = 0.7298.
-        assert!((ambiguity(&[0.7, 0.2, 0.1]) - 0.7298).abs() < 1e-3);
-    }
 }

@@ -134,7 +134,7 @@ fn calibrated_probabilities_follow_the_temperature() {
         "served probabilities vs softmax(logits / T): {d}"
     );
     // Flatter than the uncalibrated softmax: the temperature really is applied.
-    let raw_top = dmue_deploy::pipeline::softmax(&reference[..7])
+    let raw_top = dmue_deploy::numeric::softmax(&reference[..7])
         .into_iter()
         .fold(0f32, f32::max);
     assert!(p.score < raw_top, "{} vs {raw_top}", p.score);

@@ -554,4 +554,33 @@ mod tests {
         }
         assert_eq!(variant("gce-target"), Config::default());
     }
+
+    /// Each single-branch mode applies its own loss with the configured settings: logits
+    /// [2, 0], label 0, p_y = e^2 / (e^2 + 1) = 0.880797, -log p_y = 0.126928 (CE: baseline,
+    /// and ELR and EAC before their regularisers, which the caller adds).
+    ///   label smoothing 0.1: 0.9 * 0.126928 + 0.1 * (0.126928 + 2.126928) / 2 = 0.226928;
+    ///   GCE q 0.7: (1 - 0.880797^0.7) / 0.7 = 0.121453;
+    ///   SCE alpha 0.1, beta 1, A = -4: 0.1 * 0.126928 + 4 * (1 - 0.880797) = 0.489505.
+    #[test]
+    fn each_single_branch_mode_applies_its_loss() {
+        use crate::fit::loss::single_branch_loss;
+        use crate::fit::loss::tests::{labels, t2};
+        let z = t2(&[&[2.0, 0.0]]);
+        let y = labels(&[0]);
+        for (mode, want) in [
+            (Mode::Baseline, 0.126928),
+            (Mode::LabelSmoothing, 0.226928),
+            (Mode::Gce, 0.121453),
+            (Mode::Sce, 0.489505),
+            (Mode::Elr, 0.126928),
+            (Mode::Eac, 0.126928),
+        ] {
+            let mut cfg = Config::default();
+            cfg.train.mode = mode;
+            let got = single_branch_loss(&z, &y, cfg.train.single_loss())
+                .total
+                .double_value(&[]);
+            assert!((got - want).abs() < 1e-5, "{mode:?}: {got} for {want}");
+        }
+    }
 }

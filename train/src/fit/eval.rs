@@ -155,7 +155,7 @@ pub fn predictions(
             path: ds.rows[data.rows[i]].path.clone(),
             label: data.labels[i],
             predicted: crate::util::stats::argmax(row),
-            probabilities: dmue_deploy::pipeline::softmax(row),
+            probabilities: dmue_deploy::numeric::softmax(row),
         })
         .collect()
 }
