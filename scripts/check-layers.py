@@ -1,5 +1,5 @@
-"""Fails when a module of train/ or deploy/ imports from a higher layer, or when modules import
-each other in a cycle.
+"""Fails when a module of train/ or deploy/ imports from a higher layer, when modules import
+each other in a cycle, or when a function runs over 100 lines without saying why.
 
 Each crate's top-level modules (a file `src/x.rs` or a folder `src/x/`) are given a layer
 below; a module may use modules of its own layer or lower layers, never higher. Cycles are
@@ -9,6 +9,9 @@ loop is. The binary's own modules (`main.rs` and what it declares) sit above the
 
 Edges are the `crate::` and `super::` paths of the code (use declarations, nested braces
 included, and inline paths); comments are ignored.
+
+A function longer than 100 lines needs a comment starting `// Long:` among the comments and
+attributes right above it, saying why splitting it would make it harder to read.
 
     python3 scripts/check-layers.py           # run by scripts/test.sh
     python3 scripts/check-layers.py --graph   # also print every edge
@@ -94,6 +97,40 @@ def resolve(module, path, modules):
     return None
 
 
+FN = re.compile(r"^(\s*)(?:pub(?:\([a-z]+\))?\s+)?(?:async\s+)?(?:unsafe\s+)?fn\s+(\w+)")
+MAX_LINES = 100
+
+
+def long_functions(path):
+    """(name, first line, length) of each function over MAX_LINES without a `// Long:` reason."""
+    lines = open(path).read().split("\n")
+    found = []
+    for i, line in enumerate(lines):
+        m = FN.match(line)
+        if not m:
+            continue
+        indent = m.group(1)
+        j = i
+        while j < len(lines) and "{" not in lines[j] and not lines[j].rstrip().endswith(";"):
+            j += 1
+        if j == len(lines) or "{" not in lines[j]:
+            continue  # a declaration without a body
+        k = j
+        while k < len(lines) and not re.match(re.escape(indent) + r"\}(\s|$|[,;)])", lines[k] + " "):
+            k += 1
+        length = k - i + 1
+        if length <= MAX_LINES:
+            continue
+        above = i - 1
+        reason = False
+        while above >= 0 and lines[above].strip().startswith(("//", "#[")):
+            reason |= lines[above].strip().startswith("// Long:")
+            above -= 1
+        if not reason:
+            found.append((m.group(2), i + 1, length))
+    return found
+
+
 def check_crate(name, graph_out):
     src = os.path.join(name, "src")
     files = [os.path.join(d, f) for d, _, fs in os.walk(src) for f in fs if f.endswith(".rs")]
@@ -128,6 +165,10 @@ def check_crate(name, graph_out):
                               f"'{'::'.join(b)}' (layer {lb}), a higher layer")
     for cycle in cycles(edges):
         errors.append(f"{name}: import cycle: " + " -> ".join("::".join(m) for m in cycle))
+    for path in sorted(files):
+        for fn, line, length in long_functions(path):
+            errors.append(f"{path}:{line}: fn {fn} has {length} lines, over {MAX_LINES}, "
+                          "with no `// Long:` comment saying why")
     return errors, sum(len(t) for t in edges.values()), len(modules)
 
 
@@ -176,7 +217,8 @@ def main():
         print(e, file=sys.stderr)
     if errors:
         sys.exit(f"check-layers: {len(errors)} problem(s)")
-    print("check-layers: no cycle, no upward import (" + "; ".join(report) + ")")
+    print("check-layers: no cycle, no upward import, no unexplained long function ("
+          + "; ".join(report) + ")")
 
 
 if __name__ == "__main__":

@@ -138,21 +138,7 @@ fn run(mut cli: Cli) -> Result<i32, Error> {
     if cli.threads == 0 {
         cli.threads = dmue_deploy::engine::cores();
     }
-    let model = cli
-        .model
-        .clone()
-        .ok_or_else(|| Error::BadInput("--model FILE.onnx is required (or DMUE_MODEL)".into()))?;
-    let classifier = Classifier::load(&model, cli.engine, cli.threads)?;
-    if classifier.card.int8.is_some() && classifier.engine_name() == "tract" {
-        // tract computes int8 (QDQ) files correctly but through float kernels: measured 1.2-1.7x
-        // slower than the float32 file on tract (scripts/bench-int8.sh).
-        tracing::warn!(
-            "{} is an int8 model: tract runs it, but slower than the float32 model; \
-             serve it with ONNX Runtime's integer kernels (--engine ort; run scripts/setup.sh \
-             or set ORT_DYLIB_PATH)",
-            model.display()
-        );
-    }
+    let classifier = load_classifier(&cli)?;
     let limits = DecodeLimits {
         max_side: cli.max_side,
         ..Default::default()
@@ -160,38 +146,13 @@ fn run(mut cli: Cli) -> Result<i32, Error> {
     let detector = if cli.no_detect {
         None
     } else {
-        if classifier.card.template_id != dmue_deploy::face::TEMPLATE_ID {
-            return Err(Error::Model(format!(
-                "the model was trained on crops cut with template {:?}, this dmue-serve aligns with {:?}",
-                classifier.card.template_id,
-                dmue_deploy::face::TEMPLATE_ID
-            )));
-        }
-        if cli.det_size < 32 || cli.det_max_size < cli.det_size {
-            return Err(Error::BadInput(format!(
-                "--det-size must be at least 32 and --det-max-size at least --det-size (got {} and {})",
-                cli.det_size, cli.det_max_size
-            )));
-        }
-        let config = DetectorConfig {
-            score_threshold: cli.det_threshold,
-            input_size: cli.det_size,
-            max_input_size: cli.det_max_size,
-            ..Default::default()
-        };
-        Some(
-            Detector::load(&cli.detector, cli.engine, cli.threads, config).map_err(|e| {
-                Error::Model(format!(
-                    "{e} (or pass --no-detect to classify aligned face crops as they are)"
-                ))
-            })?,
-        )
+        Some(load_detector(&cli, &classifier)?)
     };
     if let Some(dir) = &cli.save_crops {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::BadInput(format!("cannot create {}: {e}", dir.display())))?;
     }
-    match cli.command {
+    match cli.command.take() {
         Some(Command::Predict {
             paths,
             format,
@@ -226,6 +187,7 @@ fn run(mut cli: Cli) -> Result<i32, Error> {
             photo: None,
         }) => bench(classifier, batch.max(1), iters.max(1), warmup, cli.threads),
         None => {
+            let pool = detector_pool(&cli, detector)?;
             let config = ServeConfig {
                 max_batch: cli.max_batch,
                 queue: cli.queue,
@@ -237,33 +199,85 @@ fn run(mut cli: Cli) -> Result<i32, Error> {
                 max_pixels: (cli.max_megapixels * 1e6) as u64,
                 workers: 0,
             };
-            // The pool: one detector per `--threads` cores, so that parallel detections do
-            // not oversubscribe the cores.
-            let mut pool = Vec::new();
-            if let Some(first) = detector {
-                let n = match cli.detectors {
-                    0 => (dmue_deploy::engine::cores() / cli.threads.max(1)).max(1),
-                    n => n,
-                };
-                pool.push(first);
-                for _ in 1..n {
-                    pool.push(Detector::load(
-                        &cli.detector,
-                        cli.engine,
-                        cli.threads,
-                        pool[0].config,
-                    )?);
-                }
-            }
-            for d in &mut pool {
-                // The first photo of each input shape pays for tract's plan (about 0.1 s):
-                // pay it now for the usual 4:3 landscape and portrait photos.
-                d.warm_up(&[(640, 480), (480, 640)])?;
-            }
             serve(classifier, pool, cli.save_crops, cli.addr, config)?;
             Ok(0)
         }
     }
+}
+
+/// The classifier of `--model`, with a warning when an int8 file would run on tract.
+fn load_classifier(cli: &Cli) -> Result<Classifier, Error> {
+    let model = cli
+        .model
+        .clone()
+        .ok_or_else(|| Error::BadInput("--model FILE.onnx is required (or DMUE_MODEL)".into()))?;
+    let classifier = Classifier::load(&model, cli.engine, cli.threads)?;
+    if classifier.card.int8.is_some() && classifier.engine_name() == "tract" {
+        // tract computes int8 (QDQ) files correctly but through float kernels: measured 1.2-1.7x
+        // slower than the float32 file on tract (scripts/bench-int8.sh).
+        tracing::warn!(
+            "{} is an int8 model: tract runs it, but slower than the float32 model; \
+             serve it with ONNX Runtime's integer kernels (--engine ort; run scripts/setup.sh \
+             or set ORT_DYLIB_PATH)",
+            model.display()
+        );
+    }
+    Ok(classifier)
+}
+
+/// The face detector, after checking that it aligns faces the way the model was trained.
+fn load_detector(cli: &Cli, classifier: &Classifier) -> Result<Detector, Error> {
+    if classifier.card.template_id != dmue_deploy::face::TEMPLATE_ID {
+        return Err(Error::Model(format!(
+            "the model was trained on crops cut with template {:?}, this dmue-serve aligns with {:?}",
+            classifier.card.template_id,
+            dmue_deploy::face::TEMPLATE_ID
+        )));
+    }
+    if cli.det_size < 32 || cli.det_max_size < cli.det_size {
+        return Err(Error::BadInput(format!(
+            "--det-size must be at least 32 and --det-max-size at least --det-size (got {} and {})",
+            cli.det_size, cli.det_max_size
+        )));
+    }
+    let config = DetectorConfig {
+        score_threshold: cli.det_threshold,
+        input_size: cli.det_size,
+        max_input_size: cli.det_max_size,
+        ..Default::default()
+    };
+    Detector::load(&cli.detector, cli.engine, cli.threads, config).map_err(|e| {
+        Error::Model(format!(
+            "{e} (or pass --no-detect to classify aligned face crops as they are)"
+        ))
+    })
+}
+
+/// The server's detectors: one per `--threads` cores (`--detectors`), so that parallel
+/// detections do not oversubscribe the cores, each warmed up.
+fn detector_pool(cli: &Cli, first: Option<Detector>) -> Result<Vec<Detector>, Error> {
+    let mut pool = Vec::new();
+    if let Some(first) = first {
+        let n = match cli.detectors {
+            0 => (dmue_deploy::engine::cores() / cli.threads.max(1)).max(1),
+            n => n,
+        };
+        pool.push(first);
+        for _ in 1..n {
+            pool.push(Detector::load(
+                &cli.detector,
+                cli.engine,
+                cli.threads,
+                pool[0].config,
+            )?);
+        }
+    }
+    for d in &mut pool {
+        // The first photo of each input shape pays for tract's plan (about 0.1 s): pay it
+        // now for the usual 4:3 landscape and portrait photos.
+        d.warm_up(&[(640, 480), (480, 640)])?;
+    }
+    Ok(pool)
 }
 
 fn serve(

@@ -30,9 +30,9 @@ mod routes;
 mod state;
 
 pub use batcher::{Batcher, Timing};
+pub use metrics::metrics_handle;
 #[cfg(feature = "fuzzing")]
 pub(crate) use request::images_of;
-pub use metrics::metrics_handle;
 pub use routes::{openapi, router, save_crop, Face};
 pub use state::{AppState, DetectorPool, ServeConfig};
 

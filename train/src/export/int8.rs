@@ -1,7 +1,7 @@
 //! `dmue-train export --int8`: post-training static quantization of the exported graph to QDQ
 //! int8, written by our own exporter (no second toolchain).
 //!
-//! The float32 graph of [`crate::export::build`] (BatchNorm already folded) is rewritten into
+//! The float32 graph of [`crate::export::onnx::build`] (BatchNorm already folded) is rewritten into
 //! the layout ONNX Runtime fuses into integer kernels (QLinearConv, QLinearAdd, ...):
 //! - each activation an integer kernel reads gets one `QuantizeLinear -> DequantizeLinear` pair
 //!   (uint8, one scale and zero point per tensor, from calibration), shared by its consumers;
@@ -1027,7 +1027,7 @@ pub fn export_int8(
                 value: Some(v),
             })
             .collect();
-        crate::export::write(&q, &out)?;
+        crate::export::onnx::write(&q, &out)?;
         let sel = score(kind, &out, &sel_images, &sel_labels, crop, classes)
             .with_context(|| format!("running the int8 model with {kind:?}"))?;
         let agreement = agreement(&sel.logits, &fp32_sel.logits, classes);
@@ -1072,7 +1072,7 @@ pub fn export_int8(
         }
     }
     let (chosen, model, int8_test) = best.context("no range method")?;
-    crate::export::write(&model, &out)?;
+    crate::export::onnx::write(&model, &out)?;
     let test_cmp = match (fp32_test, int8_test) {
         (Some(f), Some(q)) => Some(TestComparison {
             images: test_labels.len(),

@@ -315,6 +315,110 @@ fn non_finite_report(epoch: usize, s: &StepValues, row: &[f64]) -> anyhow::Error
     )
 }
 
+/// bf16 autocast when asked for and on CUDA (set up here); fp32 otherwise.
+fn use_bf16(cfg: &Config, device: Device) -> bool {
+    let bf16 = cfg.train.precision == Precision::Bf16 && device.is_cuda();
+    if cfg.train.precision == Precision::Bf16 && !bf16 {
+        tracing::warn!("precision bf16 needs CUDA; training in fp32 on the CPU");
+    }
+    if bf16 {
+        // SAFETY: a plain setter of libtorch's global autocast dtype, no arguments.
+        unsafe { dmue_set_cuda_autocast_bf16() };
+    }
+    bf16
+}
+
+/// The dataset, its training split and the split evaluated after each epoch; unreadable
+/// images are listed in RUN/skipped.txt; fewer readable training images than a batch is an
+/// error that names the fix.
+fn load_data(cfg: &Config, run: &Path) -> Result<(Dataset, SplitImages, Option<SplitImages>)> {
+    let ds = Dataset::open(&cfg.data.dataset)?;
+    let pre = cfg.data.preprocess;
+    let train = SplitImages::open(&ds, Split::Train, &pre, cfg.data.loader)?;
+    let eval_data = match cfg.data.eval_split.as_str() {
+        "" => None,
+        s => {
+            let split: Split = s.parse()?;
+            if ds.split(split).next().is_none() {
+                tracing::warn!("the dataset has no {split} split: no evaluation during training");
+                None
+            } else {
+                Some(SplitImages::open(&ds, split, &pre, cfg.data.loader)?)
+            }
+        }
+    };
+    let skipped: Vec<String> = train
+        .skipped
+        .iter()
+        .chain(eval_data.iter().flat_map(|e| e.skipped.iter()))
+        .map(|s| format!("{}\t{}", s.path, s.reason))
+        .collect();
+    if !skipped.is_empty() {
+        crate::util::write_atomic(
+            &run.join("skipped.txt"),
+            (skipped.join("\n") + "\n").as_bytes(),
+        )?;
+        tracing::warn!(
+            "{} image(s) could not be read and were skipped; see {}",
+            skipped.len(),
+            run.join("skipped.txt").display()
+        );
+    }
+    if train.len() < cfg.train.batch_size {
+        bail!(
+            "the training split has {} readable images, fewer than one batch ({}): lower \
+             the batch size with --set train.batch_size=N (N at most {}; DMUE needs \
+             train.min_per_class images of every class in each batch), or add images",
+            train.len(),
+            cfg.train.batch_size,
+            train.len()
+        );
+    }
+    Ok((ds, train, eval_data))
+}
+
+/// The state and metrics history of a resumed run from its newest checkpoint (`existing`),
+/// its weights and optimizer moments restored into `vs` and `opt`; a fresh state otherwise.
+fn restore(
+    cfg: &Config,
+    run: &Path,
+    resume: bool,
+    existing: Option<(PathBuf, TrainState)>,
+    vs: &mut nn::VarStore,
+    opt: &mut Adam,
+) -> Result<(TrainState, Vec<EpochMetrics>)> {
+    let mut state = TrainState {
+        epoch: 0,
+        global_step: 0,
+        optimizer_step: 0,
+        seed: cfg.train.seed,
+        best_accuracy: None,
+        best_epoch: None,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let metrics_path = run.join(METRICS_FILE);
+    let mut history: Vec<EpochMetrics> = Vec::new();
+    if let Some((dir, saved)) = existing {
+        checkpoint::restore(&dir, vs, Some((opt, saved.optimizer_step)))?;
+        tracing::info!(
+            "resuming from {} (epoch {} done)",
+            dir.display(),
+            saved.epoch
+        );
+        state = saved;
+        history = read_metrics(&metrics_path)?
+            .into_iter()
+            .filter(|m| m.epoch <= state.epoch)
+            .collect();
+    } else if resume {
+        tracing::warn!(
+            "--resume given but {} has no checkpoint: starting from scratch",
+            run.display()
+        );
+    }
+    Ok((state, history))
+}
+
 /// A run in progress: everything `fit` sets up once, then one epoch at a time.
 struct Trainer<'a> {
     cfg: &'a Config,
@@ -352,14 +456,7 @@ impl<'a> Trainer<'a> {
     fn new(cfg: &'a Config, run: &'a Path, resume: bool) -> Result<Self> {
         let device = resolve_device(cfg.train.device)?;
         apply_threads(cfg);
-        let bf16 = cfg.train.precision == Precision::Bf16 && device.is_cuda();
-        if cfg.train.precision == Precision::Bf16 && !bf16 {
-            tracing::warn!("precision bf16 needs CUDA; training in fp32 on the CPU");
-        }
-        if bf16 {
-            // SAFETY: a plain setter of libtorch's global autocast dtype, no arguments.
-            unsafe { dmue_set_cuda_autocast_bf16() };
-        }
+        let bf16 = use_bf16(cfg, device);
         let existing = checkpoint::latest(run)?;
         if existing.is_some() && !resume {
             bail!("{} already holds a run with checkpoints: pass --resume to continue it, or choose another --out", run.display());
@@ -369,51 +466,8 @@ impl<'a> Trainer<'a> {
         crate::util::write_atomic(&run.join(CONFIG_FILE), cfg.to_toml()?.as_bytes())?;
 
         // ---- data
-        let ds = Dataset::open(&cfg.data.dataset)?;
-        let pre = cfg.data.preprocess;
+        let (ds, train, eval_data) = load_data(cfg, run)?;
         let c = ds.num_classes();
-        let train = SplitImages::open(&ds, Split::Train, &pre, cfg.data.loader)?;
-        let eval_data = match cfg.data.eval_split.as_str() {
-            "" => None,
-            s => {
-                let split: Split = s.parse()?;
-                if ds.split(split).next().is_none() {
-                    tracing::warn!(
-                        "the dataset has no {split} split: no evaluation during training"
-                    );
-                    None
-                } else {
-                    Some(SplitImages::open(&ds, split, &pre, cfg.data.loader)?)
-                }
-            }
-        };
-        let skipped: Vec<String> = train
-            .skipped
-            .iter()
-            .chain(eval_data.iter().flat_map(|e| e.skipped.iter()))
-            .map(|s| format!("{}\t{}", s.path, s.reason))
-            .collect();
-        if !skipped.is_empty() {
-            crate::util::write_atomic(
-                &run.join("skipped.txt"),
-                (skipped.join("\n") + "\n").as_bytes(),
-            )?;
-            tracing::warn!(
-                "{} image(s) could not be read and were skipped; see {}",
-                skipped.len(),
-                run.join("skipped.txt").display()
-            );
-        }
-        if train.len() < cfg.train.batch_size {
-            bail!(
-                "the training split has {} readable images, fewer than one batch ({}): lower \
-                 the batch size with --set train.batch_size=N (N at most {}; DMUE needs \
-                 train.min_per_class images of every class in each batch), or add images",
-                train.len(),
-                cfg.train.batch_size,
-                train.len()
-            );
-        }
 
         // ---- model and optimizer
         tch::manual_seed(cfg.train.seed as i64);
@@ -461,35 +515,8 @@ impl<'a> Trainer<'a> {
         );
 
         // ---- resume
-        let mut state = TrainState {
-            epoch: 0,
-            global_step: 0,
-            optimizer_step: 0,
-            seed: cfg.train.seed,
-            best_accuracy: None,
-            best_epoch: None,
-            version: env!("CARGO_PKG_VERSION").to_string(),
-        };
         let metrics_path = run.join(METRICS_FILE);
-        let mut history: Vec<EpochMetrics> = Vec::new();
-        if let Some((dir, saved)) = existing {
-            checkpoint::restore(&dir, &mut vs, Some((&mut opt, saved.optimizer_step)))?;
-            tracing::info!(
-                "resuming from {} (epoch {} done)",
-                dir.display(),
-                saved.epoch
-            );
-            state = saved;
-            history = read_metrics(&metrics_path)?
-                .into_iter()
-                .filter(|m| m.epoch <= state.epoch)
-                .collect();
-        } else if resume {
-            tracing::warn!(
-                "--resume given but {} has no checkpoint: starting from scratch",
-                run.display()
-            );
-        }
+        let (state, history) = restore(cfg, run, resume, existing, &mut vs, &mut opt)?;
         crate::util::write_jsonl(&metrics_path, &history)?;
         let dynamics =
             crate::fit::dynamics::LabelDynamics::start(run, train.len(), state.epoch, device)?;
