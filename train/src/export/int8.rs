@@ -415,6 +415,9 @@ fn dq_name(t: &str) -> String {
 
 /// Rewrites the float32 `model` into QDQ int8 with activation `ranges` (`[lo, hi]` of each
 /// observed tensor). Metadata is copied unchanged (the caller sets the card).
+// Long: one pass over the float graph, node by node, rewriting each kind into its QDQ form; the
+// arms share the new graph, the name table and the per-tensor scales, which a split would pass
+// around as one large state.
 pub fn quantize(
     model: &pb::ModelProto,
     plan: &Plan,
@@ -671,6 +674,9 @@ pub struct Calibration {
 /// Activation ranges of every observed tensor of `model` on `images` (normalised NCHW crops
 /// of side `crop`), for each method, and the channel means of every convolution's input: one
 /// pass for min, max and means, one for the histograms.
+// Long: two passes over the calibration crops (min, max and channel means; then histograms)
+// through one engine plan and one set of per-tensor accumulators; the passes read best side by
+// side.
 pub fn calibrate(
     model: &pb::ModelProto,
     plan: &Plan,
@@ -944,6 +950,117 @@ pub struct Int8Options {
     pub engine: Option<EngineKind>,
 }
 
+/// The card as ONNX `metadata_props`.
+fn metadata_props(card: &ModelCard) -> Vec<pb::StringStringEntryProto> {
+    card.to_props()
+        .into_iter()
+        .map(|(k, v)| pb::StringStringEntryProto {
+            key: Some(k),
+            value: Some(v),
+        })
+        .collect()
+}
+
+/// Mean absolute difference of two logit matrices.
+fn mean_abs_diff(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs() as f64)
+        .sum::<f64>()
+        / a.len().max(1) as f64
+}
+
+impl TestComparison {
+    /// The float32 and int8 models' scores on the same test images, side by side.
+    fn of(f: &Scores, q: &Scores, classes: usize) -> Self {
+        Self {
+            images: f.correct.len(),
+            fp32_accuracy: f.accuracy,
+            int8_accuracy: q.accuracy,
+            agreement: agreement(&q.logits, &f.logits, classes),
+            max_logit_diff: q
+                .logits
+                .iter()
+                .zip(&f.logits)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs())),
+            accuracy_diff_ci95: paired_diff_ci95(&f.correct, &q.correct),
+        }
+    }
+}
+
+impl Candidate {
+    /// What decides between range methods, larger is better. Held-out labels decide when
+    /// there are some; on the calibration crops (training labels, some of them wrong)
+    /// fidelity to the float32 model decides: the same class, then the smaller logit error.
+    fn rank_key(&self, selected_on: Split) -> (f64, f64, f64) {
+        match selected_on {
+            Split::Val => (
+                self.selection_accuracy,
+                self.selection_agreement,
+                -self.selection_logit_error,
+            ),
+            _ => (
+                self.selection_agreement,
+                -self.selection_logit_error,
+                self.selection_accuracy,
+            ),
+        }
+    }
+}
+
+/// The crops an int8 export works on: those that set the activation ranges, those that choose
+/// the range method (held-out `val` labels when the dataset has them, else the calibration
+/// crops with their training labels), and the test split's.
+struct Int8Images {
+    calib_idx: Vec<usize>,
+    calib_images: Vec<f32>,
+    selected_on: Split,
+    /// `None`: the calibration crops.
+    sel_images: Option<Vec<f32>>,
+    sel_labels: Vec<usize>,
+    test_images: Vec<f32>,
+    test_labels: Vec<usize>,
+}
+
+fn int8_images(ds: &Dataset, pre: &Preprocess, opts: &Int8Options) -> Result<Int8Images> {
+    let calib = SplitImages::load(ds, opts.split, pre)?;
+    let calib_idx = spread(calib.len(), opts.images.max(1));
+    let calib_images = crops(&calib, &calib_idx, pre);
+    // Selection images: held-out labels when there are some, else the calibration crops.
+    let has = |s: Split| ds.split(s).next().is_some();
+    let val = if has(Split::Val) {
+        Some(SplitImages::load(ds, Split::Val, pre)?)
+    } else {
+        None
+    };
+    let (selected_on, sel_images, sel_labels) = if let Some(val) = val.filter(|v| !v.is_empty()) {
+        let idx: Vec<usize> = (0..val.len()).collect();
+        (Split::Val, Some(crops(&val, &idx, pre)), val.labels.clone())
+    } else {
+        let labels = calib_idx
+            .iter()
+            .map(|&i| calib.labels[i])
+            .collect::<Vec<_>>();
+        (opts.split, None, labels)
+    };
+    let (test_images, test_labels) = if has(Split::Test) {
+        let test = SplitImages::load(ds, Split::Test, pre)?;
+        let idx: Vec<usize> = (0..test.len()).collect();
+        (crops(&test, &idx, pre), test.labels.clone())
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    Ok(Int8Images {
+        calib_idx,
+        calib_images,
+        selected_on,
+        sel_images,
+        sel_labels,
+        test_images,
+        test_labels,
+    })
+}
+
 /// Quantizes the float32 export `fp32` (written at `fp32_path`) of a run, writes the int8
 /// model next to it and measures both.
 pub fn export_int8(
@@ -967,42 +1084,26 @@ pub fn export_int8(
             opts.split
         );
     }
-    let calib = SplitImages::load(ds, opts.split, pre)?;
-    let calib_idx = spread(calib.len(), opts.images.max(1));
-    let calib_images = crops(&calib, &calib_idx, pre);
+    let im = int8_images(ds, pre, &opts)?;
     let plan = plan(fp32)?;
-    let calibration = calibrate(fp32, &plan, &calib_images, crop, threads)?;
+    let calibration = calibrate(fp32, &plan, &im.calib_images, crop, threads)?;
     let means = Some(&calibration.channel_means);
-    // Selection images: held-out labels when there are some, else the calibration crops.
-    let has = |s: Split| ds.split(s).next().is_some();
-    let val = if has(Split::Val) {
-        Some(SplitImages::load(ds, Split::Val, pre)?)
-    } else {
-        None
-    };
-    let (selected_on, sel_images, sel_labels) = if let Some(val) = val.filter(|v| !v.is_empty()) {
-        let idx: Vec<usize> = (0..val.len()).collect();
-        (Split::Val, crops(&val, &idx, pre), val.labels.clone())
-    } else {
-        let labels = calib_idx
-            .iter()
-            .map(|&i| calib.labels[i])
-            .collect::<Vec<_>>();
-        (opts.split, calib_images, labels)
-    };
-    let (test_images, test_labels) = if has(Split::Test) {
-        let test = SplitImages::load(ds, Split::Test, pre)?;
-        let idx: Vec<usize> = (0..test.len()).collect();
-        (crops(&test, &idx, pre), test.labels.clone())
-    } else {
-        (Vec::new(), Vec::new())
-    };
+    let sel_images = im.sel_images.as_deref().unwrap_or(&im.calib_images);
     // Both files through the same engine: ONNX Runtime when present (what int8 is for).
     let kind = opts.engine.unwrap_or(EngineKind::Auto);
-    let fp32_sel = score(kind, fp32_path, &sel_images, &sel_labels, crop, classes)?;
+    let fp32_sel = score(kind, fp32_path, sel_images, &im.sel_labels, crop, classes)?;
     let engine_used = fp32_sel.engine.to_string();
-    let fp32_test = (!test_labels.is_empty())
-        .then(|| score(kind, fp32_path, &test_images, &test_labels, crop, classes))
+    let fp32_test = (!im.test_labels.is_empty())
+        .then(|| {
+            score(
+                kind,
+                fp32_path,
+                &im.test_images,
+                &im.test_labels,
+                crop,
+                classes,
+            )
+        })
         .transpose()?;
     let out = int8_path(fp32_path);
     let methods: Vec<RangeMethod> = opts.method.map_or(RangeMethod::ALL.to_vec(), |m| vec![m]);
@@ -1015,55 +1116,27 @@ pub fn export_int8(
                 method: m.label().into(),
                 calibration_dataset: card.dataset.clone(),
                 calibration_split: opts.split.to_string(),
-                calibration_images: calib_idx.len(),
+                calibration_images: im.calib_idx.len(),
             }),
             ..card.clone()
         };
-        q.metadata_props = int8_card
-            .to_props()
-            .into_iter()
-            .map(|(k, v)| pb::StringStringEntryProto {
-                key: Some(k),
-                value: Some(v),
-            })
-            .collect();
+        q.metadata_props = metadata_props(&int8_card);
         crate::export::onnx::write(&q, &out)?;
-        let sel = score(kind, &out, &sel_images, &sel_labels, crop, classes)
+        let sel = score(kind, &out, sel_images, &im.sel_labels, crop, classes)
             .with_context(|| format!("running the int8 model with {kind:?}"))?;
         let agreement = agreement(&sel.logits, &fp32_sel.logits, classes);
-        let test_scores = (!test_labels.is_empty())
-            .then(|| score(kind, &out, &test_images, &test_labels, crop, classes))
+        let test_scores = (!im.test_labels.is_empty())
+            .then(|| score(kind, &out, &im.test_images, &im.test_labels, crop, classes))
             .transpose()?;
-        let logit_error = sel
-            .logits
-            .iter()
-            .zip(&fp32_sel.logits)
-            .map(|(a, b)| (a - b).abs() as f64)
-            .sum::<f64>()
-            / sel.logits.len().max(1) as f64;
         let c = Candidate {
             method: m,
             selection_accuracy: sel.accuracy,
             selection_agreement: agreement,
-            selection_logit_error: logit_error,
+            selection_logit_error: mean_abs_diff(&sel.logits, &fp32_sel.logits),
             test_accuracy: test_scores.as_ref().map(|s| s.accuracy),
         };
         candidates.push(c.clone());
-        // Held-out labels decide when there are some; on the calibration crops (training
-        // labels, some of them wrong) fidelity to the float32 model decides: the same class,
-        // then the smaller logit error.
-        let key = |c: &Candidate| match selected_on {
-            Split::Val => (
-                c.selection_accuracy,
-                c.selection_agreement,
-                -c.selection_logit_error,
-            ),
-            _ => (
-                c.selection_agreement,
-                -c.selection_logit_error,
-                c.selection_accuracy,
-            ),
-        };
+        let key = |c: &Candidate| c.rank_key(im.selected_on);
         let better = best.as_ref().is_none_or(|(b, ..)| {
             key(&c).partial_cmp(&key(b)) == Some(std::cmp::Ordering::Greater)
         });
@@ -1074,18 +1147,7 @@ pub fn export_int8(
     let (chosen, model, int8_test) = best.context("no range method")?;
     crate::export::onnx::write(&model, &out)?;
     let test_cmp = match (fp32_test, int8_test) {
-        (Some(f), Some(q)) => Some(TestComparison {
-            images: test_labels.len(),
-            fp32_accuracy: f.accuracy,
-            int8_accuracy: q.accuracy,
-            agreement: agreement(&q.logits, &f.logits, classes),
-            max_logit_diff: q
-                .logits
-                .iter()
-                .zip(&f.logits)
-                .fold(0f32, |m, (a, b)| m.max((a - b).abs())),
-            accuracy_diff_ci95: paired_diff_ci95(&f.correct, &q.correct),
-        }),
+        (Some(f), Some(q)) => Some(TestComparison::of(&f, &q, classes)),
         _ => None,
     };
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
@@ -1096,8 +1158,8 @@ pub fn export_int8(
         engine: engine_used,
         method: chosen.method,
         calibration_split: opts.split.to_string(),
-        calibration_images: calib_idx.len(),
-        selected_on: selected_on.to_string(),
+        calibration_images: im.calib_idx.len(),
+        selected_on: im.selected_on.to_string(),
         candidates,
         test: test_cmp,
         quantized_tensors: plan.observed.len(),

@@ -1057,6 +1057,8 @@ pub(crate) mod tests {
     /// the individually hand-checked functions (T = 1.2, omega = 0.5, gamma = 1000, the ramps
     /// by hand at epoch 3 and 10), and each switch removes exactly its term.
     #[test]
+    // Long: one wiring test of Eq. 10: the network outputs, the hand-checked terms and each
+    // switch's effect are compared on the same batch.
     fn total_combines_terms_with_ramps_and_switches() {
         tch::manual_seed(0);
         let vs = tch::nn::VarStore::new(tch::Device::Cpu);

@@ -356,6 +356,8 @@ pub fn default_score(has_aux: bool) -> Score {
 
 /// Audits the training split of `run`; writes `audit.jsonl`, `audit.json`, `audit.html` and
 /// `audit-top.png` into it.
+// Long: the audit of one run from start to end: beliefs, the chosen score, the ranking and the
+// four files it writes share the same per-sample rows.
 pub fn audit(run: &Path, opts: &AuditOptions, device: Device) -> Result<AuditReport> {
     let t0 = std::time::Instant::now();
     let (cfg, ds, _vs, net) = crate::fit::trainer::load_run(run, device)?;

@@ -375,6 +375,8 @@ pub fn parse(data: &[u8]) -> Result<DlibNet> {
     })
 }
 
+// Long: one match arm per dlib layer type, each reading that layer's fields in the order dlib
+// serialises them; the arms are short and independent.
 fn layer(r: &mut Reader, kind: Kind, what: &str) -> Result<Layer> {
     Ok(match kind {
         Kind::Con { filters, k, stride } => {

@@ -97,6 +97,8 @@ fn shape_str(s: &[i64]) -> String {
 }
 
 /// Reads `path` and copies its backbone tensors into `vs` (built for `net`).
+// Long: the file's tensors matched to the network's variables in one place: name schemes,
+// branch-stage copies, shape checks and the report grow together.
 pub fn load(vs: &nn::VarStore, net: &MultiBranchNet, path: &Path) -> Result<InitReport> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     if matches!(ext, "pth" | "pt" | "tar" | "ckpt" | "bin") {

@@ -641,6 +641,8 @@ fn first_existing(root: &Path, candidates: &[&str]) -> Option<PathBuf> {
     candidates.iter().map(|c| root.join(c)).find(|p| p.exists())
 }
 
+// Long: one CSV format read column by column, with its class codes, boxes and landmarks validated
+// in place so that every error names its line.
 fn affectnet(opts: &PrepareOptions) -> Result<Source> {
     let root = &opts.root;
     let n_classes = opts
@@ -805,6 +807,8 @@ pub fn ferplus_majority(votes: &[f32; 10]) -> std::result::Result<usize, &'stati
     }
 }
 
+// Long: one CSV format read column by column (votes, majority, usage), with every error naming
+// its line.
 fn ferplus(opts: &PrepareOptions) -> Result<Source> {
     let root = &opts.root;
     let old = root.join("fer2013.csv");

@@ -333,6 +333,9 @@ impl std::fmt::Display for Report {
 
 /// Reads the source, cuts every face, writes the dataset into `out`, returns the report (also
 /// written to `out/prepare-report.json`).
+// Long: the stages of one prepare run (journal, detection in parallel, splits, manifest, report)
+// share the journal and the per-image results; each stage is already its own function where it
+// stands alone.
 pub fn prepare(opts: &PrepareOptions, rt: &Runtime, out: &Path) -> Result<Report> {
     if !(32..=1024).contains(&opts.size) {
         bail!("--size must be in 32..=1024, got {}", opts.size);
@@ -612,6 +615,8 @@ fn match_score(f: &FaceLabel, d: &Detection) -> Option<f32> {
 }
 
 /// The landmarks to align each labelled face with (None: lost, with a note).
+// Long: one match over the landmark sources (detector, given landmarks, given boxes), each with
+// its own matching rule and notes.
 fn locate_faces(
     item: &Item,
     img: &RgbImage,

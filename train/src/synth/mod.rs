@@ -228,6 +228,8 @@ pub struct Summary {
 }
 
 /// Renders the benchmark into `out` (images/, dataset.json, manifest.jsonl or photos.jsonl).
+// Long: the benchmark's one seeded pass over the images: the order of the random draws is the
+// benchmark (a split must not reorder them), and both modes share it.
 pub fn generate(opts: &SynthOptions, out: &Path) -> Result<Summary> {
     if !(0.0..=1.0).contains(&opts.flip_rate) {
         bail!("--flip-rate must be in [0, 1], got {}", opts.flip_rate);

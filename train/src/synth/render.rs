@@ -215,6 +215,9 @@ fn line(a: [f32; 2], b: [f32; 2]) -> Option<Path> {
 
 /// Draws one face with expression `e` and identity `id` at `pose`; returns its 5 landmarks in
 /// canvas coordinates (order of `dmue_deploy::face::TEMPLATE_256`).
+// Long: one face in painter's order, back to front; every part reads the same identity
+// proportions and expression parameters computed at the top, and the drawing order is the
+// picture (and the benchmark: a reordering changes every rendered face).
 pub fn draw_face(pixmap: &mut Pixmap, e: &Expr, id: &Identity, pose: &Pose) -> [[f32; 2]; 5] {
     let mut cv = Canvas {
         pixmap,
