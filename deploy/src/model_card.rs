@@ -81,6 +81,17 @@ impl ModelCard {
         self.dataset.starts_with("synth-")
     }
 
+    /// The card as an ONNX model's `metadata_props` (what every exporter writes).
+    pub fn to_metadata_props(&self) -> Vec<crate::onnx::pb::StringStringEntryProto> {
+        self.to_props()
+            .into_iter()
+            .map(|(k, v)| crate::onnx::pb::StringStringEntryProto {
+                key: Some(k),
+                value: Some(v),
+            })
+            .collect()
+    }
+
     /// The card as `metadata_props` entries (one readable key per fact, `dmue.*`).
     pub fn to_props(&self) -> Vec<(String, String)> {
         let mut props = vec![

@@ -117,13 +117,7 @@ fn write_model(path: &Path, with_card: bool) {
             ..Default::default()
         }),
         metadata_props: if with_card {
-            card.to_props()
-                .into_iter()
-                .map(|(k, v)| pb::StringStringEntryProto {
-                    key: Some(k),
-                    value: Some(v),
-                })
-                .collect()
+            card.to_metadata_props()
         } else {
             Vec::new()
         },

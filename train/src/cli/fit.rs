@@ -61,14 +61,9 @@ pub fn run(a: FitArgs) -> Result<()> {
     if let Some(d) = a.data {
         edits.push(Box::new(move |c: &mut Config| c.data.dataset = d.clone()));
     }
-    if let Some(e) = a.epochs {
-        edits.push(Box::new(move |c: &mut Config| c.train.epochs = e));
-    }
+    edits.extend(super::shorthands(a.epochs, a.backbone, a.device));
     if let Some(m) = a.mode {
         edits.push(Box::new(move |c: &mut Config| c.train.mode = m));
-    }
-    if let Some(b) = a.backbone {
-        edits.push(Box::new(move |c: &mut Config| c.model.backbone = b));
     }
     match a.init {
         // The named start: dlib's face-recognition ResNet (its settings, then --set).
@@ -94,9 +89,6 @@ pub fn run(a: FitArgs) -> Result<()> {
         edits.push(Box::new(move |c: &mut Config| {
             c.train.freeze_trunk_epochs = n
         }));
-    }
-    if let Some(d) = a.device {
-        edits.push(Box::new(move |c: &mut Config| c.train.device = d));
     }
     let preset = a.preset.map(super::Preset::layer);
     let cfg = run_config(

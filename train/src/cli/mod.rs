@@ -14,7 +14,7 @@ pub mod pretrain;
 pub mod synth;
 
 use anyhow::Result;
-use dmue_train::fit::config::{Config, Edit};
+use dmue_train::fit::config::{Config, DeviceChoice, Edit};
 use dmue_train::fit::trainer;
 use dmue_train::model::Backbone;
 use std::path::{Path, PathBuf};
@@ -36,6 +36,25 @@ fn run_config(
     } else {
         Config::build(presets, files, edits, sets)
     }
+}
+
+/// The edits of the shorthand flags `fit` and `pretrain` share.
+fn shorthands(
+    epochs: Option<usize>,
+    backbone: Option<Backbone>,
+    device: Option<DeviceChoice>,
+) -> Vec<Edit<'static>> {
+    let mut edits: Vec<Edit> = Vec::new();
+    if let Some(e) = epochs {
+        edits.push(Box::new(move |c: &mut Config| c.train.epochs = e));
+    }
+    if let Some(b) = backbone {
+        edits.push(Box::new(move |c: &mut Config| c.model.backbone = b));
+    }
+    if let Some(d) = device {
+        edits.push(Box::new(move |c: &mut Config| c.train.device = d));
+    }
+    edits
 }
 
 /// `--backbone NAME`: the model's own names, listed in `--help`.

@@ -37,15 +37,7 @@ pub fn run(a: PretrainArgs) -> Result<()> {
         // Hundreds of identities: no per-class quota in a batch.
         c.train.min_per_class = 0;
     })];
-    if let Some(e) = a.epochs {
-        edits.push(Box::new(move |c: &mut Config| c.train.epochs = e));
-    }
-    if let Some(b) = a.backbone {
-        edits.push(Box::new(move |c: &mut Config| c.model.backbone = b));
-    }
-    if let Some(d) = a.device {
-        edits.push(Box::new(move |c: &mut Config| c.train.device = d));
-    }
+    edits.extend(super::shorthands(a.epochs, a.backbone, a.device));
     let mut cfg = run_config(&a.out, a.resume, &[], &a.config, &edits, &a.sets)?;
     // Identity classification is plain training, whatever the files and --set say.
     cfg.train.mode = Mode::Baseline;

@@ -950,17 +950,6 @@ pub struct Int8Options {
     pub engine: Option<EngineKind>,
 }
 
-/// The card as ONNX `metadata_props`.
-fn metadata_props(card: &ModelCard) -> Vec<pb::StringStringEntryProto> {
-    card.to_props()
-        .into_iter()
-        .map(|(k, v)| pb::StringStringEntryProto {
-            key: Some(k),
-            value: Some(v),
-        })
-        .collect()
-}
-
 /// Mean absolute difference of two logit matrices.
 fn mean_abs_diff(a: &[f32], b: &[f32]) -> f64 {
     a.iter()
@@ -1120,7 +1109,7 @@ pub fn export_int8(
             }),
             ..card.clone()
         };
-        q.metadata_props = metadata_props(&int8_card);
+        q.metadata_props = int8_card.to_metadata_props();
         crate::export::onnx::write(&q, &out)?;
         let sel = score(kind, &out, sel_images, &im.sel_labels, crop, classes)
             .with_context(|| format!("running the int8 model with {kind:?}"))?;

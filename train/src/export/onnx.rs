@@ -670,14 +670,7 @@ pub fn build(net: &MultiBranchNet, card: &ModelCard) -> Result<(pb::ModelProto, 
         producer_version: Some(env!("CARGO_PKG_VERSION").into()),
         doc_string: Some(card.crop_rule()),
         graph: Some(graph),
-        metadata_props: card
-            .to_props()
-            .into_iter()
-            .map(|(k, v)| pb::StringStringEntryProto {
-                key: Some(k),
-                value: Some(v),
-            })
-            .collect(),
+        metadata_props: card.to_metadata_props(),
         ..Default::default()
     };
     Ok((model, stats))
