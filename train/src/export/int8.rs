@@ -1081,19 +1081,14 @@ pub fn export_int8(
     // Both files through the same engine: ONNX Runtime when present (what int8 is for).
     let kind = opts.engine.unwrap_or(EngineKind::Auto);
     let fp32_sel = score(kind, fp32_path, sel_images, &im.sel_labels, crop, classes)?;
-    let engine_used = fp32_sel.engine.to_string();
-    let fp32_test = (!im.test_labels.is_empty())
-        .then(|| {
-            score(
-                kind,
-                fp32_path,
-                &im.test_images,
-                &im.test_labels,
-                crop,
-                classes,
-            )
-        })
-        .transpose()?;
+    // A model's scores on the test split, when the dataset has one.
+    let test = |path: &Path| {
+        let (images, labels) = (&im.test_images, &im.test_labels);
+        (!labels.is_empty())
+            .then(|| score(kind, path, images, labels, crop, classes))
+            .transpose()
+    };
+    let fp32_test = test(fp32_path)?;
     let out = int8_path(fp32_path);
     let methods: Vec<RangeMethod> = opts.method.map_or(RangeMethod::ALL.to_vec(), |m| vec![m]);
     let mut candidates = Vec::new();
@@ -1114,9 +1109,7 @@ pub fn export_int8(
         let sel = score(kind, &out, sel_images, &im.sel_labels, crop, classes)
             .with_context(|| format!("running the int8 model with {kind:?}"))?;
         let agreement = agreement(&sel.logits, &fp32_sel.logits, classes);
-        let test_scores = (!im.test_labels.is_empty())
-            .then(|| score(kind, &out, &im.test_images, &im.test_labels, crop, classes))
-            .transpose()?;
+        let test_scores = test(&out)?;
         let c = Candidate {
             method: m,
             selection_accuracy: sel.accuracy,
@@ -1144,7 +1137,7 @@ pub fn export_int8(
         path: out.clone(),
         fp32_bytes: size(fp32_path),
         int8_bytes: size(&out),
-        engine: engine_used,
+        engine: fp32_sel.engine.to_string(),
         method: chosen.method,
         calibration_split: opts.split.to_string(),
         calibration_images: im.calib_idx.len(),
