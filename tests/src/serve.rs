@@ -89,19 +89,38 @@ pub fn post(body: impl Into<Body>) -> Request<Body> {
     Request::post("/v1/predict").body(body.into()).unwrap()
 }
 
+/// One answer of the service: status, content type and body.
+pub struct Answer {
+    pub status: StatusCode,
+    pub content_type: String,
+    pub body: String,
+}
+
+/// Sends `req` to the in-process service.
+pub async fn exchange(app: &axum::Router, req: Request<Body>) -> Answer {
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let content_type = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        content_type,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+/// Sends `req`; the status, the body as JSON (`Null` when it is not JSON) and as text.
 pub async fn call(
     app: &axum::Router,
     req: Request<Body>,
 ) -> (StatusCode, serde_json::Value, String) {
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let text = String::from_utf8_lossy(&bytes).to_string();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
-        text,
-    )
+    let a = exchange(app, req).await;
+    let json = serde_json::from_str(&a.body).unwrap_or(serde_json::Value::Null);
+    (a.status, json, a.body)
 }
 
 pub fn multipart(parts: &[(&str, &[u8])]) -> Request<Body> {

@@ -3,37 +3,14 @@
 //! documented status but 500 included, match the schema and content type it gives for them.
 
 use axum::body::Body;
-use axum::http::{header, Request, StatusCode};
+use axum::http::Request;
 use dmue_deploy::server::ServeConfig;
-use dmue_e2e::serve::{base64, fixture, fixture_with, json_request, multipart, post};
-use http_body_util::BodyExt;
+use dmue_e2e::serve::{
+    base64, exchange, fixture, fixture_with, json_request, multipart, post, Answer,
+};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
-use tower::ServiceExt;
-
-/// One answer of the service: status, content type and body.
-struct Answer {
-    status: StatusCode,
-    content_type: String,
-    body: String,
-}
-
-async fn exchange(app: &axum::Router, req: Request<Body>) -> Answer {
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let content_type = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    Answer {
-        status,
-        content_type,
-        body: String::from_utf8_lossy(&bytes).into_owned(),
-    }
-}
 
 fn get(path: &str) -> Request<Body> {
     Request::get(path).body(Body::empty()).unwrap()

@@ -382,6 +382,7 @@ fn load_data(cfg: &Config, run: &Path) -> Result<(Dataset, SplitImages, Option<S
 fn restore(
     cfg: &Config,
     run: &Path,
+    metrics_path: &Path,
     resume: bool,
     existing: Option<(PathBuf, TrainState)>,
     vs: &mut nn::VarStore,
@@ -396,7 +397,6 @@ fn restore(
         best_epoch: None,
         version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    let metrics_path = run.join(METRICS_FILE);
     let mut history: Vec<EpochMetrics> = Vec::new();
     if let Some((dir, saved)) = existing {
         checkpoint::restore(&dir, vs, Some((opt, saved.optimizer_step)))?;
@@ -406,7 +406,7 @@ fn restore(
             saved.epoch
         );
         state = saved;
-        history = read_metrics(&metrics_path)?
+        history = read_metrics(metrics_path)?
             .into_iter()
             .filter(|m| m.epoch <= state.epoch)
             .collect();
@@ -516,7 +516,8 @@ impl<'a> Trainer<'a> {
 
         // ---- resume
         let metrics_path = run.join(METRICS_FILE);
-        let (state, history) = restore(cfg, run, resume, existing, &mut vs, &mut opt)?;
+        let (state, history) =
+            restore(cfg, run, &metrics_path, resume, existing, &mut vs, &mut opt)?;
         crate::util::write_jsonl(&metrics_path, &history)?;
         let dynamics =
             crate::fit::dynamics::LabelDynamics::start(run, train.len(), state.epoch, device)?;
