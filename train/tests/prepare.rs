@@ -653,3 +653,111 @@ fn prepared_and_served_crops_of_a_face_are_identical() {
         );
     }
 }
+
+/// Three parts cut separately (`--shard I/3`, as an array job's tasks would) and merged give
+/// byte for byte the dataset of one run: the manifest, the flips and every crop. The merge
+/// refuses a missing part, a part given twice, an incomplete part and a part made with other
+/// options.
+#[test]
+fn shards_merged_equal_one_run_and_bad_part_sets_are_refused() {
+    let (dir, _) = photos(3);
+    let tmp = tempfile::tempdir().unwrap();
+    let args = ["--landmarks", "given", "--flip-rate", "0.25", "--seed", "7"];
+    let whole = tmp.path().join("whole");
+    let o = prepare("synth", dir, &whole, &args);
+    assert!(o.status.success(), "{}", text(&o));
+
+    let parts: Vec<PathBuf> = (0..3)
+        .map(|i| tmp.path().join(format!("part{i}")))
+        .collect();
+    for (i, part) in parts.iter().enumerate() {
+        let shard = format!("{i}/3");
+        let mut a = args.to_vec();
+        a.extend(["--shard", shard.as_str()]);
+        let o = prepare("synth", dir, part, &a);
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(text(&o).contains(&format!("part {i}/3")), "{}", text(&o));
+        assert!(
+            !part.join("manifest.jsonl").exists(),
+            "a part has no manifest"
+        );
+    }
+    let merge = |out: &Path, dirs: &[&PathBuf], extra: &[&str]| {
+        let mut a = args.to_vec();
+        a.extend(extra);
+        a.push("--merge");
+        a.extend(dirs.iter().map(|p| s(p)));
+        prepare("synth", dir, out, &a)
+    };
+    let merged = tmp.path().join("merged");
+    let o = merge(&merged, &[&parts[2], &parts[0], &parts[1]], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    for file in ["manifest.jsonl", "label-flips.jsonl", "dataset.json"] {
+        assert_eq!(
+            std::fs::read(whole.join(file)).unwrap(),
+            std::fs::read(merged.join(file)).unwrap(),
+            "{file} differs"
+        );
+    }
+    let ds = manifest(&whole);
+    for row in &ds.rows {
+        assert_eq!(
+            std::fs::read(whole.join(&row.path)).unwrap(),
+            std::fs::read(merged.join(&row.path)).unwrap(),
+            "{} differs",
+            row.path
+        );
+    }
+
+    let refused = |o: Output, want: &str| {
+        assert!(!o.status.success(), "accepted; wanted {want:?}");
+        assert!(text(&o).contains(want), "wanted {want:?} in:\n{}", text(&o));
+    };
+    let bad = tmp.path().join("bad");
+    refused(
+        merge(&bad, &[&parts[0], &parts[2]], &[]),
+        "part(s) 1/3 missing",
+    );
+    refused(
+        merge(&bad, &[&parts[0], &parts[1], &parts[1], &parts[2]], &[]),
+        "part 1/3 is given twice",
+    );
+    // Other options than the parts were made with.
+    let mut other = vec!["--landmarks", "given", "--flip-rate", "0.25", "--seed", "8"];
+    other.push("--merge");
+    other.extend(parts.iter().map(|p| s(p)));
+    refused(
+        prepare("synth", dir, &bad, &other),
+        "prepared with other options",
+    );
+    // A part whose journal lost its last images (its task was killed).
+    let journal = parts[1].join("prepare-journal.jsonl");
+    let lines: Vec<String> = std::io::BufReader::new(std::fs::File::open(&journal).unwrap())
+        .lines()
+        .map(|l| l.unwrap())
+        .collect();
+    std::fs::write(&journal, lines[..lines.len() - 2].join("\n")).unwrap();
+    refused(
+        merge(&bad, &[&parts[0], &parts[1], &parts[2]], &[]),
+        "part 1/3",
+    );
+    // Rerunning the killed part finishes it, and the merge goes through.
+    let mut a = args.to_vec();
+    a.extend(["--shard", "1/3"]);
+    assert!(prepare("synth", dir, &parts[1], &a).status.success());
+    let o = merge(
+        &tmp.path().join("again"),
+        &[&parts[0], &parts[1], &parts[2]],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    refused(
+        prepare(
+            "synth",
+            dir,
+            &parts[1],
+            &["--landmarks", "given", "--shard", "0/3"],
+        ),
+        "holds part 1/3 already",
+    );
+}

@@ -77,6 +77,16 @@ pub struct PrepareArgs {
     /// affectnet: 7 classes (Contempt dropped, the usual protocol) or 8.
     #[arg(long, default_value_t = 7)]
     affectnet_classes: u8,
+    /// Cut only part I of N (from 0) into --out: the source images at positions I, I+N,
+    /// I+2N... For an array job of a batch scheduler (SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT);
+    /// join the parts with --merge.
+    #[arg(long, value_name = "I/N", conflicts_with = "merge")]
+    shard: Option<prepare::parts::Part>,
+    /// Join the part directories written by --shard into --out (every part once, each
+    /// complete, all made with these options), then split, flip and write the manifest as one
+    /// run would.
+    #[arg(long, value_name = "PART_DIR", num_args = 1..)]
+    merge: Vec<PathBuf>,
 }
 
 pub fn run(a: PrepareArgs) -> Result<()> {
@@ -107,7 +117,23 @@ pub fn run(a: PrepareArgs) -> Result<()> {
         engine: a.engine,
         threads: a.threads.unwrap_or_else(dmue_deploy::engine::cores),
     };
-    let report = prepare::prepare(&opts, &rt, &a.out)?;
+    if let Some(part) = a.shard {
+        let r = prepare::parts::prepare_part(&opts, &rt, &a.out, part)?;
+        println!(
+            "part {part}: {} of the source's {} images done in {}; when every part is done, \
+             join them with the same command, --merge PART_DIR... instead of --shard, and the \
+             dataset's --out",
+            r.items,
+            r.source_items,
+            a.out.display()
+        );
+        return Ok(());
+    }
+    let report = if a.merge.is_empty() {
+        prepare::prepare(&opts, &rt, &a.out)?
+    } else {
+        prepare::parts::merge(&opts, &a.out, &a.merge)?
+    };
     print!("{report}");
     println!(
         "wrote {} (details per image: {})",

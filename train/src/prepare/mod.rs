@@ -19,6 +19,7 @@
 //! run resumes where it stopped (finished images are not redone).
 
 pub mod formats;
+pub mod parts;
 
 use crate::data::manifest::{DatasetInfo, ManifestRow, Split, SynthTruth, MANIFEST_FILE};
 use anyhow::{bail, Context, Result};
@@ -333,10 +334,14 @@ impl std::fmt::Display for Report {
 
 /// Reads the source, cuts every face, writes the dataset into `out`, returns the report (also
 /// written to `out/prepare-report.json`).
-// Long: the stages of one prepare run (journal, detection in parallel, splits, manifest, report)
-// share the journal and the per-image results; each stage is already its own function where it
-// stands alone.
 pub fn prepare(opts: &PrepareOptions, rt: &Runtime, out: &Path) -> Result<Report> {
+    let source = read_source(opts)?;
+    let (done, resumed) = cut_faces(opts, rt, out, &source, |_| true)?;
+    assemble(opts, out, &source, done, resumed)
+}
+
+/// The options checked and the source read, with its keys unique.
+fn read_source(opts: &PrepareOptions) -> Result<Source> {
     if !(32..=1024).contains(&opts.size) {
         bail!("--size must be in 32..=1024, got {}", opts.size);
     }
@@ -374,6 +379,19 @@ pub fn prepare(opts: &PrepareOptions, rt: &Runtime, out: &Path) -> Result<Report
             opts.format
         );
     }
+    Ok(source)
+}
+
+/// Cuts the faces of the source items `wanted` (by position in source order) that `out`'s
+/// journal does not have yet, appending each to the journal as it finishes. Returns every
+/// journaled entry and how many were there before.
+fn cut_faces(
+    opts: &PrepareOptions,
+    rt: &Runtime,
+    out: &Path,
+    source: &Source,
+    wanted: impl Fn(usize) -> bool,
+) -> Result<(HashMap<String, Entry>, usize)> {
     std::fs::create_dir_all(out.join("images"))
         .with_context(|| format!("cannot create {}", out.display()))?;
 
@@ -404,7 +422,9 @@ pub fn prepare(opts: &PrepareOptions, rt: &Runtime, out: &Path) -> Result<Report
     let todo: Vec<&Item> = source
         .items
         .iter()
-        .filter(|i| !done.contains_key(&i.key))
+        .enumerate()
+        .filter(|&(k, i)| wanted(k) && !done.contains_key(&i.key))
+        .map(|(_, i)| i)
         .collect();
     let threads = rt.threads.max(1);
     let pool = rayon::ThreadPoolBuilder::new()
@@ -457,7 +477,17 @@ pub fn prepare(opts: &PrepareOptions, rt: &Runtime, out: &Path) -> Result<Report
     for e in fresh {
         done.insert(e.key.clone(), e);
     }
+    Ok((done, resumed))
+}
 
+/// The dataset from every item's journaled entry: splits, label flips, manifest, report.
+fn assemble(
+    opts: &PrepareOptions,
+    out: &Path,
+    source: &Source,
+    done: HashMap<String, Entry>,
+    resumed: usize,
+) -> Result<Report> {
     // Assemble in source order, so the manifest does not depend on scheduling.
     let mut rows = Vec::new();
     let mut notes = source.rejected.clone();
