@@ -542,6 +542,11 @@ mod tests {
         );
         let elr = variant("elr");
         assert!(elr.loss.elr);
+        // aux-detach is the default with the auxiliary branches on the detached trunk.
+        let mut aux_detach = variant("aux-detach");
+        assert!(aux_detach.loss.aux_detach_trunk);
+        aux_detach.loss.aux_detach_trunk = false;
+        assert_eq!(aux_detach, Config::default());
         for (hybrid, mut expected) in [
             (gce, class_norm.clone()),
             (gce_target, class_norm.clone()),

@@ -68,6 +68,12 @@ pub struct LossConfig {
     /// branch's term (not in the paper; default false).
     #[serde(default)]
     pub elr: bool,
+    /// The auxiliary branches read the shared trunk's features detached (not in the paper;
+    /// default false): they still mine the latent distributions from those features, but their
+    /// hard-label terms no longer train the trunk, so under wrong labels they cannot push it to
+    /// memorise them; the trunk learns from the target branch's terms alone.
+    #[serde(default)]
+    pub aux_detach_trunk: bool,
 }
 
 /// A loss against the given (hard) label; both read the per-sample negative log-likelihood.
@@ -132,6 +138,7 @@ impl Default for LossConfig {
             target_loss: HardLabel::Gce,
             aux_loss: HardLabel::Ce,
             elr: false,
+            aux_detach_trunk: false,
         }
     }
 }

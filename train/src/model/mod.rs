@@ -415,6 +415,10 @@ pub enum Branches {
     /// The target branch only: the auxiliary outputs stay empty (for losses that do not use
     /// them).
     TargetOnly,
+    /// The target branch on the trunk's features, the auxiliary branches one after another on
+    /// the same features detached (`loss.aux_detach_trunk`): no gradient of theirs reaches the
+    /// trunk.
+    AuxOnDetachedTrunk,
 }
 
 /// Trunk + target branch (+ C auxiliary branches + uncertainty module when multi-branch).
@@ -473,11 +477,22 @@ impl MultiBranchNet {
         let trunk = self.trunk.forward_t(xs, train);
         match how {
             Branches::Fused if !self.aux.is_empty() => self.fused_branches(&trunk, train),
-            Branches::Fused | Branches::Sequential | Branches::TargetOnly => {
+            Branches::Fused
+            | Branches::Sequential
+            | Branches::TargetOnly
+            | Branches::AuxOnDetachedTrunk => {
                 let (target_feat, target_logits) = self.target.forward_t(&trunk, train);
+                let aux_input = match how {
+                    Branches::AuxOnDetachedTrunk => trunk.detach(),
+                    _ => trunk.shallow_clone(),
+                };
                 let (aux_feat, aux_logits) = match how {
                     Branches::TargetOnly => (Vec::new(), Vec::new()),
-                    _ => self.aux.iter().map(|b| b.forward_t(&trunk, train)).unzip(),
+                    _ => self
+                        .aux
+                        .iter()
+                        .map(|b| b.forward_t(&aux_input, train))
+                        .unzip(),
                 };
                 TrainOutput {
                     target_feat,
@@ -614,6 +629,51 @@ pub fn is_target_param(name: &str) -> bool {
 mod tests {
     use super::*;
     use tch::{Device, Kind};
+
+    /// With the auxiliary branches on the detached trunk, a loss on their outputs alone trains
+    /// them and leaves the trunk without gradient; on the attached trunk it reaches the trunk.
+    #[test]
+    fn detached_auxiliary_branches_do_not_train_the_trunk() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = ModelConfig {
+            width: Some(4),
+            ..Default::default()
+        };
+        let net = MultiBranchNet::new(&vs.root(), &cfg, 7, true);
+        let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let vars = vs.variables();
+        let grad_norm = |name: &str| {
+            let g = vars[name].grad();
+            if g.defined() {
+                g.abs().sum(Kind::Float).double_value(&[])
+            } else {
+                0.0
+            }
+        };
+        for (how, trunk_learns) in [
+            (Branches::Sequential, true),
+            (Branches::AuxOnDetachedTrunk, false),
+        ] {
+            for t in vars.values() {
+                let mut g = t.grad();
+                if g.defined() {
+                    let _ = g.zero_();
+                }
+            }
+            let out = net.forward_with(&x, true, how);
+            let aux: Tensor = out
+                .aux_logits
+                .iter()
+                .map(|l| l.square().sum(Kind::Float))
+                .sum();
+            aux.backward();
+            assert_eq!(grad_norm("conv1.weight") > 0.0, trunk_learns, "{how:?}");
+            assert!(grad_norm("aux.0.fc.weight") > 0.0, "{how:?}");
+            // The same outputs either way.
+            let reference = net.forward_with(&x, true, Branches::Sequential);
+            assert!(out.aux_logits[3].allclose(&reference.aux_logits[3], 1e-5, 1e-6, false));
+        }
+    }
 
     #[test]
     fn shapes_names_and_deployed_size() {
