@@ -25,7 +25,7 @@ from collections import defaultdict
 LAYERS = {
     "train": {
         "util": 0,
-        "data": 1, "model": 1,
+        "data": 1, "dist": 1, "model": 1,
         "synth": 2, "prepare": 2, "fit": 2,
         "inspect": 3, "export": 3,
     },

@@ -3,6 +3,8 @@
 #   torch==2.11.0        the libtorch that tch 0.24 links against (dmue-train)
 #   onnxruntime==1.32.0  libonnxruntime.so for dmue-serve --engine ort, and the parity tests
 #   onnx==1.23.2         the ONNX checker used by the tests
+# and, from Debian, libgloo-dev's headers (.venv/gloo): torch's c10d headers include them, and
+# dmue-train's multi-process training is built against them (the code is torch's own).
 # Re-running it when everything is in place prints one line. After it, `cargo build` finds
 # libtorch through .cargo/config.toml (LIBTORCH=.venv/torch), binaries carry an rpath to it,
 # and ONNX Runtime is found at .venv/libonnxruntime.so: no environment variables are needed.
@@ -46,6 +48,23 @@ fi
 ort_lib=$(ls "$(pkg_dir onnxruntime)"/capi/libonnxruntime.so* | sort | head -1)
 if [ "$(readlink "$VENV/libonnxruntime.so" 2>/dev/null)" != "$ort_lib" ]; then
   ln -sfn "$ort_lib" "$VENV/libonnxruntime.so"
+fi
+
+# gloo's headers for the c10d binding (train/src/dist_shim.cpp): Debian's package, unpacked
+# without installing it (no root needed), checked against its known checksum.
+GLOO_VERSION=0.0~git20220518.5b14351-3
+GLOO_DEB=libgloo-dev_${GLOO_VERSION}_amd64.deb
+GLOO_SHA256=80529c9fd8af452faf489e686b94bf87075965c40673803810c4f41634b1e299
+if [ ! -f "$VENV/gloo/usr/include/gloo/config.h" ]; then
+  echo "setup: fetching gloo's headers (Debian's libgloo-dev)" >&2
+  tmp=$(mktemp -d)
+  if (cd "$tmp" && apt-get download "libgloo-dev=$GLOO_VERSION" >/dev/null 2>&1) && [ -f "$tmp/$GLOO_DEB" ] \
+     && echo "$GLOO_SHA256  $tmp/$GLOO_DEB" | sha256sum -c --quiet; then
+    rm -rf "$VENV/gloo" && dpkg-deb -x "$tmp/$GLOO_DEB" "$VENV/gloo"
+  else
+    echo "setup: warning: could not fetch $GLOO_DEB (apt-get download libgloo-dev); dmue-train builds without multi-process training" >&2
+  fi
+  rm -rf "$tmp"
 fi
 
 echo "setup: ok (torch $TORCH_VERSION at $VENV/torch, onnxruntime $ORT_VERSION at $VENV/libonnxruntime.so)"

@@ -22,12 +22,66 @@ fn main() {
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .warnings(false)
         .compile("dmue_torch_shim");
-    let has_cuda = std::path::Path::new(&lib).join("libtorch_cuda.so").exists();
-    if has_cuda {
+
+    // The c10d binding (src/dist_shim.cpp). torch's ProcessGroupGloo.hpp includes gloo's own
+    // headers, which the wheel lacks: scripts/setup.sh extracts Debian's libgloo-dev into
+    // .venv/gloo (or DMUE_GLOO_INCLUDE points at them). NCCL's header is in the wheel's
+    // nvidia-nccl package, next to the CUDA headers.
+    println!("cargo:rerun-if-changed=src/dist_shim.cpp");
+    println!("cargo:rerun-if-env-changed=DMUE_GLOO_INCLUDE");
+    let manifest = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let gloo = std::env::var("DMUE_GLOO_INCLUDE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| manifest.join("../.venv/gloo/usr/include"));
+    println!("cargo:rerun-if-changed={}", gloo.display());
+    let mut dist = cc::Build::new();
+    dist.cpp(true)
+        .file("src/dist_shim.cpp")
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .warnings(false);
+    if gloo.join("gloo/config.h").exists() {
+        dist.include(&gloo)
+            .define("DMUE_WITH_C10D", None)
+            .define("USE_C10D_GLOO", None);
+        // NCCL's header comes with the wheel; the CUDA runtime headers the c10d NCCL headers
+        // include need the toolkit's `crt/` folder, which the wheel lacks: a CUDA toolkit
+        // (DMUE_CUDA_INCLUDE, default /usr/local/cuda/include) enables the NCCL backend.
+        println!("cargo:rerun-if-env-changed=DMUE_CUDA_INCLUDE");
+        let nccl = std::path::Path::new(&lib).join("../../nvidia/nccl/include");
+        let cuda = std::path::PathBuf::from(
+            std::env::var("DMUE_CUDA_INCLUDE").unwrap_or_else(|_| "/usr/local/cuda/include".into()),
+        );
+        if has_cuda_lib(&lib)
+            && nccl.join("nccl.h").exists()
+            && cuda.join("crt/host_config.h").exists()
+        {
+            dist.include(nccl)
+                .include(cuda)
+                .define("DMUE_WITH_NCCL", None)
+                .define("USE_C10D_NCCL", None)
+                .define("USE_CUDA", None);
+        }
+    } else {
+        println!(
+            "cargo:warning=no gloo headers at {}: dmue-train is built without multi-process \
+             training (run scripts/setup.sh)",
+            gloo.display()
+        );
+    }
+    dist.compile("dmue_dist_shim");
+    if has_cuda_lib(&lib) {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
         println!("cargo:rustc-link-arg=-L{lib}");
         println!("cargo:rustc-link-arg=-ltorch_cuda");
         println!("cargo:rustc-link-arg=-ltorch");
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
     }
+}
+
+fn has_cuda_lib(lib: &str) -> bool {
+    std::path::Path::new(lib).join("libtorch_cuda.so").exists()
 }

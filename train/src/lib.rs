@@ -11,6 +11,7 @@
 //!   calibration).
 
 pub mod data;
+pub mod dist;
 pub mod export;
 pub mod fit;
 pub mod inspect;

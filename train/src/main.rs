@@ -59,6 +59,11 @@ enum Command {
 
 fn main() {
     cli::openmp::wait_policy();
+    // Ranks other than 0 of a distributed job report warnings and errors only (rank 0 logs
+    // the run), unless DMUE_LOG says otherwise.
+    if std::env::var("RANK").is_ok_and(|r| r != "0") && std::env::var_os("DMUE_LOG").is_none() {
+        std::env::set_var("DMUE_LOG", "warn");
+    }
     dmue_deploy::logging::init(false);
     let result = match Cli::parse().command {
         Command::Synth(a) => cli::synth::run(a),

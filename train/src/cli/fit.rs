@@ -2,6 +2,7 @@
 
 use super::run_config;
 use anyhow::{Context, Result};
+use dmue_train::dist;
 use dmue_train::fit::config::{Config, DeviceChoice, Edit, Mode};
 use dmue_train::fit::trainer;
 use dmue_train::model::{dlib, Backbone};
@@ -54,9 +55,32 @@ pub struct FitArgs {
     /// Continue the run in --out from its newest checkpoint (its config.toml, plus --set).
     #[arg(long)]
     resume: bool,
+    /// Train data-parallel on N local processes (spawned here, as torchrun would: ranks
+    /// 0..N-1 on 127.0.0.1). train.batch_size stays the batch of the whole job; each rank
+    /// trains on batch_size / N. Jobs over several machines are started by torchrun or srun
+    /// instead (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT); see docs/training.md.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    nproc: usize,
+    /// Collective backend of a multi-process job: NCCL on CUDA, Gloo on the CPU.
+    #[arg(long, value_enum, default_value = "auto")]
+    dist_backend: dist::Backend,
+    /// Seconds a rank waits for the others (at the start, and in every exchange) before it
+    /// stops with an error naming the rank that died or hung.
+    #[arg(long, value_name = "SECONDS", default_value_t = dist::DEFAULT_TIMEOUT.as_secs())]
+    dist_timeout: u64,
 }
 
 pub fn run(a: FitArgs) -> Result<()> {
+    let launch = dist::Launch::from_env()?;
+    if launch.is_none() && a.nproc > 1 {
+        return super::launch::spawn_local(a.nproc);
+    }
+    let rank = launch.as_ref().map_or(0, |l| l.rank);
+    let job = trainer::Job {
+        launch,
+        backend: a.dist_backend,
+        timeout: std::time::Duration::from_secs(a.dist_timeout.max(1)),
+    };
     let mut edits: Vec<Edit> = Vec::new();
     if let Some(d) = a.data {
         edits.push(Box::new(move |c: &mut Config| c.data.dataset = d.clone()));
@@ -99,7 +123,17 @@ pub fn run(a: FitArgs) -> Result<()> {
         &edits,
         &a.sets,
     )?;
-    let s = trainer::fit(&cfg, &a.out, a.resume)?;
+    let world = job.launch.as_ref().map_or(1, |l| l.world_size);
+    let s = trainer::fit_job(&cfg, &a.out, a.resume, &job).map_err(|e| {
+        if world > 1 {
+            e.context(format!("rank {rank} of {world}"))
+        } else {
+            e
+        }
+    })?;
+    if rank > 0 {
+        return Ok(());
+    }
     println!(
         "trained {} epochs in {:.1}s ({:.0} img/s) on {}; run directory {}",
         s.epochs,

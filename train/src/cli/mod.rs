@@ -8,6 +8,7 @@ pub mod convert_dlib;
 pub mod eval;
 pub mod export;
 pub mod fit;
+pub mod launch;
 pub mod openmp;
 pub mod prepare;
 pub mod pretrain;
@@ -75,6 +76,9 @@ pub enum Preset {
     GceTarget,
     /// class-norm with early-learning regularisation on the target branch.
     Elr,
+    /// gce-target with the auxiliary branches on the detached trunk (their CE cannot make the
+    /// trunk memorise wrong labels).
+    AuxDetach,
     /// The paper's DMUE as written (alpha not normalised).
     Paper,
     /// DMUE as the authors' released code trains it.
@@ -102,6 +106,10 @@ impl Preset {
             Preset::Elr => (
                 "preset elr",
                 include_str!("../../../configs/variants/elr.toml"),
+            ),
+            Preset::AuxDetach => (
+                "preset aux-detach",
+                include_str!("../../../configs/variants/aux-detach.toml"),
             ),
             Preset::Paper => (
                 "preset paper",

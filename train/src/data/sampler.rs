@@ -56,6 +56,28 @@ pub fn epoch_batches<R: Rng>(
     batches
 }
 
+/// Rank `rank`'s part of a batch split across `world` ranks: the positions (into `batch`) of
+/// its samples, in the batch's order. Dealt class by class in turn over the batch sorted by
+/// label, so each rank holds `batch.len() / world` samples (one more for the first ranks when
+/// it does not divide) and every class's count is split as evenly as the ranks allow: a batch
+/// drawn with `min_per_class * world` samples of each class gives every rank `min_per_class`.
+/// The parts of all ranks are disjoint and together are the batch.
+pub fn shard_positions(batch: &[usize], labels: &[usize], world: usize, rank: usize) -> Vec<usize> {
+    if world <= 1 {
+        return (0..batch.len()).collect();
+    }
+    let mut by_class: Vec<usize> = (0..batch.len()).collect();
+    by_class.sort_by_key(|&p| (labels[batch[p]], p));
+    let mut mine: Vec<usize> = by_class
+        .into_iter()
+        .enumerate()
+        .filter(|(k, _)| k % world == rank)
+        .map(|(_, p)| p)
+        .collect();
+    mine.sort_unstable();
+    mine
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,5 +127,34 @@ mod tests {
         }
         let other = epoch_batches(&labels, 3, 4, 1, &mut ChaCha8Rng::seed_from_u64(6));
         assert_ne!(batches, other);
+    }
+
+    #[test]
+    fn shards_are_disjoint_cover_the_batch_and_keep_every_class() {
+        let labels: Vec<usize> = (0..700).map(|i| (i * 7 + i / 13) % 7).collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let world = 3;
+        let batches = epoch_batches(&labels, 7, 72, 2 * world, &mut rng);
+        for batch in &batches {
+            let parts: Vec<Vec<usize>> = (0..world)
+                .map(|r| shard_positions(batch, &labels, world, r))
+                .collect();
+            let mut all: Vec<usize> = parts.concat();
+            all.sort_unstable();
+            assert_eq!(all, (0..batch.len()).collect::<Vec<_>>());
+            for part in &parts {
+                assert_eq!(part.len(), 24);
+                assert!(part.windows(2).all(|w| w[0] < w[1]), "batch order kept");
+                for c in 0..7 {
+                    let n = part.iter().filter(|&&p| labels[batch[p]] == c).count();
+                    assert!(n >= 2, "class {c} has {n} samples on a rank");
+                }
+            }
+        }
+        // One rank: the whole batch, as it was.
+        assert_eq!(
+            shard_positions(&batches[0], &labels, 1, 0),
+            (0..72).collect::<Vec<_>>()
+        );
     }
 }

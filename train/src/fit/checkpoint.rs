@@ -27,6 +27,19 @@ pub struct TrainState {
     pub best_accuracy: Option<f64>,
     pub best_epoch: Option<usize>,
     pub version: String,
+    /// Processes the run trains on (1 without a distributed launch). The batches each rank
+    /// draws depend on it, so a run resumes only on as many ranks as it was saved from.
+    /// Written only when above 1, so one-process checkpoints are as before.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub world_size: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 pub fn checkpoints_dir(run: &Path) -> PathBuf {

@@ -134,6 +134,20 @@ impl LabelDynamics {
         });
     }
 
+    /// The epoch's running sums (a distributed job adds them up across its ranks before
+    /// [`LabelDynamics::finish_epoch`]).
+    pub fn accumulators(&self) -> [&Tensor; 3] {
+        [&self.sum_prob, &self.sum_margin, &self.count]
+    }
+
+    /// Restarts the running sums (what [`LabelDynamics::finish_epoch`] does after using them;
+    /// ranks other than 0 of a distributed job, which write nothing, call it alone).
+    pub fn clear(&self) {
+        for t in [&self.sum_prob, &self.sum_margin, &self.count] {
+            let _ = t.shallow_clone().zero_();
+        }
+    }
+
     /// Closes `epoch`: its means become a row (NaN for images not drawn), the accumulators
     /// restart, and the file is rewritten atomically.
     pub fn finish_epoch(&mut self, run: &Path, epoch: usize) -> Result<()> {
@@ -146,9 +160,7 @@ impl LabelDynamics {
         self.epochs.push(epoch as i64);
         self.prob.push(mean(&self.sum_prob));
         self.margin.push(mean(&self.sum_margin));
-        for t in [&self.sum_prob, &self.sum_margin, &self.count] {
-            let _ = t.shallow_clone().zero_();
-        }
+        self.clear();
         let tmp = crate::util::tmp_path(&run.join(FILE));
         Tensor::write_safetensors(
             &[

@@ -1,12 +1,13 @@
 //! Evaluation: accuracy, per-class recall, confusion matrix (JSON + PNG).
 
 use crate::data::loader::{eval_batch, SplitImages};
+use crate::dist::Comm;
 use crate::model::MultiBranchNet;
 use anyhow::Result;
 use dmue_deploy::preprocess::Preprocess;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalReport {
@@ -30,10 +31,22 @@ pub fn logits(
     device: Device,
     batch: usize,
 ) -> Vec<f32> {
-    let mut out = Vec::new();
     let all: Vec<usize> = (0..data.len()).collect();
+    logits_of(net, data, &all, pre, device, batch)
+}
+
+/// Target-branch logits of the images `which` of `data`, row-major `[which.len(), C]`.
+fn logits_of(
+    net: &MultiBranchNet,
+    data: &SplitImages,
+    which: &[usize],
+    pre: &Preprocess,
+    device: Device,
+    batch: usize,
+) -> Vec<f32> {
+    let mut out = Vec::new();
     tch::no_grad(|| {
-        for idx in all.chunks(batch.max(1)) {
+        for idx in which.chunks(batch.max(1)) {
             let (x, _) = eval_batch(data, idx, pre).to_device(pre.crop, device);
             let l = net
                 .forward_target(&x)
@@ -125,6 +138,40 @@ pub fn evaluate(
         &preds,
         data.skipped.len(),
     )
+}
+
+/// [`evaluate`] in a distributed job: rank r computes the logits of images r, r + n, r + 2n...
+/// and the ranks add their rows into one table, so every rank reports on the whole split, as
+/// one process would (with rank 0's batch-norm statistics, which the caller shares first).
+pub fn evaluate_sharded(
+    net: &MultiBranchNet,
+    data: &SplitImages,
+    classes: &[String],
+    pre: &Preprocess,
+    device: Device,
+    comm: &Comm,
+) -> Result<EvalReport> {
+    if comm.size() == 1 {
+        return Ok(evaluate(net, data, classes, pre, device));
+    }
+    let mine: Vec<usize> = (comm.rank()..data.len()).step_by(comm.size()).collect();
+    let c = classes.len() as i64;
+    let local = logits_of(net, data, &mine, pre, device, 128);
+    let rows = Tensor::from_slice(&local).view([mine.len() as i64, c]);
+    let at: Vec<i64> = mine.iter().map(|&i| i as i64).collect();
+    let table = crate::dist::gather_rows(comm, &rows, &at, data.len() as i64)?;
+    let all = Vec::<f32>::try_from(table.to_device(Device::Cpu).flatten(0, -1))?;
+    let preds: Vec<usize> = all
+        .chunks(classes.len().max(1))
+        .map(crate::util::stats::argmax)
+        .collect();
+    Ok(report(
+        &data.split.to_string(),
+        classes,
+        &data.labels,
+        &preds,
+        data.skipped.len(),
+    ))
 }
 
 /// One image's prediction (`dmue-train eval --predictions FILE`, one JSON line each).

@@ -60,6 +60,21 @@ impl Adam {
         }
     }
 
+    /// The defined gradients, in the parameters' (name) order: the same list on every rank of
+    /// a distributed job.
+    pub fn gradients(&self) -> Vec<Tensor> {
+        self.params
+            .iter()
+            .map(|(_, p)| p.grad())
+            .filter(|g| g.defined())
+            .collect()
+    }
+
+    /// Both moments of every parameter, in the parameters' order.
+    pub fn moments(&self) -> Vec<&Tensor> {
+        self.exp_avg.iter().chain(&self.exp_avg_sq).collect()
+    }
+
     pub fn zero_grad(&mut self) {
         for (_, p) in &mut self.params {
             let mut g = p.grad();

@@ -2,9 +2,11 @@
 
 use crate::data::loader::{prefetch, train_batch, Augment, ReadyBatch, SplitImages};
 use crate::data::manifest::{Dataset, Split};
-use crate::data::sampler::epoch_batches;
+use crate::data::sampler::{epoch_batches, shard_positions};
+use crate::dist::{Backend, Comm, Launch};
 use crate::fit::checkpoint::{self, TrainState};
 use crate::fit::config::{Config, DeviceChoice, Mode, Precision};
+use crate::fit::dynamics::LabelDynamics;
 use crate::fit::eval::{self, EvalReport};
 use crate::fit::loss::{
     class_activation_maps, dmue_loss, elr_regulariser, elr_targets, flip_consistency,
@@ -19,7 +21,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tch::{nn, Device, Kind, Tensor};
 
 pub const CONFIG_FILE: &str = "config.toml";
@@ -64,6 +66,34 @@ pub struct FitSummary {
     pub train_seconds: f64,
     pub images_per_second: f64,
     pub final_eval: Option<EvalReport>,
+    /// Processes that trained it.
+    #[serde(default = "one_rank")]
+    pub world_size: usize,
+}
+
+fn one_rank() -> usize {
+    1
+}
+
+/// How `fit` runs: one process, or one rank of a distributed job ([`crate::dist`]).
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The job's ranks and rendezvous; `None`: one process.
+    pub launch: Option<Launch>,
+    pub backend: Backend,
+    /// Bound of the rendezvous and of every collective: a dead or hung rank stops the others
+    /// within it.
+    pub timeout: Duration,
+}
+
+impl Job {
+    pub fn single() -> Self {
+        Self {
+            launch: None,
+            backend: Backend::Auto,
+            timeout: crate::dist::DEFAULT_TIMEOUT,
+        }
+    }
 }
 
 /// `auto` picks CUDA when libtorch sees a GPU; `cuda` without one is an error, not a fallback.
@@ -97,6 +127,23 @@ fn elr_step(buffer: &Tensor, logits: &Tensor, indices: &Tensor, beta: f64) -> Te
         let _ = b.index_copy_(0, indices, &updated);
     });
     elr_regulariser(logits, &updated)
+}
+
+/// After an ELR step in a distributed job: the rows of `buffer` (the running targets) that
+/// every rank's share of `shard`'s batch moved, copied into every rank's buffer, so the targets
+/// stay one table across the job. `indices`: this rank's rows, in its share's order.
+fn share_rows(comm: &Comm, buffer: &Tensor, indices: &Tensor, shard: &Shard) -> Result<()> {
+    let rows = tch::no_grad(|| buffer.index_select(0, indices));
+    let at: Vec<i64> = shard.positions.iter().map(|&p| p as i64).collect();
+    let table = crate::dist::gather_rows(comm, &rows, &at, shard.batch.len() as i64)?;
+    let all: Vec<i64> = shard.batch.iter().map(|&i| i as i64).collect();
+    let all = Tensor::from_slice(&all).to_device(buffer.device());
+    tch::no_grad(|| {
+        let _ = buffer
+            .shallow_clone()
+            .index_copy_(0, &all, &table.to_device(buffer.device()));
+    });
+    Ok(())
 }
 
 /// Runs `f` under bf16 autocast when `on` (CUDA only).
@@ -145,6 +192,14 @@ pub fn load_run(
 pub fn apply_threads(cfg: &Config) {
     if cfg.train.threads > 0 {
         tch::set_num_threads(cfg.train.threads as i32);
+    } else if let Some(local) = std::env::var("LOCAL_WORLD_SIZE")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 1)
+    {
+        // Ranks sharing a machine (torchrun, `fit --nproc`) share its cores.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        tch::set_num_threads((cores / local).max(1) as i32);
     }
 }
 
@@ -173,7 +228,14 @@ fn schedules(cfg: &Config) -> Vec<Schedule> {
 
 /// Trains a run: set-up (or resume), the epochs, the final evaluation and summary.
 pub fn fit(cfg: &Config, run: &Path, resume: bool) -> Result<FitSummary> {
-    let mut trainer = Trainer::new(cfg, run, resume)?;
+    fit_job(cfg, run, resume, &Job::single())
+}
+
+/// [`fit`] as one rank of `job`: rank 0 reads and writes the run directory (checkpoints,
+/// metrics, plots, summary); every rank trains on its share of each batch and evaluates its
+/// share of the evaluation split.
+pub fn fit_job(cfg: &Config, run: &Path, resume: bool, job: &Job) -> Result<FitSummary> {
+    let mut trainer = Trainer::new(cfg, run, resume, job)?;
     for epoch in trainer.state.epoch + 1..=cfg.train.epochs {
         let stats = trainer.train_epoch(epoch)?;
         trainer.finish_epoch(epoch, stats)?;
@@ -250,12 +312,21 @@ impl EpochStats {
         (self.counts[k] > 0).then(|| self.sums[k] / self.counts[k] as f64)
     }
 
-    /// Adds steps read back from the device; stops at the first non-finite total.
-    fn absorb(&mut self, steps: Vec<StepValues>, epoch: usize) -> Result<()> {
+    /// Adds steps read back from the device; stops at the first non-finite total. In a
+    /// distributed job the values are first added up across the ranks (the loss terms then
+    /// averaged, the correct counts and images summed), so every rank keeps the job's figures
+    /// and stops at the same step when any rank's loss is not finite.
+    fn absorb(&mut self, steps: Vec<StepValues>, epoch: usize, comm: &Comm) -> Result<()> {
         if steps.is_empty() {
             return Ok(());
         }
-        let stacked = Tensor::stack(&steps.iter().map(|s| &s.values).collect::<Vec<_>>(), 0);
+        let mut stacked = Tensor::stack(&steps.iter().map(|s| &s.values).collect::<Vec<_>>(), 0);
+        if comm.size() > 1 {
+            stacked = stacked.to_device(comm.device());
+            comm.sum(&[&stacked])?;
+            let n = Term::ALL.len() as i64;
+            let _ = stacked.narrow(1, 0, n).divide_scalar_(comm.size() as f64);
+        }
         // The one device-to-host transfer of these steps.
         let host = Vec::<f64>::try_from(stacked.to_device(Device::Cpu).flatten(0, -1))?;
         let width = Term::ALL.len() + 1;
@@ -264,7 +335,7 @@ impl EpochStats {
                 return Err(non_finite_report(epoch, s, row));
             }
             self.steps += 1;
-            self.images += s.images;
+            self.images += s.images * comm.size();
             self.correct += row[Term::ALL.len()];
             for (k, v) in row[..Term::ALL.len()].iter().enumerate() {
                 if s.present[k] {
@@ -331,7 +402,11 @@ fn use_bf16(cfg: &Config, device: Device) -> bool {
 /// The dataset, its training split and the split evaluated after each epoch; unreadable
 /// images are listed in RUN/skipped.txt; fewer readable training images than a batch is an
 /// error that names the fix.
-fn load_data(cfg: &Config, run: &Path) -> Result<(Dataset, SplitImages, Option<SplitImages>)> {
+fn load_data(
+    cfg: &Config,
+    run: &Path,
+    main: bool,
+) -> Result<(Dataset, SplitImages, Option<SplitImages>)> {
     let ds = Dataset::open(&cfg.data.dataset)?;
     let pre = cfg.data.preprocess;
     let train = SplitImages::open(&ds, Split::Train, &pre, cfg.data.loader)?;
@@ -353,7 +428,7 @@ fn load_data(cfg: &Config, run: &Path) -> Result<(Dataset, SplitImages, Option<S
         .chain(eval_data.iter().flat_map(|e| e.skipped.iter()))
         .map(|s| format!("{}\t{}", s.path, s.reason))
         .collect();
-    if !skipped.is_empty() {
+    if !skipped.is_empty() && main {
         crate::util::write_atomic(
             &run.join("skipped.txt"),
             (skipped.join("\n") + "\n").as_bytes(),
@@ -379,6 +454,8 @@ fn load_data(cfg: &Config, run: &Path) -> Result<(Dataset, SplitImages, Option<S
 
 /// The state and metrics history of a resumed run from its newest checkpoint (`existing`),
 /// its weights and optimizer moments restored into `vs` and `opt`; a fresh state otherwise.
+/// A checkpoint saved by another number of ranks is refused: the batches depend on it.
+#[allow(clippy::too_many_arguments)]
 fn restore(
     cfg: &Config,
     run: &Path,
@@ -387,6 +464,7 @@ fn restore(
     existing: Option<(PathBuf, TrainState)>,
     vs: &mut nn::VarStore,
     opt: &mut Adam,
+    world_size: usize,
 ) -> Result<(TrainState, Vec<EpochMetrics>)> {
     let mut state = TrainState {
         epoch: 0,
@@ -396,9 +474,19 @@ fn restore(
         best_accuracy: None,
         best_epoch: None,
         version: env!("CARGO_PKG_VERSION").to_string(),
+        world_size,
     };
     let mut history: Vec<EpochMetrics> = Vec::new();
     if let Some((dir, saved)) = existing {
+        if saved.world_size != world_size {
+            bail!(
+                "{} was trained on {} process(es) and this job has {world_size}: resume it with \
+                 the same number (WORLD_SIZE, --nproc), since each rank's share of every batch \
+                 depends on it",
+                run.display(),
+                saved.world_size
+            );
+        }
         checkpoint::restore(&dir, vs, Some((opt, saved.optimizer_step)))?;
         tracing::info!(
             "resuming from {} (epoch {} done)",
@@ -419,12 +507,88 @@ fn restore(
     Ok((state, history))
 }
 
+/// Whether `train.batch_size` splits into `world_size` equal shares and, once the dataset's
+/// `classes` are known, whether each rank's share can hold DMUE's `train.min_per_class` of each
+/// class.
+fn check_shares(cfg: &Config, world_size: usize, classes: Option<usize>) -> Result<()> {
+    let batch = cfg.train.batch_size;
+    if batch % world_size != 0 {
+        bail!(
+            "train.batch_size {batch} does not split evenly across {world_size} ranks: choose \
+             a multiple of {world_size} (it is the batch of the whole job; each rank trains on \
+             batch_size / ranks)"
+        );
+    }
+    let (share, need) = (batch / world_size, cfg.train.min_per_class);
+    // One process keeps its behaviour (the sampler tops up what the batch can hold).
+    let multi = cfg.train.mode.multi_branch() && world_size > 1;
+    if let Some(c) = classes.filter(|&c| multi && share < need * c) {
+        bail!(
+            "each of the {world_size} ranks trains on {share} images per step, and DMUE needs \
+             train.min_per_class ({need}) of each of the {c} classes in them: raise \
+             train.batch_size to at least {}",
+            need * c * world_size
+        );
+    }
+    Ok(())
+}
+
+/// How the training forward pass runs the branches. When no loss term reads the auxiliary
+/// branches (e.g. the confidence-only ablation) their forward pass is skipped, and they keep
+/// their initial weights.
+fn branches_for(cfg: &Config) -> Branches {
+    let multi = cfg.train.mode.multi_branch();
+    if multi && !(cfg.loss.latent || cfg.loss.similarity_preserving) {
+        Branches::TargetOnly
+    } else if multi && cfg.loss.aux_detach_trunk {
+        Branches::AuxOnDetachedTrunk
+    } else {
+        Branches::Fused
+    }
+}
+
+/// Pretrained weights into the fresh network (`train.init`), the report logged and written.
+fn load_init(run: &Path, vs: &nn::VarStore, net: &MultiBranchNet, path: &Path) -> Result<()> {
+    let report = crate::model::init::load(vs, net, path)?;
+    tracing::info!("{report}");
+    crate::util::write_atomic(
+        &run.join(INIT_REPORT_FILE),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )
+}
+
+/// ", 2 ranks of 36 images per step" in a distributed job, else nothing.
+fn ranks_note(cfg: &Config, world_size: usize) -> String {
+    if world_size > 1 {
+        let share = cfg.train.batch_size / world_size;
+        format!(", {world_size} ranks of {share} images per step")
+    } else {
+        String::new()
+    }
+}
+
+/// The network for `classes` classes, its weights drawn from `train.seed`.
+fn network(cfg: &Config, device: Device, classes: usize) -> (nn::VarStore, MultiBranchNet) {
+    tch::manual_seed(cfg.train.seed as i64);
+    let vs = nn::VarStore::new(device);
+    let multi = cfg.train.mode.multi_branch();
+    let net = MultiBranchNet::new(&vs.root(), &cfg.model, classes, multi);
+    if multi && !cfg.loss.train_uncertainty {
+        // The authors' code: the module stays at its initialisation (left out of the optimizer;
+        // gradients still flow through it to S when loss.similarity_detach is off).
+        net.freeze_uncertainty();
+    }
+    (vs, net)
+}
+
 /// A run in progress: everything `fit` sets up once, then one epoch at a time.
 struct Trainer<'a> {
     cfg: &'a Config,
     run: &'a Path,
     device: Device,
     bf16: bool,
+    /// This process's place in the job (one process: every collective is a no-op).
+    comm: Comm,
     ds: Dataset,
     /// Shared with the prefetch thread.
     train: std::sync::Arc<SplitImages>,
@@ -442,7 +606,7 @@ struct Trainer<'a> {
     state: TrainState,
     history: Vec<EpochMetrics>,
     metrics_path: PathBuf,
-    dynamics: crate::fit::dynamics::LabelDynamics,
+    dynamics: LabelDynamics,
     total_params: i64,
     deployed_params: i64,
     started: Instant,
@@ -451,82 +615,127 @@ struct Trainer<'a> {
     schedule: Vec<Schedule>,
 }
 
+/// One rank's part of a batch: the whole batch (training-split indices) and the positions in
+/// it of this rank's samples (all of them in one process).
+struct Shard {
+    batch: Vec<usize>,
+    positions: Vec<usize>,
+}
+
+impl Shard {
+    fn indices(&self) -> Vec<usize> {
+        self.positions.iter().map(|&p| self.batch[p]).collect()
+    }
+}
+
 impl<'a> Trainer<'a> {
-    /// Device, data, model, optimizer, and the state of a resumed run.
-    fn new(cfg: &'a Config, run: &'a Path, resume: bool) -> Result<Self> {
-        let device = resolve_device(cfg.train.device)?;
+    /// Device, the job, data, model, optimizer, and the state of a resumed run; in a
+    /// distributed job every rank then starts from rank 0's weights, moments and state.
+    fn new(cfg: &'a Config, run: &'a Path, resume: bool, job: &Job) -> Result<Self> {
+        let device = match (resolve_device(cfg.train.device)?, &job.launch) {
+            // One GPU per rank of a machine, as torchrun's LOCAL_RANK says.
+            (Device::Cuda(_), Some(l)) => Device::Cuda(l.local_rank),
+            (d, _) => d,
+        };
+        let comm = match &job.launch {
+            Some(l) => Comm::join(l, job.backend, device, job.timeout)?,
+            None => Comm::single(device),
+        };
         apply_threads(cfg);
+        // Each rank sets up on its own; they go on only if every one succeeded.
+        let set_up = Self::set_up(cfg, run, resume, device, comm.rank(), comm.size());
+        let failed = Tensor::from_slice(&[set_up.is_err() as i64]).to_device(comm.device());
+        comm.sum(&[&failed])?;
+        let mut t = match set_up {
+            Err(e) => return Err(e),
+            Ok(_) if failed.int64_value(&[0]) > 0 => {
+                bail!("another rank could not start the run (its error says why)")
+            }
+            Ok(f) => f(comm),
+        };
+        t.start_from_main()?;
+        Ok(t)
+    }
+
+    /// Everything [`Trainer::new`] does on one rank without talking to the others: the
+    /// trainer, once it is handed its [`Comm`]. Only rank 0 touches the run directory.
+    fn set_up(
+        cfg: &'a Config,
+        run: &'a Path,
+        resume: bool,
+        device: Device,
+        rank: usize,
+        world_size: usize,
+    ) -> Result<impl FnOnce(Comm) -> Self> {
+        let main = rank == 0;
         let bf16 = use_bf16(cfg, device);
-        let existing = checkpoint::latest(run)?;
+        let existing = if main { checkpoint::latest(run)? } else { None };
         if existing.is_some() && !resume {
             bail!("{} already holds a run with checkpoints: pass --resume to continue it, or choose another --out", run.display());
         }
-        std::fs::create_dir_all(run)
-            .with_context(|| format!("cannot create run directory {}", run.display()))?;
-        crate::util::write_atomic(&run.join(CONFIG_FILE), cfg.to_toml()?.as_bytes())?;
+        if main {
+            std::fs::create_dir_all(run)
+                .with_context(|| format!("cannot create run directory {}", run.display()))?;
+            crate::util::write_atomic(&run.join(CONFIG_FILE), cfg.to_toml()?.as_bytes())?;
+        }
+        check_shares(cfg, world_size, None)?;
 
         // ---- data
-        let (ds, train, eval_data) = load_data(cfg, run)?;
+        let (ds, train, eval_data) = load_data(cfg, run, main)?;
         let c = ds.num_classes();
+        check_shares(cfg, world_size, Some(c))?;
 
         // ---- model and optimizer
-        tch::manual_seed(cfg.train.seed as i64);
-        let mut vs = nn::VarStore::new(device);
-        let multi = cfg.train.mode.multi_branch();
-        let net = MultiBranchNet::new(&vs.root(), &cfg.model, c, multi);
-        if multi && !cfg.loss.train_uncertainty {
-            // The authors' code: the module stays at its initialisation (left out of the
-            // optimizer; gradients still flow through it to S when loss.similarity_detach is
-            // off).
-            net.freeze_uncertainty();
-        }
-        if let (Some(path), None) = (&cfg.train.init, &existing) {
-            // A resumed run has these weights (trained further) in its checkpoint already.
-            let report = crate::model::init::load(&vs, &net, path)?;
-            tracing::info!("{report}");
-            crate::util::write_atomic(
-                &run.join(INIT_REPORT_FILE),
-                serde_json::to_string_pretty(&report)?.as_bytes(),
-            )?;
+        let (mut vs, net) = network(cfg, device, c);
+        if let (Some(path), None, true) = (&cfg.train.init, &existing, main) {
+            // A resumed run has these weights (trained further) in its checkpoint already;
+            // the other ranks receive rank 0's.
+            load_init(run, &vs, &net, path)?;
         }
         let backbone_vars = crate::model::init::backbone_variables(&vs);
         // Made after every weight is drawn, so the initial weights do not depend on it.
-        let elr_targets = (cfg.train.mode == Mode::Elr || (multi && cfg.loss.elr)).then(|| {
+        let elr = cfg.train.mode == Mode::Elr || (cfg.train.mode.multi_branch() && cfg.loss.elr);
+        let elr_targets = elr.then(|| {
             vs.root()
                 .zeros_no_train("elr_targets", &[train.len() as i64, c as i64])
         });
         let mut opt = Adam::new(&vs, cfg.train.weight_decay);
         let total_params = count_params(&vs, |_| true);
         let deployed_params = count_params(&vs, is_target_param);
-        // No loss term reads the auxiliary branches (e.g. the confidence-only ablation): their
-        // forward pass is skipped, and they keep their initial weights.
-        let branches = if multi && !(cfg.loss.latent || cfg.loss.similarity_preserving) {
-            Branches::TargetOnly
-        } else {
-            Branches::Fused
-        };
+        let branches = branches_for(cfg);
         tracing::info!(
-            "dmue-train fit: {:?} on {:?}, {c} classes, {} train images, {} parameters ({} deployed)",
+            "dmue-train fit: {:?} on {:?}, {c} classes, {} train images, {total_params} \
+             parameters ({deployed_params} deployed){}",
             cfg.train.mode,
             device,
             train.len(),
-            total_params,
-            deployed_params
+            ranks_note(cfg, world_size)
         );
 
         // ---- resume
         let metrics_path = run.join(METRICS_FILE);
-        let (state, history) =
-            restore(cfg, run, &metrics_path, resume, existing, &mut vs, &mut opt)?;
-        crate::util::write_jsonl(&metrics_path, &history)?;
-        let dynamics =
-            crate::fit::dynamics::LabelDynamics::start(run, train.len(), state.epoch, device)?;
-        let first_epoch = state.epoch + 1;
-        Ok(Self {
+        let (state, history) = restore(
+            cfg,
+            run,
+            &metrics_path,
+            resume && main,
+            existing,
+            &mut vs,
+            &mut opt,
+            world_size,
+        )?;
+        if main {
+            crate::util::write_jsonl(&metrics_path, &history)?;
+        }
+        // Only rank 0 writes the dynamics, so only it goes on from the file's epochs.
+        let done = if main { state.epoch } else { 0 };
+        let dynamics = LabelDynamics::start(run, train.len(), done, device)?;
+        Ok(move |comm| Self {
             cfg,
             run,
             device,
             bf16,
+            comm,
             ds,
             train: std::sync::Arc::new(train),
             eval_data,
@@ -543,10 +752,33 @@ impl<'a> Trainer<'a> {
             total_params,
             deployed_params,
             started: Instant::now(),
-            first_epoch,
+            first_epoch: 0,
             images_seen: 0,
             schedule: schedules(cfg),
         })
+    }
+
+    /// Every rank takes rank 0's weights (initial, loaded or resumed), optimizer moments and
+    /// position in the run; a no-op in one process.
+    fn start_from_main(&mut self) -> Result<()> {
+        if self.comm.size() > 1 {
+            let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+            vars.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut all: Vec<&Tensor> = vars.iter().map(|(_, t)| t).collect();
+            all.extend(self.opt.moments());
+            self.comm.broadcast_from_main(&all)?;
+            let s = &self.state;
+            let numbers =
+                Tensor::from_slice(&[s.epoch as i64, s.global_step as i64, s.optimizer_step]);
+            self.comm.broadcast_from_main(&[&numbers])?;
+            let n = Vec::<i64>::try_from(&numbers)?;
+            self.state.epoch = n[0] as usize;
+            self.state.global_step = n[1] as u64;
+            self.state.optimizer_step = n[2];
+            self.opt.step = n[2];
+        }
+        self.first_epoch = self.state.epoch + 1;
+        Ok(())
     }
 
     /// One epoch's training steps; batches are cut on a prefetch thread while a step runs.
@@ -556,31 +788,49 @@ impl<'a> Trainer<'a> {
         for t in &self.backbone_vars {
             let _ = t.set_requires_grad(!frozen);
         }
-        if frozen && epoch == self.first_epoch {
+        let main = self.comm.is_main();
+        if frozen && epoch == self.first_epoch && main {
             tracing::info!(
                 "backbone frozen for epochs 1-{}: only the classifiers and the uncertainty module train",
                 cfg.train.freeze_trunk_epochs
             );
         }
         let epoch_start = Instant::now();
+        // Each rank draws its own augmentation (rank 0 as one process would).
+        let (rank, world) = (self.comm.rank(), self.comm.size());
         tch::manual_seed(
             (cfg.train.seed as i64)
                 .wrapping_mul(1_000_003)
-                .wrapping_add(epoch as i64),
+                .wrapping_add(epoch as i64)
+                .wrapping_add((rank as i64) << 40),
         );
+        // The same batches on every rank (seeded by the run and the epoch), each rank taking
+        // its share of every batch: the job's batch is train.batch_size, as in one process.
         let mut sampler_rng = ChaCha8Rng::seed_from_u64(cfg.train.seed);
         sampler_rng.set_stream(2 * epoch as u64);
-        let batches = epoch_batches(
-            &self.train.labels,
+        let labels = &self.train.labels;
+        let shards: Vec<Shard> = epoch_batches(
+            labels,
             self.ds.num_classes(),
             cfg.train.batch_size,
-            cfg.train.min_per_class,
+            cfg.train.min_per_class * world,
             &mut sampler_rng,
-        );
-        let pb = crate::util::progress(
-            batches.len() as u64,
-            &format!("epoch {epoch}/{}", cfg.train.epochs),
-        );
+        )
+        .into_iter()
+        .map(|batch| Shard {
+            positions: shard_positions(&batch, labels, world, rank),
+            batch,
+        })
+        .collect();
+        let batches: Vec<Vec<usize>> = shards.iter().map(Shard::indices).collect();
+        let pb = if main {
+            crate::util::progress(
+                batches.len() as u64,
+                &format!("epoch {epoch}/{}", cfg.train.epochs),
+            )
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
         let lr = self.schedule[epoch].lr;
         let pre = cfg.data.preprocess;
         let eac = cfg.train.mode == Mode::Eac;
@@ -600,19 +850,19 @@ impl<'a> Trainer<'a> {
         let train = std::sync::Arc::clone(&self.train);
         std::thread::scope(|scope| -> Result<()> {
             let mut aug_rng = ChaCha8Rng::seed_from_u64(cfg.train.seed);
-            aug_rng.set_stream(2 * epoch as u64 + 1);
+            aug_rng.set_stream(2 * epoch as u64 + 1 + ((rank as u64) << 32));
             let images = std::sync::Arc::clone(&train);
             let rx = prefetch(scope, cfg.data.prefetch.max(1), &batches, move |idx| {
                 train_batch(&images, idx, &pre, &aug, &mut aug_rng).into_tensors(pre.crop, pin)
             });
-            let mut warned = epoch != self.first_epoch;
+            let mut warned = epoch != self.first_epoch || !main;
             for (i, batch) in rx.iter().enumerate() {
-                pending.push(self.step(&batch, epoch, i + 1, lr));
+                pending.push(self.step(&batch, &shards[i], epoch, i + 1, lr)?);
                 pb.inc(1);
                 if pending.len() < SYNC_EVERY {
                     continue;
                 }
-                stats.absorb(std::mem::take(&mut pending), epoch)?;
+                stats.absorb(std::mem::take(&mut pending), epoch, &self.comm)?;
                 let rate = stats.images as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9);
                 if !warned && stats.steps >= WARN_AFTER_STEPS {
                     warned = true;
@@ -623,15 +873,25 @@ impl<'a> Trainer<'a> {
                 }
                 pb.set_message(format!("{} | {rate:.0} img/s", stats.shown()));
             }
-            stats.absorb(pending, epoch)
+            stats.absorb(pending, epoch, &self.comm)
         })?;
         pb.finish_and_clear();
         stats.seconds = epoch_start.elapsed().as_secs_f64();
         Ok(stats)
     }
 
-    /// One optimisation step; its reported values stay on the device.
-    fn step(&mut self, batch: &ReadyBatch, epoch: usize, step: usize, lr: f64) -> StepValues {
+    /// One optimisation step; its reported values stay on the device. In a distributed job
+    /// `batch` is this rank's share of `shard`'s batch, and the gradients are averaged across
+    /// the ranks before the update (after the backward pass: tch has no autograd hooks to
+    /// overlap them with it), so every rank applies the same update.
+    fn step(
+        &mut self,
+        batch: &ReadyBatch,
+        shard: &Shard,
+        epoch: usize,
+        step: usize,
+        lr: f64,
+    ) -> Result<StepValues> {
         let cfg = self.cfg;
         let (x, y, indices) = batch.to_device(self.device);
         // The forward pass may run under bf16 autocast; the losses always run in fp32 outside
@@ -662,6 +922,10 @@ impl<'a> Trainer<'a> {
         if let Some(buffer) = &self.elr_targets {
             let reg = elr_step(buffer, &out.target_logits, &indices, cfg.train.elr_beta);
             add_regulariser(&mut terms, reg, cfg.train.elr_lambda);
+            if self.comm.size() > 1 {
+                // Every rank's targets: the rows this step moved on each rank.
+                share_rows(&self.comm, buffer, &indices, shard)?;
+            }
         }
         self.dynamics.record(&out.target_logits, &y, &indices);
         // The module's own output: the normalised weights average 1 by construction.
@@ -691,17 +955,21 @@ impl<'a> Trainer<'a> {
         let present = Term::ALL.map(|t| term(t).is_some());
         self.opt.zero_grad();
         terms.total.backward();
+        if self.comm.size() > 1 {
+            let grads = self.opt.gradients();
+            self.comm.mean(&grads.iter().collect::<Vec<_>>())?;
+        }
         self.opt
             .step(lr)
             .expect("fused Adam on tensors it was built for");
         self.state.global_step += 1;
-        StepValues {
+        Ok(StepValues {
             values,
             present,
             images: batch.len(),
             step,
             global_step: self.state.global_step,
-        }
+        })
     }
 
     /// EAC's two views in one pass: the (erased) batch and its mirror image. Returns the first
@@ -730,7 +998,21 @@ impl<'a> Trainer<'a> {
         let cfg = self.cfg;
         self.images_seen += stats.images;
         let eval_start = Instant::now();
-        let eval_report = self.evaluate();
+        if self.comm.size() > 1 {
+            // Batch-norm statistics are kept per rank during the epoch; the model evaluated
+            // and saved has their mean. The label dynamics add up every rank's images.
+            let running: Vec<Tensor> = self
+                .vs
+                .variables()
+                .into_iter()
+                .filter(|(n, _)| n.ends_with("running_mean") || n.ends_with("running_var"))
+                .collect::<std::collections::BTreeMap<_, _>>()
+                .into_values()
+                .collect();
+            self.comm.mean(&running.iter().collect::<Vec<_>>())?;
+            self.comm.sum(&self.dynamics.accumulators())?;
+        }
+        let eval_report = self.evaluate()?;
         let Schedule {
             lr,
             ramps: (w_u, w_d),
@@ -760,20 +1042,23 @@ impl<'a> Trainer<'a> {
         } else {
             String::new()
         };
-        tracing::info!("{}{eta}", epoch_line(&metrics, cfg.train.epochs));
-        append_metrics(&self.metrics_path, &metrics)?;
-        self.history.push(metrics);
-        plot_curves(&self.run.join(CURVES_FILE), &self.history)?;
-
         if let Some(r) = &eval_report {
             if self.state.best_accuracy.is_none_or(|b| r.accuracy > b) {
                 self.state.best_accuracy = Some(r.accuracy);
                 self.state.best_epoch = Some(epoch);
             }
         }
-        self.dynamics.finish_epoch(self.run, epoch)?;
         self.state.epoch = epoch;
         self.state.optimizer_step = self.opt.step;
+        if !self.comm.is_main() {
+            self.dynamics.clear();
+            return Ok(());
+        }
+        tracing::info!("{}{eta}", epoch_line(&metrics, cfg.train.epochs));
+        append_metrics(&self.metrics_path, &metrics)?;
+        self.history.push(metrics);
+        plot_curves(&self.run.join(CURVES_FILE), &self.history)?;
+        self.dynamics.finish_epoch(self.run, epoch)?;
         checkpoint::save(
             self.run,
             &self.vs,
@@ -784,26 +1069,34 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
-    fn evaluate(&self) -> Option<EvalReport> {
-        self.eval_data.as_ref().map(|e| {
-            eval::evaluate(
-                &self.net,
-                e,
-                &self.ds.info.classes,
-                &self.cfg.data.preprocess,
-                self.device,
-            )
-        })
+    /// The evaluation split, sharded across the ranks of a distributed job.
+    fn evaluate(&self) -> Result<Option<EvalReport>> {
+        self.eval_data
+            .as_ref()
+            .map(|e| {
+                eval::evaluate_sharded(
+                    &self.net,
+                    e,
+                    &self.ds.info.classes,
+                    &self.cfg.data.preprocess,
+                    self.device,
+                    &self.comm,
+                )
+            })
+            .transpose()
     }
 
     /// Final weights, final evaluation, summary.
     fn finish(self) -> Result<FitSummary> {
         let train_seconds = self.started.elapsed().as_secs_f64();
-        self.vs
-            .save(self.run.join(checkpoint::MODEL_FILE))
-            .context("cannot write the final weights")?;
-        let final_eval = self.evaluate();
-        if let Some(r) = &final_eval {
+        let main = self.comm.is_main();
+        if main {
+            self.vs
+                .save(self.run.join(checkpoint::MODEL_FILE))
+                .context("cannot write the final weights")?;
+        }
+        let final_eval = self.evaluate()?;
+        if let (Some(r), true) = (&final_eval, main) {
             eval::write(self.run, r)?;
         }
         let summary = FitSummary {
@@ -817,11 +1110,16 @@ impl<'a> Trainer<'a> {
             train_seconds,
             images_per_second: self.images_seen as f64 / train_seconds.max(1e-9),
             final_eval,
+            world_size: self.comm.size(),
         };
-        crate::util::write_atomic(
-            &self.run.join(SUMMARY_FILE),
-            serde_json::to_string_pretty(&summary)?.as_bytes(),
-        )?;
+        if main {
+            crate::util::write_atomic(
+                &self.run.join(SUMMARY_FILE),
+                serde_json::to_string_pretty(&summary)?.as_bytes(),
+            )?;
+        }
+        // Rank 0 hosts the job's store: it leaves last.
+        self.comm.barrier()?;
         Ok(summary)
     }
 }

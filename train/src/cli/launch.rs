@@ -1,0 +1,67 @@
+//! `fit --nproc N`: a one-machine distributed job without torchrun. The command re-runs itself
+//! N times with torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE,
+//! MASTER_ADDR=127.0.0.1, MASTER_PORT a free port), waits for every rank and fails when any
+//! rank failed.
+
+use anyhow::{bail, Context, Result};
+use std::process::{Child, Command};
+
+pub fn spawn_local(n: usize) -> Result<()> {
+    // A port free now; rank 0's store binds it a moment later.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("cannot find a free local port for the job's store")?
+        .port();
+    let exe = std::env::current_exe().context("cannot locate this executable")?;
+    eprintln!(
+        "fit --nproc {n}: starting ranks 0-{} on 127.0.0.1:{port}",
+        n - 1
+    );
+    let mut ranks: Vec<(usize, Child)> = Vec::with_capacity(n);
+    for rank in 0..n {
+        let mut cmd = Command::new(&exe);
+        cmd.args(std::env::args_os().skip(1))
+            .env("RANK", rank.to_string())
+            .env("LOCAL_RANK", rank.to_string())
+            .env("WORLD_SIZE", n.to_string())
+            .env("LOCAL_WORLD_SIZE", n.to_string())
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string());
+        match cmd.spawn() {
+            Ok(child) => ranks.push((rank, child)),
+            Err(e) => {
+                for (_, c) in &mut ranks {
+                    let _ = c.kill();
+                }
+                bail!("cannot start rank {rank}: {e}");
+            }
+        }
+    }
+    // Each rank stops by itself when another fails (within --dist-timeout).
+    let mut failed = Vec::new();
+    for (rank, mut child) in ranks {
+        let status = child
+            .wait()
+            .with_context(|| format!("cannot wait for rank {rank}"))?;
+        if !status.success() {
+            failed.push(match status.code() {
+                Some(code) => format!("rank {rank} exited with status {code}"),
+                None => {
+                    use std::os::unix::process::ExitStatusExt;
+                    format!(
+                        "rank {rank} was killed by signal {}",
+                        status.signal().unwrap_or(0)
+                    )
+                }
+            });
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} (their errors are above); run the same command with --resume to continue from \
+             the last checkpoint",
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}

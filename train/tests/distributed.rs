@@ -1,0 +1,344 @@
+//! Data-parallel training (`fit --nproc`, c10d over Gloo on loopback): two ranks take the same
+//! steps as one process on the whole batch, evaluation is sharded without changing a figure,
+//! checkpoints remember the job's size, and a killed rank stops the other with an error that
+//! names it, after which the job resumes.
+
+mod common;
+
+use common::{ok, run, text, TINY};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+fn dataset() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("dmue-dist-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        ok(&[
+            "synth",
+            "--out",
+            dir.to_str().unwrap(),
+            "--train",
+            "84",
+            "--test",
+            "28",
+            "--size",
+            "48",
+            "--seed",
+            "5",
+            "--flip-rate",
+            "0.2",
+        ]);
+        dir
+    })
+}
+
+fn fit_args(out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "fit",
+        "--data",
+        dataset().to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+fn fit(out: &Path, extra: &[&str]) -> String {
+    let args = fit_args(out, extra);
+    ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+fn tensors(path: &Path) -> HashMap<String, tch::Tensor> {
+    tch::Tensor::read_safetensors(path)
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+fn skip_without_c10d() -> bool {
+    // A build without gloo's headers says so and refuses --nproc; nothing else to test then.
+    let tmp = tempfile::tempdir().unwrap();
+    let args = fit_args(
+        &tmp.path().join("probe"),
+        &[
+            "--nproc",
+            "2",
+            "--epochs",
+            "1",
+            "--dist-timeout",
+            "30",
+            "--mode",
+            "baseline",
+        ],
+    );
+    let mut full = args.clone();
+    full.extend(TINY.iter().map(|s| s.to_string()));
+    let o = run(&full.iter().map(String::as_str).collect::<Vec<_>>());
+    let t = text(&o);
+    if t.contains("built without c10d") {
+        eprintln!("SKIPPED: this dmue-train has no c10d (run scripts/setup.sh and rebuild)");
+        return true;
+    }
+    assert!(o.status.success(), "a 2-rank run failed:\n{t}");
+    false
+}
+
+/// The union-batch equality: a network without batch-dependent layers (dlib's face ResNet has
+/// affine layers, no batch norm), no random crop or flip, and per-sample losses. The mean of the
+/// two ranks' gradients on their halves is then the gradient on the whole batch, so after every
+/// step the ranks hold what one process training on the whole batch holds: plain CE for 12
+/// steps, and ELR for 6, whose running targets (a per-image table in the checkpoint) must match
+/// too: each rank moves the rows of its half and receives the other's.
+#[test]
+fn two_ranks_train_like_one_process_on_the_union_batch() {
+    if skip_without_c10d() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    for (mode, epochs) in [("baseline", "2"), ("elr", "1")] {
+        let same = [
+            "--mode",
+            mode,
+            "--backbone",
+            "face-resnet",
+            "--epochs",
+            epochs,
+            "--set",
+            "model.width=4",
+            "--set",
+            "data.preprocess.resize=112",
+            "--set",
+            "data.preprocess.crop=112",
+            "--set",
+            "data.hflip=false",
+            "--set",
+            "train.batch_size=14",
+            "--set",
+            "train.threads=1",
+        ];
+        let one = tmp.path().join(format!("{mode}-one"));
+        let two = tmp.path().join(format!("{mode}-two"));
+        fit(&one, &same);
+        let mut with_ranks = same.to_vec();
+        with_ranks.extend(["--nproc", "2"]);
+        let log = fit(&two, &with_ranks);
+        assert!(log.contains("2 ranks of 7 images per step"), "{log}");
+
+        let (a, b) = (
+            tensors(&one.join("model.safetensors")),
+            tensors(&two.join("model.safetensors")),
+        );
+        assert_eq!(a.len(), b.len());
+        assert_eq!(a.contains_key("elr_targets"), mode == "elr");
+        let mut worst = (0f64, String::new());
+        for (name, t) in &a {
+            let d = (t - &b[name]).abs().max().double_value(&[]);
+            if d > worst.0 {
+                worst = (d, name.clone());
+            }
+        }
+        assert!(
+            worst.0 <= 1e-5,
+            "{mode}: 2 ranks vs 1 process: {} differs by {:e}",
+            worst.1,
+            worst.0
+        );
+        // The job's training figures are the whole batch's, as in one process.
+        let metrics = |dir: &Path| -> Vec<(f64, f64)> {
+            std::fs::read_to_string(dir.join("metrics.jsonl"))
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    (
+                        v["loss"].as_f64().unwrap(),
+                        v["train_accuracy"].as_f64().unwrap(),
+                    )
+                })
+                .collect()
+        };
+        let (ma, mb) = (metrics(&one), metrics(&two));
+        assert_eq!(ma.len(), epochs.parse::<usize>().unwrap());
+        for (x, y) in ma.iter().zip(&mb) {
+            assert!(
+                (x.0 - y.0).abs() <= 1e-5,
+                "{mode}: epoch loss {x:?} vs {y:?}"
+            );
+            assert_eq!(x.1, y.1, "{mode}: train accuracy");
+        }
+    }
+}
+
+/// A DMUE run (batch norm, every loss term) on 2 ranks: the sharded evaluation equals one
+/// process's evaluation of the same weights, the checkpoint records 2 ranks, and resuming it
+/// on another number of ranks is refused with the reason.
+#[test]
+fn sharded_evaluation_matches_one_process_and_the_job_size_is_kept() {
+    if skip_without_c10d() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("dmue");
+    let mut args = vec!["--epochs", "2", "--nproc", "2"];
+    args.extend(TINY);
+    // DMUE needs 2 images of each of the 7 classes on each rank.
+    args.extend(["--set", "train.batch_size=28"]);
+    fit(&out, &args);
+    let job: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("eval-test.json")).unwrap())
+            .unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["world_size"], 2);
+    let state = std::fs::read_to_string(out.join("checkpoints/epoch-0002/state.json")).unwrap();
+    assert!(state.contains("\"world_size\": 2"), "{state}");
+
+    // One process evaluates the saved weights (and rewrites eval-test.json): the same
+    // confusion matrix.
+    ok(&["eval", out.to_str().unwrap(), "--device", "cpu"]);
+    let one: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("eval-test.json")).unwrap())
+            .unwrap();
+    assert_eq!(job["confusion"], one["confusion"]);
+    assert_eq!(job["images"], 28);
+
+    // Resuming on one process: a clear error, nothing changed.
+    let mut resume = vec!["--epochs", "3", "--resume"];
+    resume.extend(TINY);
+    resume.extend(["--set", "train.batch_size=28"]);
+    let o = run(&fit_args(&out, &resume)
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(
+        t.contains("trained on 2 process(es) and this job has 1"),
+        "{t}"
+    );
+    // A batch that does not split across the ranks is refused before training.
+    let mut odd = vec!["--epochs", "1", "--nproc", "2"];
+    odd.extend(TINY);
+    odd.extend(["--set", "train.batch_size=15"]);
+    let o = run(&fit_args(&tmp.path().join("odd"), &odd)
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("does not split evenly across 2 ranks"),
+        "{}",
+        text(&o)
+    );
+}
+
+/// The children of `pid` with their RANK.
+#[cfg(target_os = "linux")]
+fn ranks_of(pid: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: the fields after the last ')'.
+        let ppid: u32 = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        if ppid != pid {
+            continue;
+        }
+        let env = std::fs::read(format!("/proc/{child}/environ")).unwrap_or_default();
+        if let Some(rank) = env
+            .split(|&b| b == 0)
+            .map(|kv| String::from_utf8_lossy(kv).into_owned())
+            .find_map(|kv| kv.strip_prefix("RANK=").map(str::to_string))
+        {
+            out.push((child, rank));
+        }
+    }
+    out
+}
+
+/// SIGKILL rank 1 in the middle of epoch 2: rank 0 stops within the timeout with an error
+/// naming rank 1, the launcher fails, and the same command with --resume finishes the run from
+/// the last checkpoint.
+#[test]
+#[cfg(target_os = "linux")]
+fn a_killed_rank_stops_the_job_with_its_name_and_the_job_resumes() {
+    if skip_without_c10d() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("killed");
+    let mut extra = vec!["--epochs", "6", "--nproc", "2", "--dist-timeout", "60"];
+    extra.extend(TINY);
+    extra.extend(["--set", "train.batch_size=28"]);
+    let args = fit_args(&out, &extra);
+    let launcher = common::bin()
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !out.join("checkpoints/epoch-0001").exists() {
+        assert!(Instant::now() < deadline, "no first checkpoint");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ranks = ranks_of(launcher.id());
+    let victim = ranks
+        .iter()
+        .find(|(_, r)| r == "1")
+        .unwrap_or_else(|| panic!("rank 1 not found among {ranks:?}"))
+        .0;
+    let killed_at = Instant::now();
+    std::process::Command::new("kill")
+        .args(["-KILL", &victim.to_string()])
+        .status()
+        .unwrap();
+    let o = launcher.wait_with_output().unwrap();
+    let took = killed_at.elapsed();
+    let t = text(&o);
+    assert!(!o.status.success(), "the job survived a killed rank:\n{t}");
+    assert!(
+        took < Duration::from_secs(60),
+        "rank 0 took {took:?} to stop"
+    );
+    assert!(t.contains("rank 1 was killed by signal 9"), "{t}");
+    assert!(
+        t.contains("rank 0 of 2:"),
+        "rank 0's error is missing:\n{t}"
+    );
+    assert!(t.contains("rank 1 stopped answering"), "{t}");
+
+    let mut again = extra.clone();
+    again.push("--resume");
+    let log = fit(&out, &again);
+    assert!(log.contains("resuming from"), "{log}");
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let epochs: Vec<u64> = metrics
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(epochs, vec![1, 2, 3, 4, 5, 6]);
+    assert!(out.join("model.safetensors").exists());
+}
