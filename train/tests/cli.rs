@@ -1226,25 +1226,12 @@ fn a_run_killed_anywhere_and_resumed_ends_bitwise_equal_to_an_uninterrupted_one(
     use std::time::{Duration, Instant};
     let tmp = tempfile::tempdir().unwrap();
     let args = |out: &Path, resume: bool| -> Vec<String> {
-        let mut a: Vec<String> = [
-            "fit",
-            "--data",
-            dataset().to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--device",
-            "cpu",
-            "--epochs",
-            "3",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        a.extend(TINY.iter().map(|s| s.to_string()));
+        let mut extra = vec!["--epochs", "3"];
+        extra.extend(TINY);
         if resume {
-            a.push("--resume".into());
+            extra.push("--resume");
         }
-        a
+        common::fit_args(dataset(), out, &extra)
     };
     let whole = tmp.path().join("whole");
     let t0 = Instant::now();

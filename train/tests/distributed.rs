@@ -36,20 +36,7 @@ fn dataset() -> &'static Path {
 }
 
 fn fit_args(out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = [
-        "fit",
-        "--data",
-        dataset().to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    a.extend(extra.iter().map(|s| s.to_string()));
-    a
+    common::fit_args(dataset(), out, extra)
 }
 
 fn fit(out: &Path, extra: &[&str]) -> String {
@@ -341,4 +328,45 @@ fn a_killed_rank_stops_the_job_with_its_name_and_the_job_resumes() {
         .collect();
     assert_eq!(epochs, vec![1, 2, 3, 4, 5, 6]);
     assert!(out.join("model.safetensors").exists());
+}
+
+/// SIGSTOP rank 1 (a hung rank: alive, silent): rank 0 stops within --dist-timeout naming it,
+/// and the launcher stops the hung rank a timeout later.
+#[test]
+#[cfg(target_os = "linux")]
+fn a_hung_rank_stops_the_job_within_the_timeout() {
+    if skip_without_c10d() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("hung");
+    let mut extra = vec!["--epochs", "20", "--nproc", "2", "--dist-timeout", "5"];
+    extra.extend(TINY);
+    extra.extend(["--set", "train.batch_size=28"]);
+    let launcher = common::bin()
+        .args(fit_args(&out, &extra))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !out.join("checkpoints/epoch-0001").exists() {
+        assert!(Instant::now() < deadline, "no first checkpoint");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ranks = ranks_of(launcher.id());
+    let victim = ranks.iter().find(|(_, r)| r == "1").expect("rank 1").0;
+    let stopped_at = Instant::now();
+    std::process::Command::new("kill")
+        .args(["-STOP", &victim.to_string()])
+        .status()
+        .unwrap();
+    let o = launcher.wait_with_output().unwrap();
+    let took = stopped_at.elapsed();
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t.contains("rank 1 stopped answering"), "{t}");
+    assert!(t.contains("rank 1 was stopped"), "{t}");
+    // 5 s of timeout, 3 s of heartbeat check, 5 s of grace, and start-up slack.
+    assert!(took < Duration::from_secs(40), "took {took:?}");
 }

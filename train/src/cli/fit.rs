@@ -72,14 +72,15 @@ pub struct FitArgs {
 
 pub fn run(a: FitArgs) -> Result<()> {
     let launch = dist::Launch::from_env()?;
+    let timeout = std::time::Duration::from_secs(a.dist_timeout.max(1));
     if launch.is_none() && a.nproc > 1 {
-        return super::launch::spawn_local(a.nproc);
+        return super::launch::spawn_local(a.nproc, timeout);
     }
     let rank = launch.as_ref().map_or(0, |l| l.rank);
     let job = trainer::Job {
         launch,
         backend: a.dist_backend,
-        timeout: std::time::Duration::from_secs(a.dist_timeout.max(1)),
+        timeout,
     };
     let mut edits: Vec<Edit> = Vec::new();
     if let Some(d) = a.data {

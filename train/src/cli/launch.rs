@@ -6,7 +6,9 @@
 use anyhow::{bail, Context, Result};
 use std::process::{Child, Command};
 
-pub fn spawn_local(n: usize) -> Result<()> {
+/// Starts `n` ranks of this command and waits for them. After a rank fails, the others get
+/// `grace` (the job's `--dist-timeout`) to stop by themselves before they are stopped.
+pub fn spawn_local(n: usize, grace: std::time::Duration) -> Result<()> {
     // A port free now; rank 0's store binds it a moment later.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -37,24 +39,48 @@ pub fn spawn_local(n: usize) -> Result<()> {
             }
         }
     }
-    // Each rank stops by itself when another fails (within --dist-timeout).
+    // Each rank stops by itself when another fails (at once when the other died; within
+    // --dist-timeout when it hangs). A rank still running `grace` after another failed (a hung
+    // one, or one waiting for a rendezvous that will never come) is stopped here.
     let mut failed = Vec::new();
-    for (rank, mut child) in ranks {
-        let status = child
-            .wait()
-            .with_context(|| format!("cannot wait for rank {rank}"))?;
-        if !status.success() {
-            failed.push(match status.code() {
-                Some(code) => format!("rank {rank} exited with status {code}"),
-                None => {
-                    use std::os::unix::process::ExitStatusExt;
-                    format!(
-                        "rank {rank} was killed by signal {}",
-                        status.signal().unwrap_or(0)
-                    )
+    let mut first_failure: Option<std::time::Instant> = None;
+    let mut running = ranks;
+    while !running.is_empty() {
+        let mut still = Vec::with_capacity(running.len());
+        for (rank, mut child) in running {
+            match child
+                .try_wait()
+                .with_context(|| format!("cannot wait for rank {rank}"))?
+            {
+                None => still.push((rank, child)),
+                Some(status) if status.success() => {}
+                Some(status) => {
+                    first_failure.get_or_insert_with(std::time::Instant::now);
+                    failed.push(match status.code() {
+                        Some(code) => format!("rank {rank} exited with status {code}"),
+                        None => {
+                            use std::os::unix::process::ExitStatusExt;
+                            let signal = status.signal().unwrap_or(0);
+                            format!("rank {rank} was killed by signal {signal}")
+                        }
+                    });
                 }
-            });
+            }
         }
+        running = still;
+        if first_failure.is_some_and(|t| t.elapsed() > grace) {
+            for (rank, child) in &mut running {
+                eprintln!(
+                    "fit --nproc: rank {rank} still runs {} s after another rank failed: stopping it",
+                    grace.as_secs()
+                );
+                let _ = child.kill();
+                let _ = child.wait();
+                failed.push(format!("rank {rank} was stopped"));
+            }
+            running.clear();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
     if !failed.is_empty() {
         bail!(

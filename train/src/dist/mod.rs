@@ -47,6 +47,7 @@ extern "C" {
         err_len: c_ulong,
     ) -> c_int;
     fn dmue_dist_barrier(group: *mut c_void, err: *mut c_char, err_len: c_ulong) -> c_int;
+    fn dmue_set_grad(param: *const torch_sys::C_tensor, grad: *const torch_sys::C_tensor);
     fn dmue_dist_store_clone(
         group: *mut c_void,
         out: *mut *mut c_void,
@@ -357,9 +358,19 @@ impl Comm {
         Ok(())
     }
 
-    /// Replaces each tensor by its mean over the ranks (the gradients after a backward pass),
-    /// summed in buckets of flat buffers. Every rank must pass the same shapes in the same
-    /// order: the same model and the same code path give the same defined gradients.
+    /// Replaces the gradients in `buckets` by their mean over the ranks, in place.
+    pub fn average_gradients(&self, buckets: &GradBuckets) -> Result<()> {
+        for flat in &buckets.flats {
+            self.sum(&[flat])?;
+            tch::no_grad(|| {
+                let _ = flat.shallow_clone().divide_scalar_(self.size as f64);
+            });
+        }
+        Ok(())
+    }
+
+    /// Replaces each tensor by its mean over the ranks, summed in buckets of flat buffers.
+    /// Every rank must pass the same shapes in the same order.
     pub fn mean(&self, ts: &[&Tensor]) -> Result<()> {
         if self.group.is_none() {
             return Ok(());
@@ -440,6 +451,37 @@ impl Drop for Comm {
                 let _ = h.join();
             }
         }
+    }
+}
+
+/// The gradients of a model's parameters laid out in a few flat buffers (PyTorch DDP's
+/// "gradient as bucket view"): each parameter's gradient is a view into its bucket, so the
+/// backward pass accumulates straight into the buffers the ranks sum, with no copy in or out.
+pub struct GradBuckets {
+    flats: Vec<Tensor>,
+}
+
+impl GradBuckets {
+    /// Buffers of zeros for `params` (in order, at most [`BUCKET_BYTES`] each), installed as
+    /// their gradients. Zeroing a gradient in place keeps the view.
+    pub fn install(params: &[&Tensor]) -> Self {
+        let flats = buckets(params)
+            .into_iter()
+            .map(|chunk| {
+                let n: i64 = chunk.iter().map(|t| t.numel() as i64).sum();
+                let flat = Tensor::zeros([n], (chunk[0].kind(), chunk[0].device()));
+                let mut offset = 0i64;
+                for p in chunk {
+                    let k = p.numel() as i64;
+                    let view = flat.narrow(0, offset, k).view(p.size().as_slice());
+                    // SAFETY: both are live tensors; libtorch keeps its own references.
+                    unsafe { dmue_set_grad(p.as_ptr(), view.as_ptr()) };
+                    offset += k;
+                }
+                flat
+            })
+            .collect();
+        Self { flats }
     }
 }
 

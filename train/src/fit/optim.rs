@@ -60,14 +60,9 @@ impl Adam {
         }
     }
 
-    /// The defined gradients, in the parameters' (name) order: the same list on every rank of
-    /// a distributed job.
-    pub fn gradients(&self) -> Vec<Tensor> {
-        self.params
-            .iter()
-            .map(|(_, p)| p.grad())
-            .filter(|g| g.defined())
-            .collect()
+    /// The parameters, in name order: the same list on every rank of a distributed job.
+    pub fn parameters(&self) -> Vec<&Tensor> {
+        self.params.iter().map(|(_, p)| p).collect()
     }
 
     /// Both moments of every parameter, in the parameters' order.
@@ -95,8 +90,11 @@ impl Adam {
         let mut grads = Vec::with_capacity(self.params.len());
         for (i, (_, p)) in self.params.iter().enumerate() {
             let g = p.grad();
-            // No gradient: frozen this epoch (`train.freeze_trunk_epochs`) or unused.
-            if g.defined() {
+            // No gradient: frozen this epoch (`train.freeze_trunk_epochs`) or unused. (A
+            // distributed job gives every parameter a gradient buffer up front, see
+            // `dist::GradBuckets`: a frozen one then has a gradient of zeros, and is skipped by
+            // its `requires_grad`.)
+            if g.defined() && p.requires_grad() {
                 live.push(i);
                 grads.push(g);
             }

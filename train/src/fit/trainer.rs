@@ -3,7 +3,7 @@
 use crate::data::loader::{prefetch, train_batch, Augment, ReadyBatch, SplitImages};
 use crate::data::manifest::{Dataset, Split};
 use crate::data::sampler::{epoch_batches, shard_positions};
-use crate::dist::{Backend, Comm, Launch};
+use crate::dist::{Backend, Comm, GradBuckets, Launch};
 use crate::fit::checkpoint::{self, TrainState};
 use crate::fit::config::{Config, DeviceChoice, Mode, Precision};
 use crate::fit::dynamics::LabelDynamics;
@@ -589,6 +589,8 @@ struct Trainer<'a> {
     bf16: bool,
     /// This process's place in the job (one process: every collective is a no-op).
     comm: Comm,
+    /// The gradients as views into the buffers the ranks sum (a distributed job only).
+    grad_buckets: Option<GradBuckets>,
     ds: Dataset,
     /// Shared with the prefetch thread.
     train: std::sync::Arc<SplitImages>,
@@ -736,6 +738,7 @@ impl<'a> Trainer<'a> {
             device,
             bf16,
             comm,
+            grad_buckets: None,
             ds,
             train: std::sync::Arc::new(train),
             eval_data,
@@ -776,6 +779,7 @@ impl<'a> Trainer<'a> {
             self.state.global_step = n[1] as u64;
             self.state.optimizer_step = n[2];
             self.opt.step = n[2];
+            self.grad_buckets = Some(GradBuckets::install(&self.opt.parameters()));
         }
         self.first_epoch = self.state.epoch + 1;
         Ok(())
@@ -955,9 +959,8 @@ impl<'a> Trainer<'a> {
         let present = Term::ALL.map(|t| term(t).is_some());
         self.opt.zero_grad();
         terms.total.backward();
-        if self.comm.size() > 1 {
-            let grads = self.opt.gradients();
-            self.comm.mean(&grads.iter().collect::<Vec<_>>())?;
+        if let Some(buckets) = &self.grad_buckets {
+            self.comm.average_gradients(buckets)?;
         }
         self.opt
             .step(lr)

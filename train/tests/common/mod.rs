@@ -51,6 +51,19 @@ pub fn fails(args: &[&str]) -> String {
     text(&o)
 }
 
+/// `fit --data DATA --out OUT --device cpu` followed by `extra`, as owned arguments (for
+/// `bin().args(..)` on runs that are spawned, killed or repeated).
+pub fn fit_args(data: &std::path::Path, out: &std::path::Path, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = ["fit", "--data", data.to_str().unwrap(), "--out"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    a.push(out.to_str().unwrap().to_string());
+    a.extend(["--device", "cpu"].iter().map(|s| s.to_string()));
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
 /// `fit` settings for a fast run: width-4 ResNet-18 on 32x32 crops, batches of 14.
 pub const TINY: [&str; 10] = [
     "--set",
