@@ -360,13 +360,10 @@ impl Comm {
 
     /// Replaces the gradients in `buckets` by their mean over the ranks, in place.
     pub fn average_gradients(&self, buckets: &GradBuckets) -> Result<()> {
-        for flat in &buckets.flats {
-            self.sum(&[flat])?;
-            tch::no_grad(|| {
-                let _ = flat.shallow_clone().divide_scalar_(self.size as f64);
-            });
-        }
-        Ok(())
+        buckets
+            .flats
+            .iter()
+            .try_for_each(|flat| self.mean_flat(flat))
     }
 
     /// Replaces each tensor by its mean over the ranks, summed in buckets of flat buffers.
@@ -377,12 +374,18 @@ impl Comm {
         }
         for chunk in buckets(ts) {
             let flat = tch::no_grad(|| flatten(&chunk, self.device));
-            self.sum(&[&flat])?;
-            tch::no_grad(|| {
-                let _ = flat.shallow_clone().divide_scalar_(self.size as f64);
-                unflatten(&flat, &chunk)
-            });
+            self.mean_flat(&flat)?;
+            tch::no_grad(|| unflatten(&flat, &chunk));
         }
+        Ok(())
+    }
+
+    /// One flat buffer replaced by its mean over the ranks.
+    fn mean_flat(&self, flat: &Tensor) -> Result<()> {
+        self.sum(&[flat])?;
+        tch::no_grad(|| {
+            let _ = flat.shallow_clone().divide_scalar_(self.size as f64);
+        });
         Ok(())
     }
 
