@@ -124,15 +124,7 @@ fn fit_writes_a_complete_run_and_resume_continues_it() {
     let o = fit(dataset(), &run_dir, &["--epochs", "2", "--resume"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("resuming from"), "{}", text(&o));
-    let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
-    let epochs: Vec<u64> = metrics
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
+    let epochs = common::metrics_epochs(&run_dir);
     assert_eq!(epochs, vec![1, 2]);
     assert_eq!(
         std::fs::read_to_string(run_dir.join("checkpoints/latest")).unwrap(),

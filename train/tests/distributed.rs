@@ -261,23 +261,16 @@ fn ranks_of(pid: u32) -> Vec<(u32, String)> {
     out
 }
 
-/// SIGKILL rank 1 in the middle of epoch 2: rank 0 stops within the timeout with an error
-/// naming rank 1, the launcher fails, and the same command with --resume finishes the run from
-/// the last checkpoint.
-#[test]
+/// Starts `fit` with `extra` (a 2-rank job) into `out`, waits for its first checkpoint, and
+/// sends `signal` to rank 1. Returns the launcher and when the signal was sent.
 #[cfg(target_os = "linux")]
-fn a_killed_rank_stops_the_job_with_its_name_and_the_job_resumes() {
-    if skip_without_c10d() {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("killed");
-    let mut extra = vec!["--epochs", "6", "--nproc", "2", "--dist-timeout", "60"];
-    extra.extend(TINY);
-    extra.extend(["--set", "train.batch_size=28"]);
-    let args = fit_args(&out, &extra);
+fn signal_rank_1_after_epoch_1(
+    out: &Path,
+    extra: &[&str],
+    signal: &str,
+) -> (std::process::Child, Instant) {
     let launcher = common::bin()
-        .args(&args)
+        .args(fit_args(out, extra))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -293,11 +286,29 @@ fn a_killed_rank_stops_the_job_with_its_name_and_the_job_resumes() {
         .find(|(_, r)| r == "1")
         .unwrap_or_else(|| panic!("rank 1 not found among {ranks:?}"))
         .0;
-    let killed_at = Instant::now();
+    let sent = Instant::now();
     std::process::Command::new("kill")
-        .args(["-KILL", &victim.to_string()])
+        .args([signal, &victim.to_string()])
         .status()
         .unwrap();
+    (launcher, sent)
+}
+
+/// SIGKILL rank 1 in the middle of epoch 2: rank 0 stops within the timeout with an error
+/// naming rank 1, the launcher fails, and the same command with --resume finishes the run from
+/// the last checkpoint.
+#[test]
+#[cfg(target_os = "linux")]
+fn a_killed_rank_stops_the_job_with_its_name_and_the_job_resumes() {
+    if skip_without_c10d() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("killed");
+    let mut extra = vec!["--epochs", "6", "--nproc", "2", "--dist-timeout", "60"];
+    extra.extend(TINY);
+    extra.extend(["--set", "train.batch_size=28"]);
+    let (launcher, killed_at) = signal_rank_1_after_epoch_1(&out, &extra, "-KILL");
     let o = launcher.wait_with_output().unwrap();
     let took = killed_at.elapsed();
     let t = text(&o);
@@ -317,15 +328,7 @@ fn a_killed_rank_stops_the_job_with_its_name_and_the_job_resumes() {
     again.push("--resume");
     let log = fit(&out, &again);
     assert!(log.contains("resuming from"), "{log}");
-    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
-    let epochs: Vec<u64> = metrics
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
+    let epochs = common::metrics_epochs(&out);
     assert_eq!(epochs, vec![1, 2, 3, 4, 5, 6]);
     assert!(out.join("model.safetensors").exists());
 }
@@ -343,24 +346,7 @@ fn a_hung_rank_stops_the_job_within_the_timeout() {
     let mut extra = vec!["--epochs", "20", "--nproc", "2", "--dist-timeout", "5"];
     extra.extend(TINY);
     extra.extend(["--set", "train.batch_size=28"]);
-    let launcher = common::bin()
-        .args(fit_args(&out, &extra))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !out.join("checkpoints/epoch-0001").exists() {
-        assert!(Instant::now() < deadline, "no first checkpoint");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let ranks = ranks_of(launcher.id());
-    let victim = ranks.iter().find(|(_, r)| r == "1").expect("rank 1").0;
-    let stopped_at = Instant::now();
-    std::process::Command::new("kill")
-        .args(["-STOP", &victim.to_string()])
-        .status()
-        .unwrap();
+    let (launcher, stopped_at) = signal_rank_1_after_epoch_1(&out, &extra, "-STOP");
     let o = launcher.wait_with_output().unwrap();
     let took = stopped_at.elapsed();
     let t = text(&o);

@@ -64,6 +64,19 @@ pub fn fit_args(data: &std::path::Path, out: &std::path::Path, extra: &[&str]) -
     a
 }
 
+/// The epoch numbers of a run's metrics.jsonl, in order.
+pub fn metrics_epochs(run: &std::path::Path) -> Vec<u64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
 /// `fit` settings for a fast run: width-4 ResNet-18 on 32x32 crops, batches of 14.
 pub const TINY: [&str; 10] = [
     "--set",
