@@ -11,27 +11,7 @@ use std::sync::OnceLock;
 /// A tiny dataset rendered once per test binary and copied by tests that modify it.
 fn dataset() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("dmue-cli-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let d = dir.to_str().unwrap();
-        ok(&[
-            "synth",
-            "--out",
-            d,
-            "--train",
-            "84",
-            "--test",
-            "28",
-            "--size",
-            "48",
-            "--seed",
-            "3",
-            "--flip-rate",
-            "0.2",
-        ]);
-        dir
-    })
+    DIR.get_or_init(|| common::tiny_synth("cli-test", 3))
 }
 
 fn copy_dir(src: &Path, dst: &Path) {

@@ -13,26 +13,7 @@ use std::time::{Duration, Instant};
 
 fn dataset() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("dmue-dist-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        ok(&[
-            "synth",
-            "--out",
-            dir.to_str().unwrap(),
-            "--train",
-            "84",
-            "--test",
-            "28",
-            "--size",
-            "48",
-            "--seed",
-            "5",
-            "--flip-rate",
-            "0.2",
-        ]);
-        dir
-    })
+    DIR.get_or_init(|| common::tiny_synth("dist-test", 5))
 }
 
 fn fit_args(out: &Path, extra: &[&str]) -> Vec<String> {

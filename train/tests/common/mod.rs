@@ -64,6 +64,31 @@ pub fn fit_args(data: &std::path::Path, out: &std::path::Path, extra: &[&str]) -
     a
 }
 
+/// The tiny synthetic dataset the CLI tests train on (84 training and 28 test faces of 48
+/// pixels, 20 % of the training labels flipped), rendered from `seed` into a temporary
+/// directory named after `name` and this process.
+pub fn tiny_synth(name: &str, seed: u64) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("dmue-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let seed = seed.to_string();
+    ok(&[
+        "synth",
+        "--out",
+        dir.to_str().unwrap(),
+        "--train",
+        "84",
+        "--test",
+        "28",
+        "--size",
+        "48",
+        "--seed",
+        &seed,
+        "--flip-rate",
+        "0.2",
+    ]);
+    dir
+}
+
 /// The epoch numbers of a run's metrics.jsonl, in order.
 pub fn metrics_epochs(run: &std::path::Path) -> Vec<u64> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
