@@ -3,7 +3,6 @@
 //    default is fp16). dmue_set_cuda_autocast_bf16 selects bf16 for CUDA autocast.
 // 2. libtorch's fused Adam (at::_fused_adam_, the kernel behind torch.optim.Adam(fused=True), on
 //    CPU and CUDA): one call updates every parameter instead of ~6 kernels per tensor.
-// 3. Setting a parameter's gradient tensor (dmue_set_grad).
 #include <ATen/autocast_mode.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/_fused_adam.h>
@@ -11,10 +10,6 @@
 #include <cstdio>
 #include <exception>
 #include <vector>
-
-// A parameter's gradient replaced by `grad` (a view into a distributed job's flat buffer; see
-// GradBuckets in dist/mod.rs): autograd then accumulates into it in place.
-extern "C" void dmue_set_grad(at::Tensor *param, at::Tensor *grad) { param->mutable_grad() = *grad; }
 
 extern "C" void dmue_set_cuda_autocast_bf16() {
   at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);

@@ -47,7 +47,19 @@ extern "C" {
         err_len: c_ulong,
     ) -> c_int;
     fn dmue_dist_barrier(group: *mut c_void, err: *mut c_char, err_len: c_ulong) -> c_int;
-    fn dmue_set_grad(param: *const torch_sys::C_tensor, grad: *const torch_sys::C_tensor);
+    fn dmue_reducer_new(
+        group: *mut c_void,
+        params: *const *const torch_sys::C_tensor,
+        n: c_long,
+        first_cap_bytes: c_long,
+        cap_bytes: c_long,
+        out: *mut *mut c_void,
+        err: *mut c_char,
+        err_len: c_ulong,
+    ) -> c_int;
+    fn dmue_reducer_arm(reducer: *mut c_void, err: *mut c_char, err_len: c_ulong) -> c_int;
+    fn dmue_reducer_finish(reducer: *mut c_void, err: *mut c_char, err_len: c_ulong) -> c_int;
+    fn dmue_reducer_free(reducer: *mut c_void);
     fn dmue_dist_store_clone(
         group: *mut c_void,
         out: *mut *mut c_void,
@@ -156,8 +168,14 @@ impl Backend {
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 /// How often each rank bumps its heartbeat counter.
 const HEARTBEAT: Duration = Duration::from_secs(1);
-/// Gradients are summed in flat buffers of at most this many bytes (fewer, larger messages).
+/// Tensors are broadcast and averaged in flat buffers of at most this many bytes (fewer, larger
+/// messages).
 const BUCKET_BYTES: i64 = 16 << 20;
+/// Gradient buckets: the first one small, so that the exchange starts early in the backward
+/// pass, the others large enough that a message's fixed cost is small (PyTorch's DDP: 1 and 25
+/// MB; measured here in docs/performance.md).
+const FIRST_GRAD_BUCKET_BYTES: i64 = 1 << 20;
+const GRAD_BUCKET_BYTES: i64 = 4 << 20;
 
 /// A raw c10d handle (a `Group` of dist_shim.cpp).
 struct Handle(*mut c_void);
@@ -358,12 +376,38 @@ impl Comm {
         Ok(())
     }
 
-    /// Replaces the gradients in `buckets` by their mean over the ranks, in place.
-    pub fn average_gradients(&self, buckets: &GradBuckets) -> Result<()> {
-        buckets
-            .flats
-            .iter()
-            .try_for_each(|flat| self.mean_flat(flat))
+    /// A reducer of `params`' gradients (the same list on every rank); none in a one-process
+    /// job.
+    pub fn grad_reducer(&self, params: &[&Tensor]) -> Result<Option<GradReducer>> {
+        let Some(g) = &self.group else {
+            return Ok(None);
+        };
+        let p = ptrs(params);
+        let mut raw: *mut c_void = std::ptr::null_mut();
+        // SAFETY: live tensors borrowed for the call (the reducer keeps its own references), a
+        // live handle, a writable out pointer.
+        call(|e, n| unsafe {
+            dmue_reducer_new(
+                g.main.0,
+                p.as_ptr(),
+                p.len() as c_long,
+                FIRST_GRAD_BUCKET_BYTES as c_long,
+                GRAD_BUCKET_BYTES as c_long,
+                &mut raw,
+                e,
+                n,
+            )
+        })
+        .map_err(|m| anyhow!("cannot lay out the gradient buckets: {m}"))?;
+        Ok(Some(GradReducer(raw)))
+    }
+
+    /// Ends a backward pass started after [`GradReducer::arm`]: every gradient is then the mean
+    /// over the ranks.
+    pub fn average_gradients(&self, reducer: &GradReducer) -> Result<()> {
+        // SAFETY: a live reducer of this job's live handle.
+        call(|e, n| unsafe { dmue_reducer_finish(reducer.0, e, n) })
+            .map_err(|m| self.failure("summing the gradients across the ranks", m))
     }
 
     /// Replaces each tensor by its mean over the ranks, summed in buckets of flat buffers.
@@ -457,34 +501,25 @@ impl Drop for Comm {
     }
 }
 
-/// The gradients of a model's parameters laid out in a few flat buffers (PyTorch DDP's
-/// "gradient as bucket view"): each parameter's gradient is a view into its bucket, so the
-/// backward pass accumulates straight into the buffers the ranks sum, with no copy in or out.
-pub struct GradBuckets {
-    flats: Vec<Tensor>,
+/// Sums a model's gradients across the ranks while the backward pass runs (`dist_shim.cpp`,
+/// PyTorch DDP's reducer): the gradients are views into flat buckets ("gradient as bucket view",
+/// no copy in or out), and a hook after each parameter's gradient launches the sum of a bucket
+/// once all of its parameters are done. Zeroing a gradient in place keeps the view.
+pub struct GradReducer(*mut c_void);
+
+impl GradReducer {
+    /// Before the backward pass whose gradients [`Comm::average_gradients`] then averages.
+    pub fn arm(&self) -> Result<()> {
+        // SAFETY: a live reducer.
+        call(|e, n| unsafe { dmue_reducer_arm(self.0, e, n) })
+            .map_err(|m| anyhow!("cannot hook the gradients: {m}"))
+    }
 }
 
-impl GradBuckets {
-    /// Buffers of zeros for `params` (in order, at most [`BUCKET_BYTES`] each), installed as
-    /// their gradients. Zeroing a gradient in place keeps the view.
-    pub fn install(params: &[&Tensor]) -> Self {
-        let flats = buckets(params)
-            .into_iter()
-            .map(|chunk| {
-                let n: i64 = chunk.iter().map(|t| t.numel() as i64).sum();
-                let flat = Tensor::zeros([n], (chunk[0].kind(), chunk[0].device()));
-                let mut offset = 0i64;
-                for p in chunk {
-                    let k = p.numel() as i64;
-                    let view = flat.narrow(0, offset, k).view(p.size().as_slice());
-                    // SAFETY: both are live tensors; libtorch keeps its own references.
-                    unsafe { dmue_set_grad(p.as_ptr(), view.as_ptr()) };
-                    offset += k;
-                }
-                flat
-            })
-            .collect();
-        Self { flats }
+impl Drop for GradReducer {
+    fn drop(&mut self) {
+        // SAFETY: created by dmue_reducer_new, freed once here.
+        unsafe { dmue_reducer_free(self.0) }
     }
 }
 

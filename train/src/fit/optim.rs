@@ -92,7 +92,7 @@ impl Adam {
             let g = p.grad();
             // No gradient: frozen this epoch (`train.freeze_trunk_epochs`) or unused. (A
             // distributed job gives every parameter a gradient buffer up front, see
-            // `dist::GradBuckets`: a frozen one then has a gradient of zeros, and is skipped by
+            // `dist::GradReducer`: a frozen one then has a gradient of zeros, and is skipped by
             // its `requires_grad`.)
             if g.defined() && p.requires_grad() {
                 live.push(i);

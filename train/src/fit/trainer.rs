@@ -3,7 +3,7 @@
 use crate::data::loader::{prefetch, train_batch, Augment, ReadyBatch, SplitImages};
 use crate::data::manifest::{Dataset, Split};
 use crate::data::sampler::{epoch_batches, shard_positions};
-use crate::dist::{Backend, Comm, GradBuckets, Launch};
+use crate::dist::{Backend, Comm, GradReducer, Launch};
 use crate::fit::checkpoint::{self, TrainState};
 use crate::fit::config::{Config, DeviceChoice, Mode, Precision};
 use crate::fit::dynamics::LabelDynamics;
@@ -587,10 +587,11 @@ struct Trainer<'a> {
     run: &'a Path,
     device: Device,
     bf16: bool,
+    /// Sums the gradients across the ranks during the backward pass (a distributed job only).
+    /// Declared before `comm`, so it is dropped before the job's handle.
+    grad_reducer: Option<GradReducer>,
     /// This process's place in the job (one process: every collective is a no-op).
     comm: Comm,
-    /// The gradients as views into the buffers the ranks sum (a distributed job only).
-    grad_buckets: Option<GradBuckets>,
     ds: Dataset,
     /// Shared with the prefetch thread.
     train: std::sync::Arc<SplitImages>,
@@ -738,7 +739,7 @@ impl<'a> Trainer<'a> {
             device,
             bf16,
             comm,
-            grad_buckets: None,
+            grad_reducer: None,
             ds,
             train: std::sync::Arc::new(train),
             eval_data,
@@ -779,7 +780,7 @@ impl<'a> Trainer<'a> {
             self.state.global_step = n[1] as u64;
             self.state.optimizer_step = n[2];
             self.opt.step = n[2];
-            self.grad_buckets = Some(GradBuckets::install(&self.opt.parameters()));
+            self.grad_reducer = self.comm.grad_reducer(&self.opt.parameters())?;
         }
         self.first_epoch = self.state.epoch + 1;
         Ok(())
@@ -886,8 +887,8 @@ impl<'a> Trainer<'a> {
 
     /// One optimisation step; its reported values stay on the device. In a distributed job
     /// `batch` is this rank's share of `shard`'s batch, and the gradients are averaged across
-    /// the ranks before the update (after the backward pass: tch has no autograd hooks to
-    /// overlap them with it), so every rank applies the same update.
+    /// the ranks before the update (summed while the backward pass runs, see
+    /// `dist::GradReducer`), so every rank applies the same update.
     fn step(
         &mut self,
         batch: &ReadyBatch,
@@ -958,9 +959,12 @@ impl<'a> Trainer<'a> {
         });
         let present = Term::ALL.map(|t| term(t).is_some());
         self.opt.zero_grad();
+        if let Some(reducer) = &self.grad_reducer {
+            reducer.arm()?;
+        }
         terms.total.backward();
-        if let Some(buckets) = &self.grad_buckets {
-            self.comm.average_gradients(buckets)?;
+        if let Some(reducer) = &self.grad_reducer {
+            self.comm.average_gradients(reducer)?;
         }
         self.opt
             .step(lr)
