@@ -202,11 +202,10 @@ fn sharded_evaluation_matches_one_process_and_the_job_size_is_kept() {
         .map(String::as_str)
         .collect::<Vec<_>>());
     assert!(!o.status.success());
-    assert!(
-        text(&o).contains("does not split evenly across 2 ranks"),
-        "{}",
-        text(&o)
-    );
+    let t = text(&o);
+    assert!(t.contains("does not split evenly across 2 ranks"), "{t}");
+    // Nothing to resume from: the launcher does not suggest it.
+    assert!(!t.contains("--resume"), "{t}");
 }
 
 /// The children of `pid` with their RANK.
@@ -242,14 +241,9 @@ fn ranks_of(pid: u32) -> Vec<(u32, String)> {
     out
 }
 
-/// Starts `fit` with `extra` (a 2-rank job) into `out`, waits for its first checkpoint, and
-/// sends `signal` to rank 1. Returns the launcher and when the signal was sent.
+/// Starts `fit` with `extra` (a 2-rank job) into `out` and waits for its first checkpoint.
 #[cfg(target_os = "linux")]
-fn signal_rank_1_after_epoch_1(
-    out: &Path,
-    extra: &[&str],
-    signal: &str,
-) -> (std::process::Child, Instant) {
+fn start_until_epoch_1(out: &Path, extra: &[&str]) -> std::process::Child {
     let launcher = common::bin()
         .args(fit_args(out, extra))
         .stdout(std::process::Stdio::piped())
@@ -261,6 +255,26 @@ fn signal_rank_1_after_epoch_1(
         assert!(Instant::now() < deadline, "no first checkpoint");
         std::thread::sleep(Duration::from_millis(20));
     }
+    launcher
+}
+
+#[cfg(target_os = "linux")]
+fn send(signal: &str, pid: u32) {
+    std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
+}
+
+/// Starts `fit` with `extra` (a 2-rank job) into `out`, waits for its first checkpoint, and
+/// sends `signal` to rank 1. Returns the launcher and when the signal was sent.
+#[cfg(target_os = "linux")]
+fn signal_rank_1_after_epoch_1(
+    out: &Path,
+    extra: &[&str],
+    signal: &str,
+) -> (std::process::Child, Instant) {
+    let launcher = start_until_epoch_1(out, extra);
     let ranks = ranks_of(launcher.id());
     let victim = ranks
         .iter()
@@ -268,11 +282,45 @@ fn signal_rank_1_after_epoch_1(
         .unwrap_or_else(|| panic!("rank 1 not found among {ranks:?}"))
         .0;
     let sent = Instant::now();
-    std::process::Command::new("kill")
-        .args([signal, &victim.to_string()])
-        .status()
-        .unwrap();
+    send(signal, victim);
     (launcher, sent)
+}
+
+/// SIGTERM to `fit --nproc` (how a batch scheduler or `kill` stops a job): both ranks get it and
+/// stop, and the launcher says so and how to resume. Without the forwarding the ranks would go
+/// on training, orphaned.
+#[test]
+#[cfg(target_os = "linux")]
+fn a_stopped_launcher_stops_its_ranks() {
+    if skip_without_c10d() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("stopped");
+    let mut extra = vec!["--epochs", "20", "--nproc", "2", "--dist-timeout", "60"];
+    extra.extend(TINY);
+    extra.extend(["--set", "train.batch_size=28"]);
+    let launcher = start_until_epoch_1(&out, &extra);
+    let ranks = ranks_of(launcher.id());
+    assert_eq!(ranks.len(), 2, "{ranks:?}");
+    let sent = Instant::now();
+    send("-TERM", launcher.id());
+    let o = launcher.wait_with_output().unwrap();
+    let took = sent.elapsed();
+    let running: Vec<u32> = ranks
+        .iter()
+        .map(|&(pid, _)| pid)
+        .filter(|pid| Path::new(&format!("/proc/{pid}")).exists())
+        .collect();
+    for &pid in &running {
+        send("-KILL", pid);
+    }
+    let t = text(&o);
+    assert!(running.is_empty(), "ranks {running:?} still ran:\n{t}");
+    assert!(!o.status.success(), "{t}");
+    assert!(t.contains("stopped on request"), "{t}");
+    assert!(t.contains("--resume"), "{t}");
+    assert!(took < Duration::from_secs(30), "took {took:?}");
 }
 
 /// SIGKILL rank 1 in the middle of epoch 2: rank 0 stops within the timeout with an error

@@ -74,7 +74,7 @@ pub fn run(a: FitArgs) -> Result<()> {
     let launch = dist::Launch::from_env()?;
     let timeout = std::time::Duration::from_secs(a.dist_timeout.max(1));
     if launch.is_none() && a.nproc > 1 {
-        return super::launch::spawn_local(a.nproc, timeout);
+        return super::launch::spawn_local(a.nproc, timeout, &a.out);
     }
     let rank = launch.as_ref().map_or(0, |l| l.rank);
     let job = trainer::Job {
@@ -135,14 +135,7 @@ pub fn run(a: FitArgs) -> Result<()> {
     if rank > 0 {
         return Ok(());
     }
-    println!(
-        "trained {} epochs in {:.1}s ({:.0} img/s) on {}; run directory {}",
-        s.epochs,
-        s.train_seconds,
-        s.images_per_second,
-        s.device,
-        s.run_dir.display()
-    );
+    println!("{}", super::finished_line("trained", &s));
     if let Some(r) = &s.final_eval {
         print!("{r}");
         println!("chance level {:.2}%", 100.0 / r.classes.len() as f64);

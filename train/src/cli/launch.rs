@@ -1,14 +1,25 @@
 //! `fit --nproc N`: a one-machine distributed job without torchrun. The command re-runs itself
 //! N times with torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE,
 //! MASTER_ADDR=127.0.0.1, MASTER_PORT a free port), waits for every rank and fails when any
-//! rank failed.
+//! rank failed. A SIGTERM or SIGINT sent to it (a batch scheduler's stop, `kill`) is passed on
+//! to the ranks.
 
 use anyhow::{bail, Context, Result};
+use std::path::Path;
 use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-/// Starts `n` ranks of this command and waits for them. After a rank fails, the others get
-/// `grace` (the job's `--dist-timeout`) to stop by themselves before they are stopped.
-pub fn spawn_local(n: usize, grace: std::time::Duration) -> Result<()> {
+/// Starts `n` ranks of this command, training into `out`, and waits for them. After a rank
+/// fails, the others get `grace` (the job's `--dist-timeout`) to stop by themselves before they
+/// are stopped.
+pub fn spawn_local(n: usize, grace: std::time::Duration, out: &Path) -> Result<()> {
+    // Registered before any rank starts, so no stop request is lost: it then reaches every rank.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("cannot watch for SIGTERM and SIGINT")?;
+    }
     // A port free now; rank 0's store binds it a moment later.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -44,6 +55,7 @@ pub fn spawn_local(n: usize, grace: std::time::Duration) -> Result<()> {
     // one, or one waiting for a rendezvous that will never come) is stopped here.
     let mut failed = Vec::new();
     let mut first_failure: Option<std::time::Instant> = None;
+    let mut stopped = false;
     let mut running = ranks;
     while !running.is_empty() {
         let mut still = Vec::with_capacity(running.len());
@@ -68,6 +80,17 @@ pub fn spawn_local(n: usize, grace: std::time::Duration) -> Result<()> {
             }
         }
         running = still;
+        if stop.swap(false, Ordering::Relaxed) {
+            // Ctrl-C reaches the ranks by itself (same process group); a SIGTERM sent to this
+            // process alone would not.
+            for (rank, child) in &running {
+                eprintln!("fit --nproc: stop requested, passing SIGTERM to rank {rank}");
+                // SAFETY: kill(2) on a child's pid, which is not reaped while it is in `running`.
+                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            }
+            first_failure.get_or_insert_with(std::time::Instant::now);
+            stopped = true;
+        }
         if first_failure.is_some_and(|t| t.elapsed() > grace) {
             for (rank, child) in &mut running {
                 eprintln!(
@@ -82,12 +105,15 @@ pub fn spawn_local(n: usize, grace: std::time::Duration) -> Result<()> {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    let resume = match dmue_train::fit::checkpoint::latest(out) {
+        Ok(Some(_)) => "; run the same command with --resume to continue from the last checkpoint",
+        _ => "",
+    };
+    if stopped {
+        bail!("stopped on request ({}){resume}", failed.join(", "));
+    }
     if !failed.is_empty() {
-        bail!(
-            "{} (their errors are above); run the same command with --resume to continue from \
-             the last checkpoint",
-            failed.join(", ")
-        );
+        bail!("{} (their errors are above){resume}", failed.join(", "));
     }
     Ok(())
 }

@@ -39,6 +39,18 @@ fn run_config(
     }
 }
 
+/// The first line `fit` and `pretrain` print when they finish: `verb` ("trained") N epochs...
+fn finished_line(verb: &str, s: &trainer::FitSummary) -> String {
+    format!(
+        "{verb} {} epochs in {:.1}s ({:.0} img/s) on {}; run directory {}",
+        s.epochs,
+        s.train_seconds,
+        s.images_per_second,
+        s.device,
+        s.run_dir.display()
+    )
+}
+
 /// The edits of the shorthand flags `fit` and `pretrain` share.
 fn shorthands(
     epochs: Option<usize>,

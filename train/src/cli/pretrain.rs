@@ -42,14 +42,7 @@ pub fn run(a: PretrainArgs) -> Result<()> {
     // Identity classification is plain training, whatever the files and --set say.
     cfg.train.mode = Mode::Baseline;
     let (s, path) = dmue_train::fit::pretrain::pretrain(&cfg, &a.out, a.resume)?;
-    println!(
-        "pretrained {} epochs in {:.1}s ({:.0} img/s) on {}; run directory {}",
-        s.epochs,
-        s.train_seconds,
-        s.images_per_second,
-        s.device,
-        s.run_dir.display()
-    );
+    println!("{}", super::finished_line("pretrained", &s));
     if let Some(r) = &s.final_eval {
         println!(
             "identity accuracy on held-out images of the same people: {:.2}% ({} images, {} identities, chance {:.2}%)",
