@@ -3,6 +3,8 @@
 #   torch==2.11.0        the libtorch that tch 0.24 links against (dmue-train)
 #   onnxruntime==1.32.0  libonnxruntime.so for dmue-serve --engine ort, and the parity tests
 #   onnx==1.23.2         the ONNX checker used by the tests
+#   nvidia-cuda-crt==13.0.88, nvidia-cuda-cccl==13.0.85  (with a CUDA torch wheel) the CUDA
+#                        headers the wheel lacks, for dmue-train's NCCL backend
 # and, from Debian, libgloo-dev's headers (.venv/gloo): torch's c10d headers include them, and
 # dmue-train's multi-process training is built against them (the code is torch's own).
 # Re-running it when everything is in place prints one line. After it, `cargo build` finds
@@ -14,6 +16,8 @@ cd "$(dirname "$0")/.."
 TORCH_VERSION=2.11.0
 ORT_VERSION=1.32.0
 ONNX_VERSION=1.23.2
+CUDA_CRT_VERSION=13.0.88
+CUDA_CCCL_VERSION=13.0.85
 VENV=.venv
 PY=${PYTHON:-python3}
 
@@ -30,6 +34,13 @@ have_torch=$(installed torch)
 if [ "${have_torch%%+*}" != "$TORCH_VERSION" ]; then
   echo "setup: installing torch==$TORCH_VERSION from PyPI (about 4.6 GB, 1-3 minutes)" >&2
   quiet_pip "torch==$TORCH_VERSION"
+fi
+# The CUDA headers the torch wheel brings lack two folders that c10d's NCCL headers include
+# (dmue-train's NCCL backend): `crt/` and CCCL's `nv/`. NVIDIA publishes both on PyPI.
+if [ -n "$(installed nvidia-cuda-runtime)" ] && { [ "$(installed nvidia-cuda-crt)" != "$CUDA_CRT_VERSION" ] \
+    || [ "$(installed nvidia-cuda-cccl)" != "$CUDA_CCCL_VERSION" ]; }; then
+  echo "setup: installing nvidia-cuda-crt==$CUDA_CRT_VERSION and nvidia-cuda-cccl==$CUDA_CCCL_VERSION from PyPI (CUDA headers, 3 MB)" >&2
+  quiet_pip --no-deps "nvidia-cuda-crt==$CUDA_CRT_VERSION" "nvidia-cuda-cccl==$CUDA_CCCL_VERSION"
 fi
 if [ "$(installed onnxruntime)" != "$ORT_VERSION" ] || [ "$(installed onnx)" != "$ONNX_VERSION" ]; then
   echo "setup: installing onnxruntime==$ORT_VERSION and onnx==$ONNX_VERSION from PyPI" >&2

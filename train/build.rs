@@ -47,14 +47,18 @@ fn main() {
         dist.include(&gloo)
             .define("DMUE_WITH_C10D", None)
             .define("USE_C10D_GLOO", None);
-        // NCCL's header comes with the wheel; the CUDA runtime headers the c10d NCCL headers
-        // include need the toolkit's `crt/` folder, which the wheel lacks: a CUDA toolkit
-        // (DMUE_CUDA_INCLUDE, default /usr/local/cuda/include) enables the NCCL backend.
+        // NCCL's header comes with the wheel, and so do the CUDA runtime headers the c10d NCCL
+        // headers include, all but their `crt/` folder, which scripts/setup.sh adds from PyPI
+        // (nvidia-cuda-crt). DMUE_CUDA_INCLUDE (or a toolkit in /usr/local/cuda) is used
+        // instead when set (or when the wheel's are incomplete).
         println!("cargo:rerun-if-env-changed=DMUE_CUDA_INCLUDE");
         let nccl = std::path::Path::new(&lib).join("../../nvidia/nccl/include");
-        let cuda = std::path::PathBuf::from(
-            std::env::var("DMUE_CUDA_INCLUDE").unwrap_or_else(|_| "/usr/local/cuda/include".into()),
-        );
+        let wheel_cuda = std::path::Path::new(&lib).join("../../nvidia/cu13/include");
+        let cuda = match std::env::var("DMUE_CUDA_INCLUDE") {
+            Ok(dir) => std::path::PathBuf::from(dir),
+            Err(_) if wheel_cuda.join("crt/host_config.h").exists() => wheel_cuda,
+            Err(_) => "/usr/local/cuda/include".into(),
+        };
         if has_cuda_lib(&lib)
             && nccl.join("nccl.h").exists()
             && cuda.join("crt/host_config.h").exists()
