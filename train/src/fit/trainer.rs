@@ -1175,6 +1175,7 @@ fn epoch_line(m: &EpochMetrics, epochs: usize) -> String {
         ("soft", m.soft),
         ("sp", m.sp),
         ("aux", m.aux),
+        ("reg", m.reg),
         ("alpha", m.alpha_mean),
     ] {
         if let Some(v) = v {
@@ -1246,6 +1247,9 @@ fn plot_curves(path: &Path, history: &[EpochMetrics]) -> Result<()> {
         ),
         ("L_sp (similarity preserving)", &|m: &EpochMetrics| m.sp),
         ("L_aux (auxiliary branches)", &|m: &EpochMetrics| m.aux),
+        ("regulariser (ELR, EAC), unweighted", &|m: &EpochMetrics| {
+            m.reg
+        }),
         ("mean alpha (module output)", &|m: &EpochMetrics| {
             m.alpha_mean
         }),

@@ -84,6 +84,8 @@ pub fn line_panels(path: &Path, panels: &[Panel], cols: usize) -> Result<()> {
         chart
             .configure_mesh()
             .x_desc("epoch")
+            // No more labels than whole epochs (a short run got "1 1 1 2 2 2 ...").
+            .x_labels(((x1 - x0).round() as usize + 1).clamp(2, 10))
             .label_style((FONT, 11))
             .x_label_formatter(&|v| format!("{v:.0}"))
             .y_label_formatter(&|v| axis_label(*v, y1 - y0))
