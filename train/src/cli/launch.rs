@@ -25,11 +25,29 @@ pub fn spawn_local(n: usize, grace: std::time::Duration, out: &Path) -> Result<(
         .and_then(|l| l.local_addr())
         .context("cannot find a free local port for the job's store")?
         .port();
-    let exe = std::env::current_exe().context("cannot locate this executable")?;
     eprintln!(
         "fit --nproc {n}: starting ranks 0-{} on 127.0.0.1:{port}",
         n - 1
     );
+    let ranks = start_ranks(n, port)?;
+    let (failed, stopped) = wait_for_ranks(ranks, &stop, grace)?;
+    let resume = match dmue_train::fit::checkpoint::latest(out) {
+        Ok(Some(_)) => "; run the same command with --resume to continue from the last checkpoint",
+        _ => "",
+    };
+    if stopped {
+        bail!("stopped on request ({}){resume}", failed.join(", "));
+    }
+    if !failed.is_empty() {
+        bail!("{} (their errors are above){resume}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// Starts ranks 0..n of this command with torchrun's environment; on a failed start the ranks
+/// already running are killed.
+fn start_ranks(n: usize, port: u16) -> Result<Vec<(usize, Child)>> {
+    let exe = std::env::current_exe().context("cannot locate this executable")?;
     let mut ranks: Vec<(usize, Child)> = Vec::with_capacity(n);
     for rank in 0..n {
         let mut cmd = Command::new(&exe);
@@ -50,6 +68,16 @@ pub fn spawn_local(n: usize, grace: std::time::Duration, out: &Path) -> Result<(
             }
         }
     }
+    Ok(ranks)
+}
+
+/// Waits for every rank; returns the failures (one line each) and whether a stop was requested
+/// through `stop`, which is passed on to the ranks as SIGTERM.
+fn wait_for_ranks(
+    ranks: Vec<(usize, Child)>,
+    stop: &AtomicBool,
+    grace: std::time::Duration,
+) -> Result<(Vec<String>, bool)> {
     // Each rank stops by itself when another fails (at once when the other died; within
     // --dist-timeout when it hangs). A rank still running `grace` after another failed (a hung
     // one, or one waiting for a rendezvous that will never come) is stopped here.
@@ -105,15 +133,5 @@ pub fn spawn_local(n: usize, grace: std::time::Duration, out: &Path) -> Result<(
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let resume = match dmue_train::fit::checkpoint::latest(out) {
-        Ok(Some(_)) => "; run the same command with --resume to continue from the last checkpoint",
-        _ => "",
-    };
-    if stopped {
-        bail!("stopped on request ({}){resume}", failed.join(", "));
-    }
-    if !failed.is_empty() {
-        bail!("{} (their errors are above){resume}", failed.join(", "));
-    }
-    Ok(())
+    Ok((failed, stopped))
 }
