@@ -84,16 +84,21 @@ run_job() {  # run_job ARM RATE SEED
   # Every arm: DMUE runs give latent distributions and alpha, the others their softmax.
   "$TRAIN" analyze "$dir" > "$dir.analyze.log" 2>&1 || true
   local secs=$(( $(date +%s) - t0 ))
-  python3 - "$dir" "$arm" "$rate" "$seed" "$secs" >> "$OUT/results.jsonl" <<'PY'
-import json, os, sys
-d, arm, rate, seed, secs = sys.argv[1:]
+  python3 - "$dir" "$arm" "$rate" "$seed" "$secs" "$OUT/results.jsonl" <<'PY'
+import fcntl, json, os, sys
+d, arm, rate, seed, secs, results = sys.argv[1:]
 ev = json.load(open(f"{d}/eval-test.json"))
 a = f"{d}/analysis.json"
-print(json.dumps({"regime": os.environ["REGIME"], "arm": arm, "flip_rate": float(rate),
-                  "seed": int(seed), "accuracy": ev["accuracy"],
-                  "per_class_recall": ev["per_class_recall"], "classes": ev["classes"],
-                  "seconds": int(secs),
-                  "analysis": json.load(open(a)) if os.path.exists(a) else None}))
+line = json.dumps({"regime": os.environ["REGIME"], "arm": arm, "flip_rate": float(rate),
+                   "seed": int(seed), "accuracy": ev["accuracy"],
+                   "per_class_recall": ev["per_class_recall"], "classes": ev["classes"],
+                   "seconds": int(secs),
+                   "analysis": json.load(open(a)) if os.path.exists(a) else None}) + "\n"
+# Runs finishing at once append under a lock and in one write: two lines once interleaved.
+fd = os.open(results, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, line.encode())
+os.close(fd)
 PY
   echo "$arm rate $rate seed $seed: $(python3 -c "import json;print(round(100*json.load(open('$dir/eval-test.json'))['accuracy'],2))") % (${secs} s)"
 }
