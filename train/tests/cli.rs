@@ -306,12 +306,13 @@ fn label_smoothing_and_gce_modes_train_the_plain_network() {
 /// its regulariser where it has one.
 #[test]
 fn peer_modes_and_hybrid_presets_train_and_report_their_terms() {
-    let cases: [(&[&str], &str, bool); 5] = [
+    let cases: [(&[&str], &str, bool); 6] = [
         (&["--mode", "sce"], "mode = \"sce\"", false),
         (&["--mode", "elr"], "mode = \"elr\"", true),
         (&["--mode", "eac"], "mode = \"eac\"", true),
         (&["--preset", "gce"], "target_loss = \"gce\"", false),
         (&["--preset", "elr"], "elr = true", true),
+        (&["--preset", "aux-grad-10"], "aux_trunk_grad = 0.1", false),
     ];
     for (extra, in_config, has_reg) in cases {
         let out = tempfile::tempdir().unwrap();
@@ -327,6 +328,28 @@ fn peer_modes_and_hybrid_presets_train_and_report_their_terms() {
         // Only the DMUE presets build the auxiliary branches.
         assert_eq!(m["aux"].is_null(), extra[0] == "--mode", "{extra:?}: {m}");
     }
+}
+
+/// With `loss.aux_detach_after_lr_drop` the run says in which epoch the auxiliary branches
+/// leave the trunk: the one after the first milestone.
+#[test]
+fn the_log_names_the_epoch_the_auxiliary_branches_leave_the_trunk() {
+    let out = tempfile::tempdir().unwrap();
+    let args = [
+        "--epochs",
+        "2",
+        "--set",
+        "train.lr_milestones=[1]",
+        "--set",
+        "loss.aux_detach_after_lr_drop=true",
+    ];
+    let o = fit(dataset(), out.path(), &args);
+    let msg = text(&o);
+    assert!(o.status.success(), "{msg}");
+    assert!(
+        msg.contains("from epoch 2 the auxiliary branches read the trunk detached"),
+        "{msg}"
+    );
 }
 
 /// A training split smaller than one batch stops before training, and the message names the

@@ -91,6 +91,10 @@ pub enum Preset {
     /// gce-target with the auxiliary branches on the detached trunk (their CE cannot make the
     /// trunk memorise wrong labels).
     AuxDetach,
+    /// gce-target with a tenth of the auxiliary branches' gradient reaching the trunk: the
+    /// best DMUE preset for long schedules.
+    #[value(name = "aux-grad-10")]
+    AuxGrad10,
     /// The paper's DMUE as written (alpha not normalised).
     Paper,
     /// DMUE as the authors' released code trains it.
@@ -122,6 +126,10 @@ impl Preset {
             Preset::AuxDetach => (
                 "preset aux-detach",
                 include_str!("../../../configs/variants/aux-detach.toml"),
+            ),
+            Preset::AuxGrad10 => (
+                "preset aux-grad-10",
+                include_str!("../../../configs/variants/aux-grad-10.toml"),
             ),
             Preset::Paper => (
                 "preset paper",

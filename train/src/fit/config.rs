@@ -327,6 +327,10 @@ impl Config {
         if !(0.0..=1.0).contains(&t.eac_erasing) {
             bail!("train.eac_erasing is a probability, got {}", t.eac_erasing);
         }
+        let share = self.loss.aux_trunk_grad;
+        if !(0.0..=1.0).contains(&share) {
+            bail!("loss.aux_trunk_grad is a share of a gradient, in [0, 1]; got {share}");
+        }
         if t.freeze_trunk_epochs > 0 && t.init.is_none() {
             bail!("train.freeze_trunk_epochs needs pretrained weights (train.init / --init)");
         }
@@ -547,6 +551,18 @@ mod tests {
         assert!(aux_detach.loss.aux_detach_trunk);
         aux_detach.loss.aux_detach_trunk = false;
         assert_eq!(aux_detach, Config::default());
+        // aux-detach-late is the default detached from the first learning-rate drop on.
+        let mut late = variant("aux-detach-late");
+        assert!(late.loss.aux_detach_after_lr_drop && !late.loss.aux_detach_trunk);
+        late.loss.aux_detach_after_lr_drop = false;
+        assert_eq!(late, Config::default());
+        // aux-grad-N is the default with N % of the auxiliary gradient reaching the trunk.
+        for (name, share) in [("aux-grad-10", 0.1), ("aux-grad-30", 0.3)] {
+            let mut scaled = variant(name);
+            assert_eq!(scaled.loss.aux_trunk_grad, share, "{name}");
+            scaled.loss.aux_trunk_grad = 1.0;
+            assert_eq!(scaled, Config::default(), "{name}");
+        }
         for (hybrid, mut expected) in [
             (gce, class_norm.clone()),
             (gce_target, class_norm.clone()),

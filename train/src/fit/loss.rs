@@ -74,6 +74,20 @@ pub struct LossConfig {
     /// memorise them; the trunk learns from the target branch's terms alone.
     #[serde(default)]
     pub aux_detach_trunk: bool,
+    /// `aux_detach_trunk` from the first learning-rate milestone on (not in the paper; default
+    /// false): while the rate is high the auxiliary branches help the trunk learn, after the
+    /// drop, when a run starts to fit its wrong labels, they no longer train it.
+    #[serde(default)]
+    pub aux_detach_after_lr_drop: bool,
+    /// The share of the auxiliary branches' gradient that reaches the shared trunk (not in the
+    /// paper; default 1, the paper's; 0 is `aux_detach_trunk`): between the two, they still
+    /// help the trunk learn early but push it less to fit their wrong labels.
+    #[serde(default = "one")]
+    pub aux_trunk_grad: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// A loss against the given (hard) label; both read the per-sample negative log-likelihood.
@@ -139,6 +153,8 @@ impl Default for LossConfig {
             aux_loss: HardLabel::Ce,
             elr: false,
             aux_detach_trunk: false,
+            aux_detach_after_lr_drop: false,
+            aux_trunk_grad: 1.0,
         }
     }
 }

@@ -203,12 +203,15 @@ pub fn apply_threads(cfg: &Config) {
     }
 }
 
-/// Where an epoch stands in the schedules: its learning rate (`train.lr_milestones`) and
-/// DMUE's ramps `(w_u, w_d)` (Eq. 12; `(1, 0)` for the single-network modes).
+/// Where an epoch stands in the schedules: its learning rate (`train.lr_milestones`),
+/// DMUE's ramps `(w_u, w_d)` (Eq. 12; `(1, 0)` for the single-network modes) and how the
+/// branches run (`loss.aux_detach_after_lr_drop` detaches the auxiliary branches from the
+/// first milestone on).
 #[derive(Debug, Clone, Copy)]
 struct Schedule {
     lr: f64,
     ramps: (f64, f64),
+    branches: Branches,
 }
 
 /// Every epoch's [`Schedule`], computed once; index 0 is unused (epochs count from 1).
@@ -222,6 +225,7 @@ fn schedules(cfg: &Config) -> Vec<Schedule> {
             } else {
                 (1.0, 0.0)
             },
+            branches: branches_for(cfg, epoch),
         })
         .collect()
 }
@@ -533,15 +537,27 @@ fn check_shares(cfg: &Config, world_size: usize, classes: Option<usize>) -> Resu
     Ok(())
 }
 
-/// How the training forward pass runs the branches. When no loss term reads the auxiliary
-/// branches (e.g. the confidence-only ablation) their forward pass is skipped, and they keep
-/// their initial weights.
-fn branches_for(cfg: &Config) -> Branches {
+/// How the training forward pass runs the branches in `epoch` (1-based). When no loss term
+/// reads the auxiliary branches (e.g. the confidence-only ablation) their forward pass is
+/// skipped, and they keep their initial weights.
+fn branches_for(cfg: &Config, epoch: usize) -> Branches {
     let multi = cfg.train.mode.multi_branch();
+    // Past the first learning-rate drop: the epochs in which a run fits its wrong labels.
+    let lr_dropped = cfg
+        .train
+        .lr_milestones
+        .iter()
+        .min()
+        .is_some_and(|&m| epoch > m);
+    let share = if cfg.loss.aux_detach_trunk || cfg.loss.aux_detach_after_lr_drop && lr_dropped {
+        0.0
+    } else {
+        cfg.loss.aux_trunk_grad
+    };
     if multi && !(cfg.loss.latent || cfg.loss.similarity_preserving) {
         Branches::TargetOnly
-    } else if multi && cfg.loss.aux_detach_trunk {
-        Branches::AuxOnDetachedTrunk
+    } else if multi && share < 1.0 {
+        Branches::AuxOnScaledTrunk(share)
     } else {
         Branches::Fused
     }
@@ -599,8 +615,6 @@ struct Trainer<'a> {
     vs: nn::VarStore,
     net: MultiBranchNet,
     opt: Adam,
-    /// How the branches run: fused, or the target alone when no loss reads the auxiliaries.
-    branches: Branches,
     /// ELR's running-average targets, one row per training image (`--mode elr`, `loss.elr`):
     /// an untrained variable of the VarStore, so checkpoints carry it and a resumed run goes on
     /// from it.
@@ -705,7 +719,6 @@ impl<'a> Trainer<'a> {
         let mut opt = Adam::new(&vs, cfg.train.weight_decay);
         let total_params = count_params(&vs, |_| true);
         let deployed_params = count_params(&vs, is_target_param);
-        let branches = branches_for(cfg);
         tracing::info!(
             "dmue-train fit: {:?} on {:?}, {c} classes, {} train images, {total_params} \
              parameters ({deployed_params} deployed){}",
@@ -746,7 +759,6 @@ impl<'a> Trainer<'a> {
             vs,
             net,
             opt,
-            branches,
             elr_targets,
             backbone_vars,
             state,
@@ -786,20 +798,37 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
-    /// One epoch's training steps; batches are cut on a prefetch thread while a step runs.
-    fn train_epoch(&mut self, epoch: usize) -> Result<EpochStats> {
+    /// Freezes or thaws the backbone for `epoch` and says when a phase starts (the frozen
+    /// backbone, the auxiliary branches leaving the trunk).
+    fn enter_epoch(&self, epoch: usize) {
         let cfg = self.cfg;
         let frozen = epoch <= cfg.train.freeze_trunk_epochs;
         for t in &self.backbone_vars {
             let _ = t.set_requires_grad(!frozen);
         }
-        let main = self.comm.is_main();
-        if frozen && epoch == self.first_epoch && main {
+        if !self.comm.is_main() {
+            return;
+        }
+        if frozen && epoch == self.first_epoch {
             tracing::info!(
                 "backbone frozen for epochs 1-{}: only the classifiers and the uncertainty module train",
                 cfg.train.freeze_trunk_epochs
             );
         }
+        let detached = |e: usize| self.schedule[e].branches == Branches::AuxOnScaledTrunk(0.0);
+        if detached(epoch) && (epoch == 1 || !detached(epoch - 1)) {
+            tracing::info!(
+                "from epoch {epoch} the auxiliary branches read the trunk detached: their terms no \
+                 longer train it"
+            );
+        }
+    }
+
+    /// One epoch's training steps; batches are cut on a prefetch thread while a step runs.
+    fn train_epoch(&mut self, epoch: usize) -> Result<EpochStats> {
+        let cfg = self.cfg;
+        self.enter_epoch(epoch);
+        let main = self.comm.is_main();
         let epoch_start = Instant::now();
         // Each rank draws its own augmentation (rank 0 as one process would).
         let (rank, world) = (self.comm.rank(), self.comm.size());
@@ -904,7 +933,10 @@ impl<'a> Trainer<'a> {
         let (out, consistency) = if cfg.train.mode == Mode::Eac {
             self.eac_forward(&x)
         } else {
-            let out = with_precision(self.bf16, || self.net.forward_with(&x, true, self.branches));
+            let out = with_precision(self.bf16, || {
+                self.net
+                    .forward_with(&x, true, self.schedule[epoch].branches)
+            });
             (out.to_fp32(), None)
         };
         let mut terms = if cfg.train.mode.multi_branch() {
@@ -1023,6 +1055,7 @@ impl<'a> Trainer<'a> {
         let Schedule {
             lr,
             ramps: (w_u, w_d),
+            ..
         } = self.schedule[epoch];
         let metrics = EpochMetrics {
             epoch,
@@ -1287,5 +1320,28 @@ mod tests {
         let w = long_run_warning(6.0, 2800, 40, Device::Cpu).unwrap();
         assert!(w.contains("5h11m") && w.contains("demo-cpu.toml"), "{w}");
         assert!(long_run_warning(700.0, 2800, 20, Device::Cpu).is_none());
+    }
+
+    /// `loss.aux_detach_after_lr_drop` keeps the auxiliary branches on the trunk up to the
+    /// first milestone (whichever order the list has) and detaches them after it.
+    #[test]
+    fn the_auxiliary_branches_leave_the_trunk_after_the_first_lr_drop() {
+        let mut cfg = Config::default();
+        cfg.train.lr_milestones = vec![9, 6];
+        let at = |cfg: &Config| (1..=8).map(|e| branches_for(cfg, e)).collect::<Vec<_>>();
+        assert_eq!(at(&cfg), vec![Branches::Fused; 8]);
+        cfg.loss.aux_detach_after_lr_drop = true;
+        let mut expected = vec![Branches::Fused; 6];
+        expected.extend([Branches::AuxOnScaledTrunk(0.0); 2]);
+        assert_eq!(at(&cfg), expected);
+        cfg.loss.aux_detach_trunk = true;
+        assert_eq!(at(&cfg), vec![Branches::AuxOnScaledTrunk(0.0); 8]);
+        cfg.loss.aux_detach_trunk = false;
+        cfg.loss.aux_detach_after_lr_drop = false;
+        cfg.loss.aux_trunk_grad = 0.3;
+        assert_eq!(at(&cfg), vec![Branches::AuxOnScaledTrunk(0.3); 8]);
+        // Single-network modes have no auxiliary branches to detach.
+        cfg.train.mode = Mode::Gce;
+        assert_eq!(at(&cfg), vec![Branches::Fused; 8]);
     }
 }

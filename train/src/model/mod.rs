@@ -406,7 +406,7 @@ impl TrainOutput {
 }
 
 /// How [`MultiBranchNet::forward_with`] runs the branches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Branches {
     /// Target and auxiliary branches as one stacked computation (the training default).
     Fused,
@@ -416,9 +416,10 @@ pub enum Branches {
     /// them).
     TargetOnly,
     /// The target branch on the trunk's features, the auxiliary branches one after another on
-    /// the same features detached (`loss.aux_detach_trunk`): no gradient of theirs reaches the
-    /// trunk.
-    AuxOnDetachedTrunk,
+    /// the same features with their gradient into the trunk scaled by the given share in
+    /// [0, 1) (`loss.aux_trunk_grad`; 0: detached, `loss.aux_detach_trunk`). The forward
+    /// values are unchanged.
+    AuxOnScaledTrunk(f64),
 }
 
 /// Trunk + target branch (+ C auxiliary branches + uncertainty module when multi-branch).
@@ -480,10 +481,12 @@ impl MultiBranchNet {
             Branches::Fused
             | Branches::Sequential
             | Branches::TargetOnly
-            | Branches::AuxOnDetachedTrunk => {
+            | Branches::AuxOnScaledTrunk(_) => {
                 let (target_feat, target_logits) = self.target.forward_t(&trunk, train);
                 let aux_input = match how {
-                    Branches::AuxOnDetachedTrunk => trunk.detach(),
+                    Branches::AuxOnScaledTrunk(0.0) => trunk.detach(),
+                    // The value of `trunk`, the gradient `s` times its own.
+                    Branches::AuxOnScaledTrunk(s) => trunk.detach() * (1.0 - s) + &trunk * s,
                     _ => trunk.shallow_clone(),
                 };
                 let (aux_feat, aux_logits) = match how {
@@ -631,7 +634,8 @@ mod tests {
     use tch::{Device, Kind};
 
     /// With the auxiliary branches on the detached trunk, a loss on their outputs alone trains
-    /// them and leaves the trunk without gradient; on the attached trunk it reaches the trunk.
+    /// them and leaves the trunk without gradient; on the attached trunk it reaches the trunk,
+    /// and on a scaled one the trunk's gradient is that share of the attached one.
     #[test]
     fn detached_auxiliary_branches_do_not_train_the_trunk() {
         let vs = nn::VarStore::new(Device::Cpu);
@@ -650,9 +654,11 @@ mod tests {
                 0.0
             }
         };
-        for (how, trunk_learns) in [
-            (Branches::Sequential, true),
-            (Branches::AuxOnDetachedTrunk, false),
+        let mut attached = None;
+        for (how, share) in [
+            (Branches::Sequential, 1.0),
+            (Branches::AuxOnScaledTrunk(0.25), 0.25),
+            (Branches::AuxOnScaledTrunk(0.0), 0.0),
         ] {
             for t in vars.values() {
                 let mut g = t.grad();
@@ -667,7 +673,13 @@ mod tests {
                 .map(|l| l.square().sum(Kind::Float))
                 .sum();
             aux.backward();
-            assert_eq!(grad_norm("conv1.weight") > 0.0, trunk_learns, "{how:?}");
+            let trunk = grad_norm("conv1.weight");
+            let full = *attached.get_or_insert(trunk);
+            assert!(full > 0.0);
+            assert!(
+                (trunk - share * full).abs() <= 1e-4 * full,
+                "{how:?}: {trunk} of {full}"
+            );
             assert!(grad_norm("aux.0.fc.weight") > 0.0, "{how:?}");
             // The same outputs either way.
             let reference = net.forward_with(&x, true, Branches::Sequential);
