@@ -205,8 +205,7 @@ pub fn apply_threads(cfg: &Config) {
 
 /// Where an epoch stands in the schedules: its learning rate (`train.lr_milestones`),
 /// DMUE's ramps `(w_u, w_d)` (Eq. 12; `(1, 0)` for the single-network modes) and how the
-/// branches run (`loss.aux_detach_after_lr_drop` detaches the auxiliary branches from the
-/// first milestone on).
+/// branches run ([`branches_for`]: `loss.aux_detach_after_lr_drop` changes it mid-run).
 #[derive(Debug, Clone, Copy)]
 struct Schedule {
     lr: f64,
