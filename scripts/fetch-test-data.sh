@@ -33,7 +33,7 @@ PY
 # Installs NAME==VERSION into the environment unless that version is there.
 pinned() {
   "$PY" -c "import importlib.metadata as m; assert m.version('${1%%==*}') == '${1##*==}'" 2>/dev/null \
-    || "$PY" -m pip install --disable-pip-version-check -q "$1"
+    || "$PY" -m pip install --disable-pip-version-check --no-cache-dir -q "$1"
 }
 pinned opencv-python-headless==4.12.0.88
 pinned dlib-bin==20.0.1.post1

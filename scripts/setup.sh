@@ -21,19 +21,51 @@ CUDA_CCCL_VERSION=13.0.85
 VENV=.venv
 PY=${PYTHON:-python3}
 
-quiet_pip() { "$VENV/bin/pip" install --disable-pip-version-check -q "$@"; }
+# No pip cache (it would hold a second copy of torch's ~3 GB of wheels), and wheels unpack on the
+# venv's own filesystem rather than in a /tmp that may be smaller.
+quiet_pip() { TMPDIR="$VENV/tmp" "$VENV/bin/pip" install --disable-pip-version-check --no-cache-dir -q "$@"; }
+
+# Free space on the venv's filesystem, in GiB, and a clear refusal when torch cannot fit.
+free_gib() { df -Pk "$VENV" | awk 'NR == 2 { printf "%.1f", $4 / 1048576 }'; }
+need_space() {
+  local need=$1 what=$2 free
+  free=$(free_gib)
+  if awk -v f="$free" -v n="$need" 'BEGIN { exit !(f < n) }'; then
+    echo "setup: error: $what needs about $need GiB free while it installs; $(df -P "$VENV" | awk 'NR == 2 { print $6 }') has $free GiB free. Free some space and run it again." >&2
+    exit 1
+  fi
+}
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "setup: creating $VENV" >&2
   "$PY" -m venv "$VENV"
 fi
+mkdir -p "$VENV/tmp"
 
 installed() { "$VENV/bin/python" -c "import importlib.metadata as m; print(m.version('$1'))" 2>/dev/null || true; }
 
 have_torch=$(installed torch)
-if [ "${have_torch%%+*}" != "$TORCH_VERSION" ]; then
-  echo "setup: installing torch==$TORCH_VERSION from PyPI (about 4.6 GB, 1-3 minutes)" >&2
-  quiet_pip "torch==$TORCH_VERSION"
+# The stamp says torch's requirements are in too (a run stopped between the two steps redoes them).
+torch_stamp=$VENV/.torch-$TORCH_VERSION-complete
+if [ "${have_torch%%+*}" != "$TORCH_VERSION" ] || [ ! -f "$torch_stamp" ]; then
+  need_space 6.5 "torch==$TORCH_VERSION"
+  echo "setup: installing torch==$TORCH_VERSION from PyPI (about 4 GB, 1-3 minutes)" >&2
+  # torch's requirements from its own metadata, less triton (0.6 GB, used only by
+  # torch.compile, which nothing here calls); pip's note that triton is missing is dropped.
+  [ "${have_torch%%+*}" = "$TORCH_VERSION" ] || quiet_pip --no-deps "torch==$TORCH_VERSION"
+  "$VENV/bin/python" - >"$VENV/tmp/torch-requirements.txt" <<'PY'
+import importlib.metadata as m
+for req in m.requires("torch") or []:
+    name = req.split(";")[0].strip().lower()
+    if "extra ==" not in req and not name.startswith("triton"):
+        print(req)
+PY
+  if ! quiet_pip -r "$VENV/tmp/torch-requirements.txt" 2> >(grep -v -e "dependency resolver does not currently" \
+      -e "dependency conflicts" -e "requires triton" >&2); then
+    echo "setup: error: installing torch's requirements failed" >&2
+    exit 1
+  fi
+  touch "$torch_stamp"
 fi
 # The CUDA headers the torch wheel brings lack two folders that c10d's NCCL headers include
 # (dmue-train's NCCL backend): `crt/` and CCCL's `nv/`. NVIDIA publishes both on PyPI.
