@@ -563,6 +563,11 @@ mod tests {
             scaled.loss.aux_trunk_grad = 1.0;
             assert_eq!(scaled, Config::default(), "{name}");
         }
+        // aux-belief is the default with the trunk's share weighted by the label belief.
+        let mut belief = variant("aux-belief");
+        assert!(belief.loss.aux_trunk_grad_by_belief);
+        belief.loss.aux_trunk_grad_by_belief = false;
+        assert_eq!(belief, Config::default());
         for (hybrid, mut expected) in [
             (gce, class_norm.clone()),
             (gce_target, class_norm.clone()),

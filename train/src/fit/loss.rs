@@ -84,6 +84,14 @@ pub struct LossConfig {
     /// help the trunk learn early but push it less to fit their wrong labels.
     #[serde(default = "one")]
     pub aux_trunk_grad: f64,
+    /// Each sample's share of the auxiliary gradient into the trunk (`aux_trunk_grad`) times
+    /// the target branch's probability of its label to the power `train.gce_q`, detached (not in
+    /// the paper; default false). The branches still learn their labels through their own loss,
+    /// but the trunk gets from them the gradient of GCE with the target branch's belief: a label
+    /// the target branch doubts, as it doubts most wrong labels, barely trains the trunk through
+    /// them. Early on every label is doubted alike and reaches it at about (1/C)^q.
+    #[serde(default)]
+    pub aux_trunk_grad_by_belief: bool,
 }
 
 fn one() -> f64 {
@@ -155,6 +163,7 @@ impl Default for LossConfig {
             aux_detach_trunk: false,
             aux_detach_after_lr_drop: false,
             aux_trunk_grad: 1.0,
+            aux_trunk_grad_by_belief: false,
         }
     }
 }
@@ -204,6 +213,17 @@ fn nll_per_sample(logits: &Tensor, labels: &Tensor) -> Tensor {
         .log_softmax(-1, Kind::Float)
         .gather(1, &labels.unsqueeze(1), false)
         .squeeze_dim(1)
+}
+
+/// How much the network believes each label: `p_y^q` from `logits [N, C]` and `labels [N]`, no
+/// gradient (`loss.aux_trunk_grad_by_belief`: the factor by which GCE's gradient is CE's).
+pub fn label_belief(logits: &Tensor, labels: &Tensor, q: f64) -> Tensor {
+    tch::no_grad(|| {
+        nll_per_sample(logits, labels)
+            .neg()
+            .exp()
+            .pow_tensor_scalar(q)
+    })
 }
 
 /// The weighted target term of DMUE with `loss` as the hard-label loss: Eq. 9's
@@ -1030,6 +1050,11 @@ pub(crate) mod tests {
         );
         // q -> 0 approaches CE (0.126928).
         assert!((scalar(&generalized_ce(&z, &labels(&[0]), 1e-4)) - 0.126928).abs() < 1e-4);
+        // The belief in each label: 0.880797^0.7 = 0.914983, 0.119203^0.7 = 0.225632.
+        let zz = t2(&[&[2.0, 0.0], &[2.0, 0.0]]);
+        let belief = label_belief(&zz, &labels(&[0, 1]), 0.7);
+        close(belief.double_value(&[0]), 0.914983);
+        close(belief.double_value(&[1]), 0.225632);
     }
 
     /// The stop-gradient options do what their names say: `sp_detach_aux` decides whether L_sp

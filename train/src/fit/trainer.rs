@@ -9,7 +9,7 @@ use crate::fit::config::{Config, DeviceChoice, Mode, Precision};
 use crate::fit::dynamics::LabelDynamics;
 use crate::fit::eval::{self, EvalReport};
 use crate::fit::loss::{
-    class_activation_maps, dmue_loss, elr_regulariser, elr_targets, flip_consistency,
+    class_activation_maps, dmue_loss, elr_regulariser, elr_targets, flip_consistency, label_belief,
     single_branch_loss, LossTerms,
 };
 use crate::fit::optim::Adam;
@@ -555,10 +555,31 @@ fn branches_for(cfg: &Config, epoch: usize) -> Branches {
     };
     if multi && !(cfg.loss.latent || cfg.loss.similarity_preserving) {
         Branches::TargetOnly
-    } else if multi && share < 1.0 {
+    } else if multi && (share < 1.0 || cfg.loss.aux_trunk_grad_by_belief) {
+        // With `aux_trunk_grad_by_belief` the step scales each sample's share further.
         Branches::AuxOnScaledTrunk(share)
     } else {
         Branches::Fused
+    }
+}
+
+/// The training forward pass of a step with the branches run as `how` says; with
+/// `loss.aux_trunk_grad_by_belief` each sample's share of the auxiliary gradient into the trunk
+/// is further scaled by the target branch's belief in its label `y`.
+fn training_forward(
+    net: &MultiBranchNet,
+    x: &Tensor,
+    y: &Tensor,
+    how: Branches,
+    cfg: &Config,
+) -> TrainOutput {
+    match how {
+        Branches::AuxOnScaledTrunk(share) if share > 0.0 && cfg.loss.aux_trunk_grad_by_belief => {
+            net.forward_aux_share_per_sample(x, true, |logits| {
+                label_belief(logits, y, cfg.train.gce_q) * share
+            })
+        }
+        _ => net.forward_with(x, true, how),
     }
 }
 
@@ -932,10 +953,8 @@ impl<'a> Trainer<'a> {
         let (out, consistency) = if cfg.train.mode == Mode::Eac {
             self.eac_forward(&x)
         } else {
-            let out = with_precision(self.bf16, || {
-                self.net
-                    .forward_with(&x, true, self.schedule[epoch].branches)
-            });
+            let how = self.schedule[epoch].branches;
+            let out = with_precision(self.bf16, || training_forward(&self.net, &x, &y, how, cfg));
             (out.to_fp32(), None)
         };
         let mut terms = if cfg.train.mode.multi_branch() {
@@ -1319,6 +1338,49 @@ mod tests {
         let w = long_run_warning(6.0, 2800, 40, Device::Cpu).unwrap();
         assert!(w.contains("5h11m") && w.contains("demo-cpu.toml"), "{w}");
         assert!(long_run_warning(700.0, 2800, 20, Device::Cpu).is_none());
+    }
+
+    /// With `loss.aux_trunk_grad_by_belief` a step's auxiliary gradient reaches the trunk scaled
+    /// per sample by `share * p_y^q` of the target branch: the trunk's gradient is that of the
+    /// per-sample path with those shares, and not the uniform one's.
+    #[test]
+    fn a_step_scales_the_trunk_gradient_by_each_labels_belief() {
+        let mut cfg = Config::default();
+        cfg.model.width = Some(4);
+        cfg.loss.aux_trunk_grad = 0.5;
+        let (vs, net) = network(&cfg, Device::Cpu, 7);
+        let x = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let y = Tensor::from_slice(&[0i64, 3, 5, 6]);
+        let conv1 = vs.variables()["conv1.weight"].shallow_clone();
+        let trunk_grad = |cfg: &Config, forward: &dyn Fn(&Config) -> TrainOutput| {
+            let mut g = conv1.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+            let out = forward(cfg);
+            let aux: Tensor = out
+                .aux_logits
+                .iter()
+                .map(|l| l.square().sum(Kind::Float))
+                .sum();
+            aux.backward();
+            conv1.grad().copy()
+        };
+        let step = |cfg: &Config| training_forward(&net, &x, &y, branches_for(cfg, 1), cfg);
+        let uniform = trunk_grad(&cfg, &step);
+        cfg.loss.aux_trunk_grad_by_belief = true;
+        let by_belief = trunk_grad(&cfg, &step);
+        let expected = trunk_grad(&cfg, &|cfg: &Config| {
+            net.forward_aux_share_per_sample(&x, true, |logits| {
+                let p = logits
+                    .softmax(-1, Kind::Float)
+                    .gather(1, &y.unsqueeze(1), false);
+                p.squeeze_dim(1).pow_tensor_scalar(cfg.train.gce_q) * 0.5
+            })
+        });
+        let norm = |t: &Tensor| t.abs().sum(Kind::Float).double_value(&[]);
+        assert!(norm(&(&by_belief - &expected)) <= 1e-5 * norm(&expected));
+        assert!(norm(&(&by_belief - &uniform)) > 0.1 * norm(&uniform));
     }
 
     /// `loss.aux_detach_after_lr_drop` keeps the auxiliary branches on the trunk up to the

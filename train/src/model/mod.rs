@@ -417,8 +417,9 @@ pub enum Branches {
     TargetOnly,
     /// The target branch on the trunk's features, the auxiliary branches one after another on
     /// the same features with their gradient into the trunk scaled by the given share in
-    /// [0, 1) (`loss.aux_trunk_grad`; 0: detached, `loss.aux_detach_trunk`). The forward
-    /// values are unchanged.
+    /// [0, 1] (`loss.aux_trunk_grad`; 0: detached, `loss.aux_detach_trunk`). The forward
+    /// values are unchanged. (With `loss.aux_trunk_grad_by_belief` the trainer runs it as
+    /// [`MultiBranchNet::forward_aux_share_per_sample`].)
     AuxOnScaledTrunk(f64),
 }
 
@@ -504,6 +505,40 @@ impl MultiBranchNet {
                     aux_logits,
                 }
             }
+        }
+    }
+
+    /// As [`Branches::AuxOnScaledTrunk`] with one share per sample: `shares` maps the target
+    /// branch's logits `[B, C]` to the samples' shares `[B]` in [0, 1]. The auxiliary branches
+    /// run one after another; the forward values are those of the other paths.
+    pub fn forward_aux_share_per_sample(
+        &self,
+        xs: &Tensor,
+        train: bool,
+        shares: impl FnOnce(&Tensor) -> Tensor,
+    ) -> TrainOutput {
+        let trunk = self.trunk.forward_t(xs, train);
+        let (target_feat, target_logits) = self.target.forward_t(&trunk, train);
+        let mut shape = vec![1i64; trunk.dim()];
+        shape[0] = -1;
+        let share = shares(&target_logits.detach())
+            .detach()
+            .to_kind(trunk.kind())
+            .reshape(&shape);
+        let fixed = trunk.detach();
+        // `trunk - fixed` is exactly 0 with `trunk`'s gradient: the value stays `trunk` to the
+        // bit, the gradient is each sample's share of it.
+        let aux_input = (&trunk - &fixed) * share + &fixed;
+        let (aux_feat, aux_logits) = self
+            .aux
+            .iter()
+            .map(|b| b.forward_t(&aux_input, train))
+            .unzip();
+        TrainOutput {
+            target_feat,
+            target_logits,
+            aux_feat,
+            aux_logits,
         }
     }
 
@@ -685,6 +720,54 @@ mod tests {
             let reference = net.forward_with(&x, true, Branches::Sequential);
             assert!(out.aux_logits[3].allclose(&reference.aux_logits[3], 1e-5, 1e-6, false));
         }
+    }
+
+    /// Each sample's gradient into the trunk through the auxiliary branches is scaled by its own
+    /// share: the trunk's gradient is linear in the per-sample gradients at its output, so
+    /// shares (1, 0) plus shares (0, 0.4) / 0.4 give shares (1, 1).
+    #[test]
+    fn per_sample_shares_scale_each_samples_trunk_gradient() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = ModelConfig {
+            width: Some(4),
+            ..Default::default()
+        };
+        let net = MultiBranchNet::new(&vs.root(), &cfg, 7, true);
+        let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let conv1 = vs.variables()["conv1.weight"].shallow_clone();
+        let trunk_grad = |shares: [f32; 2]| {
+            let mut g = conv1.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+            let out = net.forward_aux_share_per_sample(&x, true, |logits| {
+                assert_eq!(logits.size(), [2, 7]);
+                Tensor::from_slice(&shares)
+            });
+            let reference = net.forward_with(&x, true, Branches::Sequential);
+            assert!(out.aux_logits[2].equal(&reference.aux_logits[2]));
+            let aux: Tensor = out
+                .aux_logits
+                .iter()
+                .map(|l| l.square().sum(Kind::Float))
+                .sum();
+            aux.backward();
+            conv1.grad().copy()
+        };
+        let both = trunk_grad([1.0, 1.0]);
+        let first = trunk_grad([1.0, 0.0]);
+        let second = trunk_grad([0.0, 0.4]);
+        let norm = |t: &Tensor| t.abs().sum(Kind::Float).double_value(&[]);
+        let second_full = &second / 0.4;
+        // Each sample's part differs from the other's (one share for the batch would not).
+        assert!(norm(&(&first - &second_full)) > 0.01 * norm(&both));
+        let sum = &first + &second_full;
+        assert!(
+            norm(&(&sum - &both)) <= 1e-4 * norm(&both),
+            "{} of {}",
+            norm(&(&sum - &both)),
+            norm(&both)
+        );
     }
 
     #[test]
