@@ -568,6 +568,11 @@ mod tests {
         assert!(belief.loss.aux_trunk_grad_by_belief);
         belief.loss.aux_trunk_grad_by_belief = false;
         assert_eq!(belief, Config::default());
+        let mut relative = variant("aux-belief-rel");
+        assert!(relative.loss.aux_trunk_grad_by_belief);
+        assert!(relative.loss.aux_trunk_grad_belief_relative);
+        relative.loss.aux_trunk_grad_belief_relative = false;
+        assert_eq!(relative, variant("aux-belief"));
         for (hybrid, mut expected) in [
             (gce, class_norm.clone()),
             (gce_target, class_norm.clone()),

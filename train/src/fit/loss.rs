@@ -92,6 +92,12 @@ pub struct LossConfig {
     /// them. Early on every label is doubted alike and reaches it at about (1/C)^q.
     #[serde(default)]
     pub aux_trunk_grad_by_belief: bool,
+    /// With `aux_trunk_grad_by_belief`: each belief divided by the batch's mean belief, capped
+    /// at 1 (default false). Early on, when the target branch doubts every label alike, all
+    /// reach the trunk in full; later only the labels it doubts more than the batch's average
+    /// are held back, so with few wrong labels few samples lose their gradient.
+    #[serde(default)]
+    pub aux_trunk_grad_belief_relative: bool,
 }
 
 fn one() -> f64 {
@@ -164,6 +170,7 @@ impl Default for LossConfig {
             aux_detach_after_lr_drop: false,
             aux_trunk_grad: 1.0,
             aux_trunk_grad_by_belief: false,
+            aux_trunk_grad_belief_relative: false,
         }
     }
 }
@@ -224,6 +231,12 @@ pub fn label_belief(logits: &Tensor, labels: &Tensor, q: f64) -> Tensor {
             .exp()
             .pow_tensor_scalar(q)
     })
+}
+
+/// [`label_belief`] divided by its mean over the batch and capped at 1: `[N]`, no gradient.
+pub fn relative_label_belief(logits: &Tensor, labels: &Tensor, q: f64) -> Tensor {
+    let belief = label_belief(logits, labels, q);
+    (&belief / belief.mean(Kind::Float)).clamp_max(1.0)
 }
 
 /// The weighted target term of DMUE with `loss` as the hard-label loss: Eq. 9's
@@ -1055,6 +1068,10 @@ pub(crate) mod tests {
         let belief = label_belief(&zz, &labels(&[0, 1]), 0.7);
         close(belief.double_value(&[0]), 0.914983);
         close(belief.double_value(&[1]), 0.225632);
+        // Relative to their mean 0.570308: 1.604 capped at 1, and 0.395632.
+        let relative = relative_label_belief(&zz, &labels(&[0, 1]), 0.7);
+        close(relative.double_value(&[0]), 1.0);
+        close(relative.double_value(&[1]), 0.395632);
     }
 
     /// The stop-gradient options do what their names say: `sp_detach_aux` decides whether L_sp

@@ -10,7 +10,7 @@ use crate::fit::dynamics::LabelDynamics;
 use crate::fit::eval::{self, EvalReport};
 use crate::fit::loss::{
     class_activation_maps, dmue_loss, elr_regulariser, elr_targets, flip_consistency, label_belief,
-    single_branch_loss, LossTerms,
+    relative_label_belief, single_branch_loss, LossTerms,
 };
 use crate::fit::optim::Adam;
 use crate::model::{count_params, is_target_param, Branches, MultiBranchNet, TrainOutput};
@@ -576,7 +576,12 @@ fn training_forward(
     match how {
         Branches::AuxOnScaledTrunk(share) if share > 0.0 && cfg.loss.aux_trunk_grad_by_belief => {
             net.forward_aux_share_per_sample(x, true, |logits| {
-                label_belief(logits, y, cfg.train.gce_q) * share
+                let q = cfg.train.gce_q;
+                if cfg.loss.aux_trunk_grad_belief_relative {
+                    relative_label_belief(logits, y, q) * share
+                } else {
+                    label_belief(logits, y, q) * share
+                }
             })
         }
         _ => net.forward_with(x, true, how),
@@ -1381,6 +1386,20 @@ mod tests {
         let norm = |t: &Tensor| t.abs().sum(Kind::Float).double_value(&[]);
         assert!(norm(&(&by_belief - &expected)) <= 1e-5 * norm(&expected));
         assert!(norm(&(&by_belief - &uniform)) > 0.1 * norm(&uniform));
+        // Relative: each belief over the batch's mean, capped at 1.
+        cfg.loss.aux_trunk_grad_belief_relative = true;
+        let relative = trunk_grad(&cfg, &step);
+        let expected = trunk_grad(&cfg, &|cfg: &Config| {
+            net.forward_aux_share_per_sample(&x, true, |logits| {
+                let p = logits
+                    .softmax(-1, Kind::Float)
+                    .gather(1, &y.unsqueeze(1), false);
+                let b = p.squeeze_dim(1).pow_tensor_scalar(cfg.train.gce_q);
+                (&b / b.mean(Kind::Float)).clamp_max(1.0) * 0.5
+            })
+        });
+        assert!(norm(&(&relative - &expected)) <= 1e-5 * norm(&expected));
+        assert!(norm(&(&relative - &by_belief)) > 0.1 * norm(&by_belief));
     }
 
     /// `loss.aux_detach_after_lr_drop` keeps the auxiliary branches on the trunk up to the
