@@ -306,13 +306,18 @@ fn label_smoothing_and_gce_modes_train_the_plain_network() {
 /// its regulariser where it has one.
 #[test]
 fn peer_modes_and_hybrid_presets_train_and_report_their_terms() {
-    let cases: [(&[&str], &str, bool); 6] = [
+    let cases: [(&[&str], &str, bool); 7] = [
         (&["--mode", "sce"], "mode = \"sce\"", false),
         (&["--mode", "elr"], "mode = \"elr\"", true),
         (&["--mode", "eac"], "mode = \"eac\"", true),
         (&["--preset", "gce"], "target_loss = \"gce\"", false),
         (&["--preset", "elr"], "elr = true", true),
         (&["--preset", "aux-grad-10"], "aux_trunk_grad = 0.1", false),
+        (
+            &["--preset", "aux-belief-rel"],
+            "aux_trunk_grad_belief_relative = true",
+            false,
+        ),
     ];
     for (extra, in_config, has_reg) in cases {
         let out = tempfile::tempdir().unwrap();

@@ -95,6 +95,10 @@ pub enum Preset {
     /// best DMUE preset for long schedules.
     #[value(name = "aux-grad-10")]
     AuxGrad10,
+    /// gce-target with each sample's share of the auxiliary branches' gradient into the trunk
+    /// weighted by the target branch's belief in its label, relative to its batch's: labels it
+    /// doubts more than the average barely train the trunk through the auxiliary branches.
+    AuxBeliefRel,
     /// The paper's DMUE as written (alpha not normalised).
     Paper,
     /// DMUE as the authors' released code trains it.
@@ -130,6 +134,10 @@ impl Preset {
             Preset::AuxGrad10 => (
                 "preset aux-grad-10",
                 include_str!("../../../configs/variants/aux-grad-10.toml"),
+            ),
+            Preset::AuxBeliefRel => (
+                "preset aux-belief-rel",
+                include_str!("../../../configs/variants/aux-belief-rel.toml"),
             ),
             Preset::Paper => (
                 "preset paper",
