@@ -84,7 +84,7 @@ pub enum Preset {
     ClassNorm,
     /// class-norm with GCE in the target and auxiliary hard-label terms.
     Gce,
-    /// The default: class-norm with GCE in the target branch's hard-label term only.
+    /// The previous default: class-norm with GCE in the target branch's hard-label term only.
     GceTarget,
     /// class-norm with early-learning regularisation on the target branch.
     Elr,
@@ -95,9 +95,9 @@ pub enum Preset {
     /// best DMUE preset for long schedules.
     #[value(name = "aux-grad-10")]
     AuxGrad10,
-    /// gce-target with each sample's share of the auxiliary branches' gradient into the trunk
-    /// weighted by the target branch's belief in its label, relative to its batch's: labels it
-    /// doubts more than the average barely train the trunk through the auxiliary branches.
+    /// The default: gce-target with each sample's share of the auxiliary branches' gradient into
+    /// the trunk weighted by the target branch's belief in its label, relative to its batch's:
+    /// labels it doubts more than the average barely train the trunk through them.
     AuxBeliefRel,
     /// The paper's DMUE as written (alpha not normalised).
     Paper,

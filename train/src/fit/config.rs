@@ -533,7 +533,8 @@ mod tests {
         let class_norm = variant("class-norm");
         assert_eq!(class_norm.loss.alpha_norm, AlphaNorm::Class);
         assert_eq!(class_norm.loss.target_loss, HardLabel::Ce);
-        // The hybrids are class-norm with their one change; the default is gce-target.
+        // The hybrids are class-norm with their one change (gce-target was the default before
+        // aux-belief-rel).
         let gce = variant("gce");
         assert_eq!(
             (gce.loss.target_loss, gce.loss.aux_loss),
@@ -546,31 +547,33 @@ mod tests {
         );
         let elr = variant("elr");
         assert!(elr.loss.elr);
-        // aux-detach is the default with the auxiliary branches on the detached trunk.
+        // The hybrids below are gce-target (the previous default) with one change each.
+        let gce_target_config = variant("gce-target");
         let mut aux_detach = variant("aux-detach");
         assert!(aux_detach.loss.aux_detach_trunk);
         aux_detach.loss.aux_detach_trunk = false;
-        assert_eq!(aux_detach, Config::default());
-        // aux-detach-late is the default detached from the first learning-rate drop on.
+        assert_eq!(aux_detach, gce_target_config);
+        // aux-detach-late is detached from the first learning-rate drop on.
         let mut late = variant("aux-detach-late");
         assert!(late.loss.aux_detach_after_lr_drop && !late.loss.aux_detach_trunk);
         late.loss.aux_detach_after_lr_drop = false;
-        assert_eq!(late, Config::default());
-        // aux-grad-N is the default with N % of the auxiliary gradient reaching the trunk.
+        assert_eq!(late, gce_target_config);
+        // aux-grad-N lets N % of the auxiliary gradient reach the trunk.
         for (name, share) in [("aux-grad-10", 0.1), ("aux-grad-30", 0.3)] {
             let mut scaled = variant(name);
             assert_eq!(scaled.loss.aux_trunk_grad, share, "{name}");
             scaled.loss.aux_trunk_grad = 1.0;
-            assert_eq!(scaled, Config::default(), "{name}");
+            assert_eq!(scaled, gce_target_config, "{name}");
         }
-        // aux-belief is the default with the trunk's share weighted by the label belief.
+        // aux-belief weights the trunk's share by the label belief; aux-belief-rel, the
+        // default, by the belief relative to the batch's.
         let mut belief = variant("aux-belief");
         assert!(belief.loss.aux_trunk_grad_by_belief);
+        assert!(!belief.loss.aux_trunk_grad_belief_relative);
         belief.loss.aux_trunk_grad_by_belief = false;
-        assert_eq!(belief, Config::default());
+        assert_eq!(belief, gce_target_config);
         let mut relative = variant("aux-belief-rel");
-        assert!(relative.loss.aux_trunk_grad_by_belief);
-        assert!(relative.loss.aux_trunk_grad_belief_relative);
+        assert_eq!(relative, Config::default());
         relative.loss.aux_trunk_grad_belief_relative = false;
         assert_eq!(relative, variant("aux-belief"));
         for (hybrid, mut expected) in [
@@ -583,7 +586,10 @@ mod tests {
             expected.loss.elr = hybrid.loss.elr;
             assert_eq!(hybrid, expected);
         }
-        assert_eq!(variant("gce-target"), Config::default());
+        let mut previous = Config::default();
+        previous.loss.aux_trunk_grad_by_belief = false;
+        previous.loss.aux_trunk_grad_belief_relative = false;
+        assert_eq!(variant("gce-target"), previous);
     }
 
     /// Each single-branch mode applies its own loss with the configured settings: logits

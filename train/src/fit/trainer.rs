@@ -1353,6 +1353,8 @@ mod tests {
         let mut cfg = Config::default();
         cfg.model.width = Some(4);
         cfg.loss.aux_trunk_grad = 0.5;
+        cfg.loss.aux_trunk_grad_by_belief = false;
+        cfg.loss.aux_trunk_grad_belief_relative = false;
         let (vs, net) = network(&cfg, Device::Cpu, 7);
         let x = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));
         let y = Tensor::from_slice(&[0i64, 3, 5, 6]);
@@ -1407,6 +1409,7 @@ mod tests {
     #[test]
     fn the_auxiliary_branches_leave_the_trunk_after_the_first_lr_drop() {
         let mut cfg = Config::default();
+        cfg.loss.aux_trunk_grad_by_belief = false;
         cfg.train.lr_milestones = vec![9, 6];
         let at = |cfg: &Config| (1..=8).map(|e| branches_for(cfg, e)).collect::<Vec<_>>();
         assert_eq!(at(&cfg), vec![Branches::Fused; 8]);
@@ -1423,5 +1426,8 @@ mod tests {
         // Single-network modes have no auxiliary branches to detach.
         cfg.train.mode = Mode::Gce;
         assert_eq!(at(&cfg), vec![Branches::Fused; 8]);
+        // The default weighs each sample's share by its label belief, from the first epoch.
+        let default = Config::default();
+        assert_eq!(at(&default), vec![Branches::AuxOnScaledTrunk(1.0); 8]);
     }
 }
