@@ -31,7 +31,7 @@ pub struct FitArgs {
     #[arg(long, value_enum)]
     mode: Option<Mode>,
     /// A named DMUE variant (configs/variants/NAME.toml, built in), applied over the defaults
-    /// before any --config file. The defaults are gce-target.
+    /// before any --config file. The defaults are aux-belief-rel.
     #[arg(long, value_enum)]
     preset: Option<super::Preset>,
     /// Shorthand for --set train.device=...

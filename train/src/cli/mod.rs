@@ -91,8 +91,8 @@ pub enum Preset {
     /// gce-target with the auxiliary branches on the detached trunk (their CE cannot make the
     /// trunk memorise wrong labels).
     AuxDetach,
-    /// gce-target with a tenth of the auxiliary branches' gradient reaching the trunk: the
-    /// best DMUE preset for long schedules.
+    /// gce-target with a tenth of the auxiliary branches' gradient reaching the trunk (for long
+    /// schedules the default does better).
     #[value(name = "aux-grad-10")]
     AuxGrad10,
     /// The default: gce-target with each sample's share of the auxiliary branches' gradient into
