@@ -86,17 +86,17 @@ pub struct LossConfig {
     pub aux_trunk_grad: f64,
     /// Each sample's share of the auxiliary gradient into the trunk (`aux_trunk_grad`) times
     /// the target branch's probability of its label to the power `train.gce_q`, detached (not in
-    /// the paper; default true; a run written before the field existed reads back false). The branches still learn their labels through their own loss,
+    /// the paper; default true). The branches still learn their labels through their own loss,
     /// but the trunk gets from them the gradient of GCE with the target branch's belief: a label
     /// the target branch doubts, as it doubts most wrong labels, barely trains the trunk through
     /// them. Early on every label is doubted alike and reaches it at about (1/C)^q.
     #[serde(default)]
     pub aux_trunk_grad_by_belief: bool,
     /// With `aux_trunk_grad_by_belief`: each belief divided by the batch's mean belief (in a
-    /// distributed job, the rank's share of the batch), capped at 1 (default true; false for a
-    /// run written before the field existed). Early on, when the target branch doubts every label alike, all
-    /// reach the trunk in full; later only the labels it doubts more than the batch's average
-    /// are held back, so with few wrong labels few samples lose their gradient.
+    /// distributed job, the rank's share of the batch), capped at 1 (default true). Early on,
+    /// when the target branch doubts every label alike, all reach the trunk in full; later only
+    /// the labels it doubts more than the batch's average are held back, so with few wrong
+    /// labels few samples lose their gradient.
     #[serde(default)]
     pub aux_trunk_grad_belief_relative: bool,
 }
