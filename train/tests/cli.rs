@@ -357,6 +357,30 @@ fn the_log_names_the_epoch_the_auxiliary_branches_leave_the_trunk() {
     );
 }
 
+/// Resuming a run whose config.toml predates a setting says which settings take today's
+/// defaults.
+#[test]
+fn resuming_an_older_run_names_the_settings_it_lacks() {
+    let out = tempfile::tempdir().unwrap();
+    let o = fit(dataset(), out.path(), &["--epochs", "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let cfg = out.path().join("config.toml");
+    let old: String = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("aux_trunk_grad_belief_relative"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&cfg, old).unwrap();
+    let o = fit(dataset(), out.path(), &["--resume", "--epochs", "2"]);
+    let msg = text(&o);
+    assert!(o.status.success(), "{msg}");
+    assert!(
+        msg.contains("does not name loss.aux_trunk_grad_belief_relative = true"),
+        "{msg}"
+    );
+}
+
 /// A training split smaller than one batch stops before training, and the message names the
 /// setting that fixes it.
 #[test]

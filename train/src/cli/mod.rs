@@ -14,7 +14,7 @@ pub mod prepare;
 pub mod pretrain;
 pub mod synth;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use dmue_train::fit::config::{Config, DeviceChoice, Edit};
 use dmue_train::fit::trainer;
 use dmue_train::model::Backbone;
@@ -33,6 +33,17 @@ fn run_config(
 ) -> Result<Config> {
     let own = out.join(trainer::CONFIG_FILE);
     if resume && own.exists() {
+        let text = std::fs::read_to_string(&own)
+            .with_context(|| format!("cannot read {}", own.display()))?;
+        let missing = dmue_train::fit::config::fields_missing_from(&text)?;
+        if !missing.is_empty() {
+            tracing::warn!(
+                "{} was written by an older dmue-train and does not name {}: the resumed run \
+                 takes today's defaults for them (pass --set to keep what it trained with)",
+                own.display(),
+                missing.join(", ")
+            );
+        }
         Config::build(&[], &[own], edits, sets)
     } else {
         Config::build(presets, files, edits, sets)

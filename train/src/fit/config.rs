@@ -369,6 +369,30 @@ impl Config {
     }
 }
 
+/// The settings (`section.field = default`) that the configuration text `text` (a run's
+/// config.toml) does not name: a run written by an older dmue-train resumes with today's
+/// defaults for them, which may not be what it trained with.
+pub fn fields_missing_from(text: &str) -> Result<Vec<String>> {
+    let own: toml::Value =
+        toml::from_str(text).context("the run's config.toml is not valid TOML")?;
+    let defaults = toml::Value::try_from(Config::default()).context("serialising defaults")?;
+    let mut missing = Vec::new();
+    if let (Some(defaults), Some(own)) = (defaults.as_table(), own.as_table()) {
+        for (section, fields) in defaults {
+            let Some(fields) = fields.as_table() else {
+                continue;
+            };
+            let named = own.get(section).and_then(|v| v.as_table());
+            for (field, value) in fields {
+                if !named.is_some_and(|t| t.contains_key(field)) {
+                    missing.push(format!("{section}.{field} = {value}"));
+                }
+            }
+        }
+    }
+    Ok(missing)
+}
+
 fn merge(base: &mut toml::Value, over: toml::Value) {
     match (base, over) {
         (toml::Value::Table(b), toml::Value::Table(o)) => {
@@ -480,6 +504,22 @@ mod tests {
             Config::load(&[] as &[PathBuf], &["train.epochs=0".into()]).unwrap_err()
         );
         assert!(err.contains("epochs"), "{err}");
+    }
+
+    /// A run's config.toml written before a field existed is found out, field by field.
+    #[test]
+    fn fields_a_run_config_lacks_are_named() {
+        let full = Config::default().to_toml().unwrap();
+        assert!(fields_missing_from(&full).unwrap().is_empty());
+        let old: String = full
+            .lines()
+            .filter(|l| !l.starts_with("aux_trunk_grad_by_belief"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(
+            fields_missing_from(&old).unwrap(),
+            ["loss.aux_trunk_grad_by_belief = true"]
+        );
     }
 
     #[test]

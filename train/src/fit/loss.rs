@@ -58,7 +58,7 @@ pub struct LossConfig {
     pub sp_aux_source: SpSource,
     /// The target branch's hard-label term: `ce` (the paper's Eq. 9), or `gce` (the default,
     /// not in the paper), the generalised cross-entropy with `train.gce_q` on the same
-    /// confidence-scaled logits. A run written before the field existed reads back `ce`.
+    /// confidence-scaled logits.
     #[serde(default)]
     pub target_loss: HardLabel,
     /// The auxiliary branches' hard-label term (not in the paper): `ce` (Eq. 1-2) or `gce`.
