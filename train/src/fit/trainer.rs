@@ -1359,48 +1359,40 @@ mod tests {
         let x = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));
         let y = Tensor::from_slice(&[0i64, 3, 5, 6]);
         let conv1 = vs.variables()["conv1.weight"].shallow_clone();
-        let trunk_grad = |cfg: &Config, forward: &dyn Fn(&Config) -> TrainOutput| {
-            let mut g = conv1.grad();
-            if g.defined() {
-                let _ = g.zero_();
-            }
-            let out = forward(cfg);
-            let aux: Tensor = out
-                .aux_logits
-                .iter()
-                .map(|l| l.square().sum(Kind::Float))
-                .sum();
-            aux.backward();
-            conv1.grad().copy()
+        let trunk_grad = |forward: &dyn Fn() -> TrainOutput| {
+            crate::model::grad_from_aux_outputs(&conv1, forward)
         };
+        let q = cfg.train.gce_q;
         let step = |cfg: &Config| training_forward(&net, &x, &y, branches_for(cfg, 1), cfg);
-        let uniform = trunk_grad(&cfg, &step);
-        cfg.loss.aux_trunk_grad_by_belief = true;
-        let by_belief = trunk_grad(&cfg, &step);
-        let expected = trunk_grad(&cfg, &|cfg: &Config| {
-            net.forward_aux_share_per_sample(&x, true, |logits| {
-                let p = logits
-                    .softmax(-1, Kind::Float)
-                    .gather(1, &y.unsqueeze(1), false);
-                p.squeeze_dim(1).pow_tensor_scalar(cfg.train.gce_q) * 0.5
+        // The per-sample path with share 0.5 times p_y^q, or p_y^q over its batch mean, capped.
+        let expected = |relative: bool| {
+            trunk_grad(&|| {
+                net.forward_aux_share_per_sample(&x, true, |logits| {
+                    let p = logits
+                        .softmax(-1, Kind::Float)
+                        .gather(1, &y.unsqueeze(1), false);
+                    let b = p.squeeze_dim(1).pow_tensor_scalar(q);
+                    let b = if relative {
+                        (&b / b.mean(Kind::Float)).clamp_max(1.0)
+                    } else {
+                        b
+                    };
+                    b * 0.5
+                })
             })
-        });
+        };
         let norm = |t: &Tensor| t.abs().sum(Kind::Float).double_value(&[]);
-        assert!(norm(&(&by_belief - &expected)) <= 1e-5 * norm(&expected));
+        let uniform = trunk_grad(&|| step(&cfg));
+        cfg.loss.aux_trunk_grad_by_belief = true;
+        let by_belief = trunk_grad(&|| step(&cfg));
+        let wanted = expected(false);
+        assert!(norm(&(&by_belief - &wanted)) <= 1e-5 * norm(&wanted));
         assert!(norm(&(&by_belief - &uniform)) > 0.1 * norm(&uniform));
         // Relative: each belief over the batch's mean, capped at 1.
         cfg.loss.aux_trunk_grad_belief_relative = true;
-        let relative = trunk_grad(&cfg, &step);
-        let expected = trunk_grad(&cfg, &|cfg: &Config| {
-            net.forward_aux_share_per_sample(&x, true, |logits| {
-                let p = logits
-                    .softmax(-1, Kind::Float)
-                    .gather(1, &y.unsqueeze(1), false);
-                let b = p.squeeze_dim(1).pow_tensor_scalar(cfg.train.gce_q);
-                (&b / b.mean(Kind::Float)).clamp_max(1.0) * 0.5
-            })
-        });
-        assert!(norm(&(&relative - &expected)) <= 1e-5 * norm(&expected));
+        let relative = trunk_grad(&|| step(&cfg));
+        let wanted = expected(true);
+        assert!(norm(&(&relative - &wanted)) <= 1e-5 * norm(&wanted));
         assert!(norm(&(&relative - &by_belief)) > 0.1 * norm(&by_belief));
     }
 

@@ -663,6 +663,27 @@ pub fn is_target_param(name: &str) -> bool {
     !name.starts_with("aux.") && !name.starts_with("uncertainty.")
 }
 
+/// The gradient `param` gets from the squared sum of the auxiliary outputs of `forward`, its
+/// earlier gradient cleared first (tests of how the auxiliary branches reach the trunk).
+#[cfg(test)]
+pub(crate) fn grad_from_aux_outputs(
+    param: &Tensor,
+    forward: impl FnOnce() -> TrainOutput,
+) -> Tensor {
+    let mut g = param.grad();
+    if g.defined() {
+        let _ = g.zero_();
+    }
+    let out = forward();
+    let aux: Tensor = out
+        .aux_logits
+        .iter()
+        .map(|l| l.square().sum(tch::Kind::Float))
+        .sum();
+    aux.backward();
+    param.grad().copy()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -736,23 +757,15 @@ mod tests {
         let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
         let conv1 = vs.variables()["conv1.weight"].shallow_clone();
         let trunk_grad = |shares: [f32; 2]| {
-            let mut g = conv1.grad();
-            if g.defined() {
-                let _ = g.zero_();
-            }
-            let out = net.forward_aux_share_per_sample(&x, true, |logits| {
-                assert_eq!(logits.size(), [2, 7]);
-                Tensor::from_slice(&shares)
-            });
-            let reference = net.forward_with(&x, true, Branches::Sequential);
-            assert!(out.aux_logits[2].equal(&reference.aux_logits[2]));
-            let aux: Tensor = out
-                .aux_logits
-                .iter()
-                .map(|l| l.square().sum(Kind::Float))
-                .sum();
-            aux.backward();
-            conv1.grad().copy()
+            grad_from_aux_outputs(&conv1, || {
+                let out = net.forward_aux_share_per_sample(&x, true, |logits| {
+                    assert_eq!(logits.size(), [2, 7]);
+                    Tensor::from_slice(&shares)
+                });
+                let reference = net.forward_with(&x, true, Branches::Sequential);
+                assert!(out.aux_logits[2].equal(&reference.aux_logits[2]));
+                out
+            })
         };
         let both = trunk_grad([1.0, 1.0]);
         let first = trunk_grad([1.0, 0.0]);
