@@ -79,16 +79,21 @@ if [ "$(installed onnxruntime)" != "$ORT_VERSION" ] || [ "$(installed onnx)" != 
   quiet_pip "onnxruntime==$ORT_VERSION" "onnx==$ONNX_VERSION"
 fi
 
-# A stable path for LIBTORCH, whatever the Python minor version is.
+# A stable path for LIBTORCH, whatever the Python minor version is. The links are relative to
+# the venv, so they survive moving it or reaching it through another link.
 # (find_spec locates the package without importing it: importing torch takes tens of seconds.)
-pkg_dir() { "$VENV/bin/python" -c "import importlib.util as u; print(u.find_spec('$1').submodule_search_locations[0])"; }
+pkg_dir() {
+  "$VENV/bin/python" -c "import importlib.util as u, os, sys
+print(os.path.relpath(u.find_spec('$1').submodule_search_locations[0], sys.prefix))"
+}
 torch_dir=$(pkg_dir torch)
 if [ "$(readlink "$VENV/torch" 2>/dev/null)" != "$torch_dir" ]; then
   ln -sfn "$torch_dir" "$VENV/torch"
 fi
 
 # A stable path for ONNX Runtime's shared library (what dmue-serve --engine ort loads).
-ort_lib=$(ls "$(pkg_dir onnxruntime)"/capi/libonnxruntime.so* | sort | head -1)
+ort_dir=$(pkg_dir onnxruntime)
+ort_lib=$(cd "$VENV" && ls "$ort_dir"/capi/libonnxruntime.so* | sort | head -1)
 if [ "$(readlink "$VENV/libonnxruntime.so" 2>/dev/null)" != "$ort_lib" ]; then
   ln -sfn "$ort_lib" "$VENV/libonnxruntime.so"
 fi
