@@ -30,11 +30,7 @@ fn photos(max_faces: usize) -> &'static (PathBuf, Vec<PhotoRow>) {
     static MANY: OnceLock<(PathBuf, Vec<PhotoRow>)> = OnceLock::new();
     let cell = if max_faces == 1 { &ONE } else { &MANY };
     cell.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!(
-            "dmue-prepare-test-{}-{max_faces}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = common::fixture_dir(&format!("prepare-test-{max_faces}"));
         ok(&[
             "synth",
             "--mode",

@@ -64,12 +64,35 @@ pub fn fit_args(data: &std::path::Path, out: &std::path::Path, extra: &[&str]) -
     a
 }
 
+/// An empty temporary directory `dmue-NAME-PID` for a fixture that lives as long as this test
+/// process (a static, so it is never dropped). Directories of the same name left by processes
+/// that have ended are removed first, so repeated test runs do not fill the temporary disk.
+pub fn fixture_dir(name: &str) -> PathBuf {
+    let tmp = std::env::temp_dir();
+    let prefix = format!("dmue-{name}-");
+    for entry in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|rest| rest.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    let dir = tmp.join(format!("{prefix}{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
 /// The tiny synthetic dataset the CLI tests train on (84 training and 28 test faces of 48
 /// pixels, 20 % of the training labels flipped), rendered from `seed` into a temporary
 /// directory named after `name` and this process.
 pub fn tiny_synth(name: &str, seed: u64) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("dmue-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = fixture_dir(name);
     let seed = seed.to_string();
     ok(&[
         "synth",
