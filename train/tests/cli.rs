@@ -746,6 +746,11 @@ fn init_face_starts_from_dlibs_network_and_the_card_carries_its_input() {
     assert_eq!(report["unused"], serde_json::json!(["descriptor.weight"]));
     let cfg = std::fs::read_to_string(run_dir.join("config.toml")).unwrap();
     assert!(cfg.contains("backbone = \"face-resnet\""), "{cfg}");
+    // DMUE's settings come from the face-trunk layer.
+    use dmue_train::fit::config::{Config, FACE_TRUNK_LAYER};
+    let face = Config::build(&[FACE_TRUNK_LAYER], &[] as &[PathBuf], &[], &[]).unwrap();
+    let run = Config::load(&[run_dir.join("config.toml")], &[]).unwrap();
+    assert_eq!(run.loss, face.loss);
     ok(&["export", run_dir.to_str().unwrap()]);
     let card = dmue_deploy::model_card::ModelCard::from_onnx(&run_dir.join("target.onnx")).unwrap();
     assert_eq!(

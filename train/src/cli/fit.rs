@@ -3,7 +3,7 @@
 use super::run_config;
 use anyhow::{Context, Result};
 use dmue_train::dist;
-use dmue_train::fit::config::{Config, DeviceChoice, Edit, Mode};
+use dmue_train::fit::config::{Config, DeviceChoice, Edit, Mode, FACE_TRUNK_LAYER};
 use dmue_train::fit::trainer;
 use dmue_train::model::{dlib, Backbone};
 use std::path::PathBuf;
@@ -31,7 +31,7 @@ pub struct FitArgs {
     #[arg(long, value_enum)]
     mode: Option<Mode>,
     /// A named DMUE variant (configs/variants/NAME.toml, built in), applied over the defaults
-    /// before any --config file. The defaults are aux-belief-rel.
+    /// before any --config file. The defaults are aux-belief-rel; from --init face, face-trunk.
     #[arg(long, value_enum)]
     preset: Option<super::Preset>,
     /// Shorthand for --set train.device=...
@@ -46,7 +46,8 @@ pub struct FitArgs {
     /// are recognised; the report goes to OUT/init-report.json. Shorthand for train.init.
     /// `--init face`: dlib's face-recognition ResNet (scripts/fetch-face-trunk.sh), which also
     /// sets model.backbone=face-resnet (width 32), train.lr=1e-5, dlib's input normalisation
-    /// and 150-pixel inputs (resize 171, crop 150); --set overrides any of them.
+    /// and 150-pixel inputs (resize 171, crop 150), --set overriding any of them; and DMUE's
+    /// face-trunk preset under any --preset or --config.
     #[arg(long, value_name = "FILE|face")]
     init: Option<PathBuf>,
     /// Freeze the loaded backbone for the first N epochs (only the classifiers train).
@@ -90,9 +91,12 @@ pub fn run(a: FitArgs) -> Result<()> {
     if let Some(m) = a.mode {
         edits.push(Box::new(move |c: &mut Config| c.train.mode = m));
     }
+    let mut layers = Vec::new();
     match a.init {
-        // The named start: dlib's face-recognition ResNet (its settings, then --set).
+        // The named start: dlib's face-recognition ResNet (its settings, then --set), and the
+        // DMUE settings measured best from it, under any preset or file.
         Some(f) if f.as_os_str() == "face" && !f.exists() => {
+            layers.push(FACE_TRUNK_LAYER);
             let converted = std::fs::canonicalize(dlib::CONVERTED).with_context(|| {
                 format!(
                     "--init face needs {} (run scripts/fetch-face-trunk.sh in the repository, \
@@ -115,15 +119,8 @@ pub fn run(a: FitArgs) -> Result<()> {
             c.train.freeze_trunk_epochs = n
         }));
     }
-    let preset = a.preset.map(super::Preset::layer);
-    let cfg = run_config(
-        &a.out,
-        a.resume,
-        preset.as_slice(),
-        &a.config,
-        &edits,
-        &a.sets,
-    )?;
+    layers.extend(a.preset.map(super::Preset::layer));
+    let cfg = run_config(&a.out, a.resume, &layers, &a.config, &edits, &a.sets)?;
     let world = job.launch.as_ref().map_or(1, |l| l.world_size);
     let s = trainer::fit_job(&cfg, &a.out, a.resume, &job).map_err(|e| {
         if world > 1 {

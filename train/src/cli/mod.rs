@@ -110,6 +110,9 @@ pub enum Preset {
     /// the trunk weighted by the target branch's belief in its label, relative to its batch's:
     /// labels it doubts more than the average barely train the trunk through them.
     AuxBeliefRel,
+    /// What `--init face` starts from: DMUE settings for a short fine-tuning of a trunk trained
+    /// on faces.
+    FaceTrunk,
     /// The paper's DMUE as written (alpha not normalised).
     Paper,
     /// DMUE as the authors' released code trains it.
@@ -150,6 +153,7 @@ impl Preset {
                 "preset aux-belief-rel",
                 include_str!("../../../configs/variants/aux-belief-rel.toml"),
             ),
+            Preset::FaceTrunk => dmue_train::fit::config::FACE_TRUNK_LAYER,
             Preset::Paper => (
                 "preset paper",
                 include_str!("../../../configs/variants/paper.toml"),

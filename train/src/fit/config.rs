@@ -209,6 +209,13 @@ pub struct Config {
 /// [`Config::build`] after the files and before `--set`.
 pub type Edit<'a> = Box<dyn Fn(&mut Config) + 'a>;
 
+/// The DMUE settings `fit --init face` starts from (`configs/variants/face-trunk.toml`, also
+/// `fit --preset face-trunk`): a layer over the defaults, under any preset, file or `--set`.
+pub const FACE_TRUNK_LAYER: (&str, &str) = (
+    "face-trunk defaults",
+    include_str!("../../../configs/variants/face-trunk.toml"),
+);
+
 impl Config {
     /// What `fit --init face` stands for: dlib's face-recognition ResNet at its width, its
     /// fine-tuning learning rate, the converted weights at `converted` (absolute, so that a
@@ -522,6 +529,30 @@ mod tests {
         );
     }
 
+    /// `fit --init face` starts from the face-trunk layer: over the defaults, under a preset.
+    /// Every variant sets each field the layer sets, so a preset trains from the face trunk
+    /// exactly what it trains from anywhere else.
+    #[test]
+    fn the_face_trunk_layer_lies_under_every_preset() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/variants");
+        let none: &[PathBuf] = &[];
+        assert_ne!(
+            Config::build(&[FACE_TRUNK_LAYER], none, &[], &[]).unwrap(),
+            Config::default()
+        );
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let alone = Config::build(&[("variant", &text)], none, &[], &[]).unwrap();
+            let layered =
+                Config::build(&[FACE_TRUNK_LAYER, ("variant", &text)], none, &[], &[]).unwrap();
+            assert_eq!(layered, alone, "{}", path.display());
+            seen += 1;
+        }
+        assert!(seen >= 10, "{seen} variants");
+    }
+
     #[test]
     fn file_values_merge_over_defaults() {
         let dir = tempfile::tempdir().unwrap();
@@ -626,6 +657,16 @@ mod tests {
             expected.loss.elr = hybrid.loss.elr;
             assert_eq!(hybrid, expected);
         }
+        // From a face trunk: class-norm with the ramps over 2 epochs; ce-ramp2-belief adds the
+        // default's belief weighting.
+        let mut ce_ramp2 = variant("ce-ramp2");
+        assert_eq!(variant("face-trunk"), ce_ramp2);
+        let mut ce_ramp2_belief = variant("ce-ramp2-belief");
+        ce_ramp2.loss.beta = 6.0;
+        assert_eq!(ce_ramp2, class_norm);
+        ce_ramp2_belief.loss.beta = 6.0;
+        ce_ramp2_belief.loss.target_loss = HardLabel::Gce;
+        assert_eq!(ce_ramp2_belief, Config::default());
         let mut previous = Config::default();
         previous.loss.aux_trunk_grad_by_belief = false;
         previous.loss.aux_trunk_grad_belief_relative = false;
