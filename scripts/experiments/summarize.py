@@ -2,7 +2,7 @@
 
     python3 scripts/experiments/summarize.py runs/exp9/results.jsonl [MORE.jsonl ...] \
         [--json docs/results-summary.json] [--default-arm dmue-class-norm] [--seed-sets 1-5 6-10] \
-        [--grid NAME --keep docs/results-summary.json] [--only-seeds 6-10]
+        [--grid NAME --keep docs/results-summary.json] [--only-seeds 6-10] [--start-default face]
 
 Prints markdown tables (stdout). For every regime x flip rate x arm: mean and sample std of the
 clean-test accuracy over seeds, and the paired difference to the baseline of the same seeds
@@ -14,7 +14,9 @@ of the regime on each arm (same seeds, same data). With --json the same figures 
 program can check, with every arm's accuracy per seed (`per_seed`, in the order of `seeds`),
 the default arm against the best single-network arm (`vs_best_single`: per regime, flip rate
 and seed set, the best of SINGLE_ARMS by its mean on those seeds, and the paired difference to
-it), and how well each per-sample score flags flipped labels (`flip_auroc`). With --grid, every
+it), and how well each per-sample score flags flipped labels (`flip_auroc`). With --start-default NAME the grid's default arm is the default of
+`fit` from that start (`--init face`), recorded in `start_defaults`; the top-level
+`default_arm` stays the kept file's. With --grid, every
 entry is tagged with the grid's name, and --keep carries over the entries of other grids from
 an earlier summary file (grids run with different binaries are never paired with each other).
 """
@@ -207,6 +209,9 @@ def main():
         sets = [seed_set(a) for a in args[i + 1:j]]
         del args[i:j]
     grid = take(args, "--grid")
+    # The grid's default arm is what `fit` trains from a named start (`--init face`), not the
+    # default of `fit`: the top-level default_arm stays the kept file's.
+    start = take(args, "--start-default")
     keep = take(args, "--keep")
     only = take(args, "--only-seeds")
     only = set(seed_set(only)) if only else None
@@ -259,6 +264,7 @@ def main():
         if grid:
             e["grid"] = grid
     source = args
+    top_default, start_defaults = default_arm, {}
     if keep:
         # Other grids' figures stay as they were; this grid's are replaced.
         old = json.load(open(keep))
@@ -268,11 +274,18 @@ def main():
         best = other(old.get("vs_best_single", [])) + best
         auroc = other(old.get("flip_auroc", [])) + auroc
         source = sorted(set(old.get("source", [])) | set(args))
+        start_defaults = old.get("start_defaults", {})
+        if start:
+            top_default = old["default_arm"]
+    if start:
+        start_defaults[start] = default_arm
     if json_out:
         with open(json_out, "w") as f:
-            json.dump({"source": source, "default_arm": default_arm, "entries": entries,
-                       "regime_effects": effects, "vs_best_single": best,
-                       "flip_auroc": auroc}, f, indent=1)
+            out = {"source": source, "default_arm": top_default, "entries": entries,
+                   "regime_effects": effects, "vs_best_single": best, "flip_auroc": auroc}
+            if start_defaults:
+                out["start_defaults"] = start_defaults
+            json.dump(out, f, indent=1)
             f.write("\n")
 
 
