@@ -14,11 +14,12 @@ of the regime on each arm (same seeds, same data). With --json the same figures 
 program can check, with every arm's accuracy per seed (`per_seed`, in the order of `seeds`),
 the default arm against the best single-network arm (`vs_best_single`: per regime, flip rate
 and seed set, the best of SINGLE_ARMS by its mean on those seeds, and the paired difference to
-it), and how well each per-sample score flags flipped labels (`flip_auroc`). With --start-default NAME the grid's default arm is the default of
-`fit` from that start (`--init face`), recorded in `start_defaults`; the top-level
-`default_arm` stays the kept file's. With --grid, every
-entry is tagged with the grid's name, and --keep carries over the entries of other grids from
-an earlier summary file (grids run with different binaries are never paired with each other).
+it), and how well each per-sample score flags flipped labels (`flip_auroc`). With
+--start-default NAME the grid's default arm is the default of `fit` from that start
+(`--init face`), recorded in `start_defaults`; the top-level `default_arm` stays the kept
+file's. With --grid, every entry is tagged with the grid's name, and --keep carries over the
+entries of other grids from an earlier summary file (grids run with different binaries are
+never paired with each other).
 """
 import json
 import math
