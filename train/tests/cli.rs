@@ -306,7 +306,7 @@ fn label_smoothing_and_gce_modes_train_the_plain_network() {
 /// its regulariser where it has one.
 #[test]
 fn peer_modes_and_hybrid_presets_train_and_report_their_terms() {
-    let cases: [(&[&str], &str, bool); 7] = [
+    let cases: [(&[&str], &str, bool); 9] = [
         (&["--mode", "sce"], "mode = \"sce\"", false),
         (&["--mode", "elr"], "mode = \"elr\"", true),
         (&["--mode", "eac"], "mode = \"eac\"", true),
@@ -316,6 +316,16 @@ fn peer_modes_and_hybrid_presets_train_and_report_their_terms() {
         (
             &["--preset", "aux-belief-rel"],
             "aux_trunk_grad_belief_relative = true",
+            false,
+        ),
+        (
+            &["--preset", "alpha-rel"],
+            "similarity_relative = true",
+            false,
+        ),
+        (
+            &["--preset", "face-alpha-rel"],
+            "uncertainty_lr = 0.001",
             false,
         ),
     ];
@@ -751,6 +761,10 @@ fn init_face_starts_from_dlibs_network_and_the_card_carries_its_input() {
     let face = Config::build(&[FACE_TRUNK_LAYER], &[] as &[PathBuf], &[], &[]).unwrap();
     let run = Config::load(&[run_dir.join("config.toml")], &[]).unwrap();
     assert_eq!(run.loss, face.loss);
+    // The trunk fine-tunes at dlib's rate, the fresh uncertainty module at the layer's.
+    assert_eq!(run.train.lr, dmue_train::model::dlib::FINE_TUNE_LR);
+    assert_eq!(run.train.uncertainty_lr, Some(1e-3));
+    assert_eq!(run.train.uncertainty_lr, face.train.uncertainty_lr);
     ok(&["export", run_dir.to_str().unwrap()]);
     let card = dmue_deploy::model_card::ModelCard::from_onnx(&run_dir.join("target.onnx")).unwrap();
     assert_eq!(

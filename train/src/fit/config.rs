@@ -106,6 +106,11 @@ pub struct TrainConfig {
     /// requires by skipping batches).
     pub min_per_class: usize,
     pub lr: f64,
+    /// The uncertainty module's learning rate (default: `lr`), moved at the milestones like
+    /// `lr`. A fine-tuning rate such as the face trunk's 1e-5 leaves the freshly drawn module
+    /// almost where it started, so alpha stays a random function of its input.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uncertainty_lr: Option<f64>,
     /// Epochs (1-based, completed) after which the learning rate is multiplied by `lr_gamma`.
     pub lr_milestones: Vec<usize>,
     pub lr_gamma: f64,
@@ -154,6 +159,7 @@ impl Default for TrainConfig {
             batch_size: 72,
             min_per_class: 2,
             lr: 1e-3,
+            uncertainty_lr: None,
             lr_milestones: vec![10, 20],
             lr_gamma: 0.1,
             weight_decay: 1e-4,
@@ -177,7 +183,6 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    /// Learning rate during 1-based `epoch`.
     /// The loss of a single-network mode with its settings (cross-entropy for DMUE, whose
     /// loss is [`crate::fit::loss::dmue_loss`]).
     pub fn single_loss(&self) -> crate::fit::loss::SingleLoss {
@@ -190,6 +195,7 @@ impl TrainConfig {
         }
     }
 
+    /// Learning rate during 1-based `epoch`.
     pub fn lr_at(&self, epoch: usize) -> f64 {
         let passed = self.lr_milestones.iter().filter(|&&m| epoch > m).count();
         self.lr * self.lr_gamma.powi(passed as i32)
@@ -308,6 +314,11 @@ impl Config {
         }
         if !(t.lr > 0.0 && t.lr.is_finite()) {
             bail!("train.lr must be positive, got {}", t.lr);
+        }
+        if let Some(lr) = t.uncertainty_lr {
+            if !(lr > 0.0 && lr.is_finite()) {
+                bail!("train.uncertainty_lr must be positive, got {lr}");
+            }
         }
         if !(0.0..1.0).contains(&t.label_smoothing) {
             bail!(
@@ -545,8 +556,18 @@ mod tests {
             let path = entry.unwrap().path();
             let text = std::fs::read_to_string(&path).unwrap();
             let alone = Config::build(&[("variant", &text)], none, &[], &[]).unwrap();
-            let layered =
+            let mut layered =
                 Config::build(&[FACE_TRUNK_LAYER, ("variant", &text)], none, &[], &[]).unwrap();
+            // The uncertainty module's own rate is the face start's, under every preset.
+            assert_eq!(
+                layered.train.uncertainty_lr,
+                Some(1e-3),
+                "{}",
+                path.display()
+            );
+            if alone.train.uncertainty_lr.is_none() {
+                layered.train.uncertainty_lr = None;
+            }
             assert_eq!(layered, alone, "{}", path.display());
             seen += 1;
         }
@@ -660,7 +681,9 @@ mod tests {
         // From a face trunk: class-norm with the ramps over 2 epochs; ce-ramp2-belief adds the
         // default's belief weighting.
         let mut ce_ramp2 = variant("ce-ramp2");
-        assert_eq!(variant("face-trunk"), ce_ramp2);
+        let mut face_trunk = variant("face-trunk");
+        face_trunk.train.uncertainty_lr = None;
+        assert_eq!(face_trunk, ce_ramp2);
         let mut ce_ramp2_belief = variant("ce-ramp2-belief");
         ce_ramp2.loss.beta = 6.0;
         assert_eq!(ce_ramp2, class_norm);
@@ -671,6 +694,32 @@ mod tests {
         previous.loss.aux_trunk_grad_by_belief = false;
         previous.loss.aux_trunk_grad_belief_relative = false;
         assert_eq!(variant("gce-target"), previous);
+    }
+
+    /// The alpha presets are their base with one switch each.
+    #[test]
+    fn alpha_presets_add_one_switch_to_their_base() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/variants");
+        let variant = |name: &str| Config::load(&[dir.join(format!("{name}.toml"))], &[]).unwrap();
+        // alpha-rel: the default with the module reading S relative to the label (and, in
+        // alpha-rel-minmax, each row of S min-max scaled first).
+        let mut alpha_rel = variant("alpha-rel");
+        assert!(alpha_rel.loss.similarity_relative && !alpha_rel.loss.similarity_minmax);
+        alpha_rel.loss.similarity_relative = false;
+        assert_eq!(alpha_rel, Config::default());
+        let mut alpha_rel_minmax = variant("alpha-rel-minmax");
+        assert!(alpha_rel_minmax.loss.similarity_minmax);
+        alpha_rel_minmax.loss.similarity_minmax = false;
+        assert_eq!(alpha_rel_minmax, variant("alpha-rel"));
+        // face-alpha (ce-ramp2 with the uncertainty module at 1e-3) is what face-trunk became;
+        // face-alpha-rel adds the label-relative similarities.
+        let face_alpha = variant("face-alpha");
+        assert_eq!(face_alpha.train.uncertainty_lr, Some(1e-3));
+        assert_eq!(face_alpha, variant("face-trunk"));
+        let mut face_alpha_rel = variant("face-alpha-rel");
+        assert!(face_alpha_rel.loss.similarity_relative);
+        face_alpha_rel.loss.similarity_relative = false;
+        assert_eq!(face_alpha_rel, face_alpha);
     }
 
     /// Each single-branch mode applies its own loss with the configured settings: logits

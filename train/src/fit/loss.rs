@@ -33,6 +33,14 @@ pub struct LossConfig {
     pub similarity_include_self: bool,
     /// Min-max scale each row of the similarity matrix to [0, 1] (authors' code: true).
     pub similarity_minmax: bool,
+    /// Give the uncertainty module each row of S minus the row's entry at the sample's label,
+    /// `S[a, j] - S[a, y_a]`, instead of S itself (not in the paper; default false). The
+    /// paper's FC(2C -> C) -> PReLU -> FC(C -> 1) reads S and the label one-hot side by side,
+    /// so it can only approximate "how similar is the sample to its own class against the
+    /// others" (a product of the two); relative to the label it is linear: a positive entry
+    /// says another class is closer than the annotated one, the mark of a wrong label.
+    #[serde(default)]
+    pub similarity_relative: bool,
     /// Compute S (Eq. 7) on detached features, so the confidence path cannot reshape the
     /// features (not in the paper; default true). The authors' code lets the weighted CE pull
     /// the features through S (false).
@@ -156,6 +164,7 @@ impl Default for LossConfig {
             confidence: true,
             similarity_include_self: false,
             similarity_minmax: false,
+            similarity_relative: false,
             similarity_detach: true,
             train_uncertainty: true,
             alpha_norm: AlphaNorm::Class,
@@ -427,6 +436,12 @@ pub fn class_similarity(
     }
 }
 
+/// `S[a, j] - S[a, y_a]`: each row of S relative to its entry at the sample's label (see
+/// `LossConfig::similarity_relative`). `[N, C]` -> `[N, C]`.
+pub fn relative_to_label(similarity: &Tensor, labels: &Tensor) -> Tensor {
+    similarity - similarity.gather(1, &labels.unsqueeze(1), false)
+}
+
 /// The uncertainty module's input (Eq. 8): `concat(S, onehot(y))`, `[N, 2C]`.
 pub fn similarity_vector(similarity: &Tensor, labels: &Tensor, c: i64) -> Tensor {
     Tensor::cat(
@@ -612,6 +627,11 @@ pub fn raw_confidence(
         cfg.similarity_include_self,
         cfg.similarity_minmax,
     );
+    let s = if cfg.similarity_relative {
+        relative_to_label(&s, labels)
+    } else {
+        s
+    };
     module.forward(&similarity_vector(&s, labels, c))
 }
 
@@ -850,6 +870,39 @@ pub(crate) mod tests {
         let s = class_similarity(&f, &y, 2, false, true);
         close(s.double_value(&[0, 0]), 1.0);
         close(s.double_value(&[2, 1]), 0.0);
+    }
+
+    // S rows [0.2, 0.5, 0.1] (label 1) and [0.3, 0.3, 0.9] (label 0), each minus its entry at
+    // the label: [-0.3, 0, -0.4] and [0, 0, 0.6] (the second sample is closer to class 2).
+    #[test]
+    fn similarity_relative_to_the_label_by_hand() {
+        let s = t2(&[&[0.2, 0.5, 0.1], &[0.3, 0.3, 0.9]]);
+        let got = relative_to_label(&s, &labels(&[1, 0]));
+        for (i, j, v) in [
+            (0, 0, -0.3),
+            (0, 1, 0.0),
+            (0, 2, -0.4),
+            (1, 0, 0.0),
+            (1, 1, 0.0),
+            (1, 2, 0.6),
+        ] {
+            close(got.double_value(&[i, j]), v);
+        }
+        // The module reads the relative rows when the option is on, S itself when it is off.
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        let module = crate::model::UncertaintyModule::new(&vs.root(), 2);
+        let f = t2(&[&[1.0, 0.0], &[0.0, 2.0], &[1.0, 1.0], &[1.0, -1.0]]);
+        let y = labels(&[0, 1, 0, 1]);
+        let s = class_similarity(&f, &y, 2, false, false);
+        let relative = LossConfig {
+            similarity_relative: true,
+            ..LossConfig::default()
+        };
+        let want = module.forward(&similarity_vector(&relative_to_label(&s, &y), &y, 2));
+        let got = raw_confidence(&f, &y, 2, &module, &relative);
+        assert!(f64::try_from((got - &want).abs().max()).unwrap() < 1e-7);
+        let plain = raw_confidence(&f, &y, 2, &module, &LossConfig::default());
+        assert!(f64::try_from((plain - want).abs().max()).unwrap() > 1e-4);
     }
 
     #[test]

@@ -8,6 +8,9 @@ use tch::{nn, Tensor};
 pub struct Adam {
     /// Trainable variables, sorted by name (stable order for checkpoints).
     params: Vec<(String, Tensor)>,
+    /// Each parameter's learning rate as a multiple of the one `step` is given (1 unless
+    /// [`Adam::scale_lr`] changed it).
+    lr_scale: Vec<f64>,
     exp_avg: Vec<Tensor>,
     exp_avg_sq: Vec<Tensor>,
     pub step: i64,
@@ -48,6 +51,7 @@ impl Adam {
         let exp_avg = params.iter().map(|(_, p)| p.zeros_like()).collect();
         let exp_avg_sq = params.iter().map(|(_, p)| p.zeros_like()).collect();
         Self {
+            lr_scale: vec![1.0; params.len()],
             params,
             exp_avg,
             exp_avg_sq,
@@ -58,6 +62,19 @@ impl Adam {
             weight_decay,
             step_tensor: None,
         }
+    }
+
+    /// Multiplies the learning rate of every parameter whose name starts with `prefix` by
+    /// `scale` (so a schedule of the base rate moves it too); returns how many it touched.
+    pub fn scale_lr(&mut self, prefix: &str, scale: f64) -> usize {
+        let mut n = 0;
+        for ((name, _), s) in self.params.iter().zip(&mut self.lr_scale) {
+            if name.starts_with(prefix) {
+                *s = scale;
+                n += 1;
+            }
+        }
+        n
     }
 
     /// The parameters, in name order: the same list on every rank of a distributed job.
@@ -103,20 +120,39 @@ impl Adam {
             return Ok(());
         };
         let device = self.params[first].1.device();
-        let step = self
+        let _ = self
             .step_tensor
-            .get_or_insert_with(|| Tensor::zeros([], (tch::Kind::Float, device)));
-        let _ = step.fill_(self.step as f64);
+            .get_or_insert_with(|| Tensor::zeros([], (tch::Kind::Float, device)))
+            .fill_(self.step as f64);
+        // One fused call per learning rate (one in the usual case).
+        let mut scales: Vec<f64> = live.iter().map(|&i| self.lr_scale[i]).collect();
+        scales.sort_by(f64::total_cmp);
+        scales.dedup();
+        for scale in scales {
+            let (group, group_grads): (Vec<usize>, Vec<&Tensor>) = live
+                .iter()
+                .zip(&grads)
+                .filter(|(&i, _)| self.lr_scale[i] == scale)
+                .map(|(&i, g)| (i, g))
+                .unzip();
+            self.fused_step(&group, &group_grads, lr * scale)?;
+        }
+        Ok(())
+    }
+
+    /// libtorch's fused Adam on the parameters `idx` with their gradients `grads`.
+    fn fused_step(&self, idx: &[usize], grads: &[&Tensor], lr: f64) -> Result<()> {
+        let step = self.step_tensor.as_ref().expect("set by step");
         let ptrs = |ts: Vec<&Tensor>| -> Vec<*const torch_sys::C_tensor> {
             ts.into_iter().map(|t| t.as_ptr()).collect()
         };
-        let params = ptrs(live.iter().map(|&i| &self.params[i].1).collect());
-        let exp_avg = ptrs(live.iter().map(|&i| &self.exp_avg[i]).collect());
-        let exp_avg_sq = ptrs(live.iter().map(|&i| &self.exp_avg_sq[i]).collect());
-        let grads = ptrs(grads.iter().collect());
+        let params = ptrs(idx.iter().map(|&i| &self.params[i].1).collect());
+        let exp_avg = ptrs(idx.iter().map(|&i| &self.exp_avg[i]).collect());
+        let exp_avg_sq = ptrs(idx.iter().map(|&i| &self.exp_avg_sq[i]).collect());
+        let grads = ptrs(grads.to_vec());
         let mut err = [0u8; 512];
         // SAFETY: every pointer is a live tch tensor (an `at::Tensor*`) borrowed for the call;
-        // the lists have `live.len()` entries; `err` is a writable buffer of its stated length.
+        // the lists have `idx.len()` entries; `err` is a writable buffer of its stated length.
         let rc = tch::no_grad(|| unsafe {
             dmue_fused_adam(
                 params.as_ptr(),
@@ -124,7 +160,7 @@ impl Adam {
                 exp_avg.as_ptr(),
                 exp_avg_sq.as_ptr(),
                 step.as_ptr(),
-                live.len() as std::ffi::c_long,
+                idx.len() as std::ffi::c_long,
                 lr,
                 self.beta1,
                 self.beta2,
@@ -246,6 +282,22 @@ mod tests {
             opt.exp_avg[qi].abs().sum(Kind::Float).double_value(&[]),
             0.0
         );
+    }
+
+    // Adam's first step moves each parameter by about lr * sign(g): 0.01 for `a`, ten times that
+    // for `b.w`, whose rate is scaled by 10.
+    #[test]
+    fn a_scaled_group_moves_at_its_own_rate() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let a = vs.root().var("a", &[1], nn::Init::Const(5.0));
+        let b = vs.root().sub("b").var("w", &[1], nn::Init::Const(5.0));
+        let mut opt = Adam::new(&vs, 0.0);
+        assert_eq!(opt.scale_lr("b.", 10.0), 1);
+        opt.zero_grad();
+        (&a + &b).sum(Kind::Float).backward();
+        opt.step(0.01).unwrap();
+        assert!((a.double_value(&[0]) - 4.99).abs() < 1e-6);
+        assert!((b.double_value(&[0]) - 4.9).abs() < 1e-6);
     }
 
     #[test]

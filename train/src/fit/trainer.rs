@@ -608,6 +608,22 @@ fn ranks_note(cfg: &Config, world_size: usize) -> String {
     }
 }
 
+/// Adam over every trainable variable, the uncertainty module at `train.uncertainty_lr` when
+/// one is set (its share of the schedule's rate, so the milestones move it too).
+fn optimizer(cfg: &Config, vs: &nn::VarStore) -> Adam {
+    let mut opt = Adam::new(vs, cfg.train.weight_decay);
+    if let Some(lr) = cfg.train.uncertainty_lr {
+        let prefix = format!("{}.", crate::model::UNCERTAINTY_PATH);
+        if opt.scale_lr(&prefix, lr / cfg.train.lr) > 0 {
+            tracing::info!(
+                "the uncertainty module learns at {lr:e}, the rest at {:e}",
+                cfg.train.lr
+            );
+        }
+    }
+    opt
+}
+
 /// The network for `classes` classes, its weights drawn from `train.seed`.
 fn network(cfg: &Config, device: Device, classes: usize) -> (nn::VarStore, MultiBranchNet) {
     tch::manual_seed(cfg.train.seed as i64);
@@ -741,7 +757,7 @@ impl<'a> Trainer<'a> {
             vs.root()
                 .zeros_no_train("elr_targets", &[train.len() as i64, c as i64])
         });
-        let mut opt = Adam::new(&vs, cfg.train.weight_decay);
+        let mut opt = optimizer(cfg, &vs);
         let total_params = count_params(&vs, |_| true);
         let deployed_params = count_params(&vs, is_target_param);
         tracing::info!(
@@ -1333,6 +1349,37 @@ fn plot_curves(path: &Path, history: &[EpochMetrics]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Adam's first step moves each weight by about the rate: with `uncertainty_lr` ten times
+    // `lr`, the module's weights move ten times as far as the target classifier's.
+    #[test]
+    fn the_uncertainty_module_steps_at_its_own_rate() {
+        let mut cfg = Config::default();
+        cfg.model.width = Some(8);
+        cfg.train.lr = 1e-4;
+        cfg.train.uncertainty_lr = Some(1e-3);
+        let (vs, net) = network(&cfg, Device::Cpu, 3);
+        let mut opt = optimizer(&cfg, &vs);
+        let before = |name: &str| vs.variables()[name].copy();
+        let (module0, target0) = (before("uncertainty.fc1.weight"), before("fc.weight"));
+        let x = Tensor::randn([6, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let out = net.forward_train(&x, true);
+        let module = net.uncertainty.as_ref().unwrap();
+        let alpha = module.forward(&Tensor::randn([6, 6], (Kind::Float, Device::Cpu)));
+        (out.target_logits.sum(Kind::Float) + alpha.sum(Kind::Float)).backward();
+        opt.step(cfg.train.lr).unwrap();
+        let moved = |name: &str, was: &Tensor| {
+            f64::try_from((vs.variables()[name].copy() - was).abs().max()).unwrap()
+        };
+        let (m, t) = (
+            moved("uncertainty.fc1.weight", &module0),
+            moved("fc.weight", &target0),
+        );
+        assert!(
+            (m - 1e-3).abs() < 1e-4 && (t - 1e-4).abs() < 1e-5,
+            "{m} {t}"
+        );
+    }
 
     #[test]
     fn durations_and_the_long_run_warning() {

@@ -353,6 +353,9 @@ impl Branch {
     }
 }
 
+/// Where the uncertainty module's variables live in the network's variable store.
+pub const UNCERTAINTY_PATH: &str = "uncertainty";
+
 /// FC(2C -> C) -> PReLU -> FC(C -> 1) -> sigmoid: the confidence alpha of each sample.
 #[derive(Debug)]
 pub struct UncertaintyModule {
@@ -453,7 +456,7 @@ impl MultiBranchNet {
                 (0..c)
                     .map(|j| Branch::new(&(root / "aux" / j), config, c - 1))
                     .collect(),
-                Some(UncertaintyModule::new(&(root / "uncertainty"), c)),
+                Some(UncertaintyModule::new(&(root / UNCERTAINTY_PATH), c)),
             )
         } else {
             (Vec::new(), None)
