@@ -22,6 +22,8 @@ Each item yields numbers, in order:
   interval, computed from both arms' per-seed values (summarize.py's own formula);
 - `effect GRID REGIME REFERENCE ARM`: the arm in REGIME minus the same arm in REFERENCE,
   paired over their common seeds, and its interval, from `regime_effects`;
+- `auroc GRID REGIME ARM SCORE`: the arm's mean AUROC for flipped labels of SCORE (`alpha` or
+  `p(label)`) over the entry's seeds, from `flip_auroc`;
 - `skip`: a number of the row that is not checked (a count, a minimum over runs).
 The decimal numbers of the row (those with a decimal point) must equal them, rounded to the
 row's own decimals. SEEDS is `A-B` or a comma list. Run by scripts/test.sh.
@@ -104,6 +106,14 @@ def values(summary, item):
                     and v["reference"] == reference and v["arm"] == arm):
                 return [v["diff"], v["ci95_low"], v["ci95_high"]]
         raise KeyError(f"no regime effect grid={grid} {regime} - {reference} arm={arm}")
+    if kind == "auroc":
+        grid, regime, arm, score = args
+        regime, rate = regime_rate(regime)
+        for v in summary["flip_auroc"]:
+            if (v.get("grid") == grid and v["regime"] == regime and v["arm"] == arm
+                    and v["score"] == score and abs(v["flip_rate"] - rate) < 1e-9):
+                return [v["auroc"]]
+        raise KeyError(f"no flip_auroc grid={grid} regime={regime} arm={arm} score={score}")
     if kind == "skip":
         return [None]
     if kind == "pdiff":

@@ -150,7 +150,7 @@ def flip_auroc(entries):
     """AUROC for flipped labels of each per-sample score an arm's analysis gives."""
     scores = {"auroc_alpha_flipped": "alpha", "auroc_label_prob_flipped": "p(label)"}
     return [{"regime": e["regime"], "flip_rate": e["flip_rate"], "arm": e["arm"], "score": name,
-             "n": e["n"], "auroc": e[key]}
+             "n": e["n"], "seeds": e["seeds"], "auroc": e[key]}
             for e in entries for key, name in scores.items() if e.get(key) is not None]
 
 
