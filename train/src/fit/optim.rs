@@ -64,12 +64,12 @@ impl Adam {
         }
     }
 
-    /// Multiplies the learning rate of every parameter whose name starts with `prefix` by
-    /// `scale` (so a schedule of the base rate moves it too); returns how many it touched.
-    pub fn scale_lr(&mut self, prefix: &str, scale: f64) -> usize {
+    /// Multiplies the learning rate of every parameter whose name `select` accepts by `scale`
+    /// (so a schedule of the base rate moves it too); returns how many it touched.
+    pub fn scale_lr(&mut self, select: impl Fn(&str) -> bool, scale: f64) -> usize {
         let mut n = 0;
         for ((name, _), s) in self.params.iter().zip(&mut self.lr_scale) {
-            if name.starts_with(prefix) {
+            if select(name) {
                 *s = scale;
                 n += 1;
             }
@@ -292,7 +292,7 @@ mod tests {
         let a = vs.root().var("a", &[1], nn::Init::Const(5.0));
         let b = vs.root().sub("b").var("w", &[1], nn::Init::Const(5.0));
         let mut opt = Adam::new(&vs, 0.0);
-        assert_eq!(opt.scale_lr("b.", 10.0), 1);
+        assert_eq!(opt.scale_lr(|name| name.starts_with("b."), 10.0), 1);
         opt.zero_grad();
         (&a + &b).sum(Kind::Float).backward();
         opt.step(0.01).unwrap();

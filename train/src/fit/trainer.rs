@@ -613,8 +613,7 @@ fn ranks_note(cfg: &Config, world_size: usize) -> String {
 fn optimizer(cfg: &Config, vs: &nn::VarStore) -> Adam {
     let mut opt = Adam::new(vs, cfg.train.weight_decay);
     if let Some(lr) = cfg.train.uncertainty_lr {
-        let prefix = format!("{}.", crate::model::UNCERTAINTY_PATH);
-        if opt.scale_lr(&prefix, lr / cfg.train.lr) > 0 {
+        if opt.scale_lr(crate::model::is_uncertainty_param, lr / cfg.train.lr) > 0 {
             tracing::info!(
                 "the uncertainty module learns at {lr:e}, the rest at {:e}",
                 cfg.train.lr

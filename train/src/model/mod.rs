@@ -663,7 +663,13 @@ pub fn count_params(vs: &nn::VarStore, keep: impl Fn(&str) -> bool) -> i64 {
 
 /// Whether a variable belongs to the deployed part (trunk + target branch).
 pub fn is_target_param(name: &str) -> bool {
-    !name.starts_with("aux.") && !name.starts_with("uncertainty.")
+    !name.starts_with("aux.") && !is_uncertainty_param(name)
+}
+
+/// Whether the variable `name` belongs to the uncertainty module.
+pub fn is_uncertainty_param(name: &str) -> bool {
+    name.strip_prefix(UNCERTAINTY_PATH)
+        .is_some_and(|rest| rest.starts_with('.'))
 }
 
 /// The gradient `param` gets from the squared sum of the auxiliary outputs of `forward`, its
