@@ -720,6 +720,16 @@ mod tests {
         assert!(face_alpha_rel.loss.similarity_relative);
         face_alpha_rel.loss.similarity_relative = false;
         assert_eq!(face_alpha_rel, face_alpha);
+        // The -weight arms use alpha as a per-sample weight instead of a logit scale.
+        for (name, base) in [
+            ("alpha-weight", "alpha-rel"),
+            ("face-alpha-weight", "face-alpha-rel"),
+        ] {
+            let mut weighted = variant(name);
+            assert!(weighted.loss.alpha_as_weight, "{name}");
+            weighted.loss.alpha_as_weight = false;
+            assert_eq!(weighted, variant(base), "{name}");
+        }
     }
 
     /// Each single-branch mode applies its own loss with the configured settings: logits

@@ -41,6 +41,13 @@ pub struct LossConfig {
     /// says another class is closer than the annotated one, the mark of a wrong label.
     #[serde(default)]
     pub similarity_relative: bool,
+    /// Use alpha as each sample's weight in the target branch's hard-label term, detached,
+    /// instead of scaling its logits (not in the paper; default false). The network gets
+    /// `mean_i alpha_i l(z_i, y_i)`, so a label the module doubts counts for less and the
+    /// logits of the others are left as they are; the module still learns from Eq. 9 (the
+    /// alpha-scaled logits), computed on detached logits, so alpha is trained as before.
+    #[serde(default)]
+    pub alpha_as_weight: bool,
     /// Compute S (Eq. 7) on detached features, so the confidence path cannot reshape the
     /// features (not in the paper; default true). The authors' code lets the weighted CE pull
     /// the features through S (false).
@@ -165,6 +172,7 @@ impl Default for LossConfig {
             similarity_include_self: false,
             similarity_minmax: false,
             similarity_relative: false,
+            alpha_as_weight: false,
             similarity_detach: true,
             train_uncertainty: true,
             alpha_norm: AlphaNorm::Class,
@@ -264,6 +272,23 @@ pub fn weighted_hard_label(
         HardLabel::Ce => weighted_ce(target_logits, alpha, labels),
         HardLabel::Gce => generalized_ce(&(target_logits * alpha.unsqueeze(1)), labels, q),
     }
+}
+
+/// The target term under `loss.alpha_as_weight`: `mean_i alpha_i l(z_i, y_i)` with alpha
+/// detached, for the network, where `l` is `loss` per sample. The module's gradient is that of
+/// [`weighted_hard_label`] on the detached logits; that term enters as itself minus its value,
+/// so the returned value is the weighted loss alone. `alpha [N]`.
+pub fn alpha_weighted_hard_label(
+    target_logits: &Tensor,
+    alpha: &Tensor,
+    labels: &Tensor,
+    loss: HardLabel,
+    q: f64,
+) -> Tensor {
+    let per_sample = loss.from_nll(&nll_per_sample(target_logits, labels), q);
+    let network = (per_sample * alpha.detach()).mean(Kind::Float);
+    let module = weighted_hard_label(&target_logits.detach(), alpha, labels, loss, q);
+    network + &module - module.detach()
 }
 
 /// The unweighted target term: CE, or GCE with exponent q.
@@ -664,8 +689,13 @@ pub fn dmue_loss(
         (true, Some(module)) if epoch >= cfg.confidence_from_epoch => {
             let raw = raw_confidence(&out.target_feat, labels, c, module, cfg);
             let alpha = normalise_alpha(&raw, labels, c, cfg.alpha_norm);
+            let term = if cfg.alpha_as_weight {
+                alpha_weighted_hard_label
+            } else {
+                weighted_hard_label
+            };
             (
-                weighted_hard_label(&out.target_logits, &alpha, labels, cfg.target_loss, gce_q),
+                term(&out.target_logits, &alpha, labels, cfg.target_loss, gce_q),
                 Some(alpha),
                 Some(raw),
             )
@@ -990,6 +1020,36 @@ pub(crate) mod tests {
         close(scalar(&flip_consistency(&cams, &other)), 8.25);
     }
 
+    // alpha as a detached weight: logits [2, 0] and [0, 1], labels [0, 0], alpha [0.5, 1.5].
+    //   Per-sample CE ln(1 + e^-2) = 0.126928, ln(1 + e) = 1.313262;
+    //   value (0.5 * 0.126928 + 1.5 * 1.313262) / 2 = 1.016679.
+    //   d/dz: alpha_i (softmax(z_i) - onehot) / 2: [-0.029801, 0.029801], [-0.548294, 0.548294].
+    //   d/dalpha, as Eq. 9's: (softmax(alpha_i z_i) - onehot) . z_i / 2:
+    //     softmax([1, 0]) = [0.731059, 0.268941] -> -0.268941;
+    //     softmax([0, 1.5]) = [0.182426, 0.817574] -> 0.408787.
+    //   GCE (q = 0.7): logits [0, ln 3] twice, label 1, alpha [1, 2]:
+    //     (1 - 0.75^0.7) / 0.7 = 0.260566 per sample, value (1 + 2) * 0.260566 / 2 = 0.390849.
+    #[test]
+    fn alpha_as_weight_by_hand() {
+        let z = t2(&[&[2.0, 0.0], &[0.0, 1.0]]).set_requires_grad(true);
+        let alpha = Tensor::from_slice(&[0.5f32, 1.5]).set_requires_grad(true);
+        let y = labels(&[0, 0]);
+        let t = alpha_weighted_hard_label(&z, &alpha, &y, HardLabel::Ce, 0.7);
+        close(scalar(&t), 1.016679);
+        t.backward();
+        let gz = Vec::<f32>::try_from(z.grad().flatten(0, -1)).unwrap();
+        for (g, e) in gz.iter().zip([-0.029801, 0.029801, -0.548294, 0.548294]) {
+            close(*g as f64, e);
+        }
+        let ga = Vec::<f32>::try_from(alpha.grad()).unwrap();
+        close(ga[0] as f64, -0.268941);
+        close(ga[1] as f64, 0.408787);
+        let z = t2(&[&[0.0, 3f32.ln()], &[0.0, 3f32.ln()]]);
+        let alpha = Tensor::from_slice(&[1.0f32, 2.0]);
+        let gce = alpha_weighted_hard_label(&z, &alpha, &labels(&[1, 1]), HardLabel::Gce, 0.7);
+        close(scalar(&gce), 0.390849);
+    }
+
     // GCE with q = 0.7 through the confidence: logits [0, ln 3], label 1.
     //   alpha 1: p_y = 3/4, (1 - 0.75^0.7) / 0.7 = 0.260566.
     //   alpha 2: logits [0, 2 ln 3], p_y = 9/10, (1 - 0.9^0.7) / 0.7 = 0.101569.
@@ -1270,6 +1330,28 @@ pub(crate) mod tests {
         close(scalar(&t.target), ce);
         let t = dmue_loss(&out, Some(module), &y, &warm, 4, ramps(4, warm.beta), 0.7);
         close(scalar(&t.target), wce);
+        // alpha as a weight: the target term is the alpha-weighted per-sample CE. The logits
+        // are scaled up first: near 0 (a fresh network) CE barely depends on their scale, and
+        // the weighted and the scaled readings would agree.
+        let weighted = LossConfig {
+            alpha_as_weight: true,
+            ..cfg.clone()
+        };
+        let sharp = crate::model::TrainOutput {
+            target_feat: out.target_feat.shallow_clone(),
+            target_logits: &out.target_logits * 50.0,
+            aux_feat: out.aux_feat.iter().map(|t| t.shallow_clone()).collect(),
+            aux_logits: out.aux_logits.iter().map(|t| t.shallow_clone()).collect(),
+        };
+        let t = dmue_loss(&sharp, Some(module), &y, &weighted, 10, (1.0, 1.0), 0.7);
+        let per_sample =
+            sharp
+                .target_logits
+                .cross_entropy_loss::<Tensor>(&y, None, Reduction::None, -100, 0.0);
+        let want = scalar(&(per_sample * &alpha).mean(Kind::Float));
+        let scaled = scalar(&weighted_ce(&sharp.target_logits, &alpha, &y));
+        assert!((want - scaled).abs() > 1e-3, "{want} vs {scaled}");
+        close(scalar(&t.target), want);
         let off = LossConfig {
             latent: false,
             similarity_preserving: false,
