@@ -19,7 +19,9 @@ Each item yields numbers, in order:
   (three numbers; one with one seed), from the entry of exactly those seeds;
 - `recall GRID REGIME ARM SEEDS`: the lowest per-class recall (%) of any of the entry's runs;
 - `pdiff GRID REGIME ARM OTHER SEEDS`: the arm minus OTHER, paired over those seeds, and its
-  interval, computed from both arms' per-seed values (summarize.py's own formula);
+  interval, computed from both arms' per-seed values (summarize.py's own formula); OTHER may
+  be `ARM@GRID`, the arm as another grid recorded it (its runs, same data seeds), or
+  `ARM@GRID@RATE`, that grid's arm at another flip rate (GRID empty: this grid);
 - `effect GRID REGIME REFERENCE ARM`: the arm in REGIME minus the same arm in REFERENCE,
   paired over their common seeds, and its interval, from `regime_effects`;
 - `auroc GRID REGIME ARM SCORE`: the arm's mean AUROC for flipped labels of SCORE (`alpha` or
@@ -119,7 +121,11 @@ def values(summary, item):
     if kind == "pdiff":
         grid, regime, arm, other, seeds = args
         a = per_seed(summary, grid, regime, arm, seeds_of(seeds))
-        b = per_seed(summary, grid, regime, other, seeds_of(seeds))
+        other, _, where = other.partition("@")
+        other_grid, _, other_rate = where.partition("@")
+        other_regime = regime_rate(regime)[0] + ("@" + other_rate if other_rate else "")
+        b = per_seed(summary, other_grid or grid, other_regime if other_rate else regime, other,
+                     seeds_of(seeds))
         return list(mean_ci95([x - y for x, y in zip(a, b)]))
     if kind == "diff":
         grid, regime, arm, seeds = args
